@@ -1,0 +1,105 @@
+//! `courier topology apply | check | export`.
+
+use super::{GlobalArgs, EXIT_DRIFT};
+use clap::{Subcommand, ValueEnum};
+use courier::management::Management;
+use courier::topology;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Declare every exchange, queue and binding of the topology file. Idempotent: a second
+    /// run changes nothing and says so. Stops at the first object whose existing arguments
+    /// differ (PRECONDITION_FAILED), naming it and what was already declared.
+    Apply,
+    /// Compare the broker with the topology file without changing anything. Exit code 0 when
+    /// they match, 3 when something is missing or different, 1 when the check could not run.
+    Check {
+        /// Management API base URL, to verify bindings (AMQP cannot list them). Uses the AMQP
+        /// credentials. Without it, bindings are reported as not verified.
+        #[arg(long, env = "COURIER_MANAGEMENT_URL")]
+        management_url: Option<String>,
+    },
+    /// Print the topology as RabbitMQ definitions.json or as a Mermaid diagram. Needs no broker.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Definitions)]
+        format: ExportFormat,
+        /// vhost written into definitions.json.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// definitions.json for the management plugin (`rabbitmqadmin import`, `load_definitions`).
+    Definitions,
+    /// A Mermaid flowchart of exchanges, queues, bindings, retry and dead-letter paths.
+    Mermaid,
+}
+
+pub async fn run(global: &GlobalArgs, cmd: TopologyCommand) -> anyhow::Result<ExitCode> {
+    let topo = global.load_topology()?;
+    match cmd {
+        TopologyCommand::Apply => {
+            let url = global.amqp_url()?;
+            let report = topology::apply(&url, &topo).await?;
+            let version = report
+                .broker_version
+                .map_or_else(|| "unknown version".to_owned(), |v| format!("RabbitMQ {v}"));
+            if report.nothing_changed() {
+                println!(
+                    "nothing to change: all {} exchanges and queues already in place, {} bindings ensured ({version} at {url})",
+                    report.unchanged.len(),
+                    report.bindings
+                );
+            } else {
+                for object in &report.created {
+                    println!("created   {object}");
+                }
+                println!(
+                    "applied {}: {} created, {} already in place, {} bindings ensured ({version} at {url})",
+                    topo.source,
+                    report.created.len(),
+                    report.unchanged.len(),
+                    report.bindings
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TopologyCommand::Check { management_url } => {
+            let url = global.amqp_url()?;
+            let mgmt = management_url.map(|m| Management::new(&m, &url));
+            let report = topology::check(&url, &topo, mgmt.as_ref()).await?;
+            for d in &report.drift {
+                println!("{d}");
+            }
+            for n in &report.notes {
+                println!("note: {n}");
+            }
+            if report.drift.is_empty() {
+                println!("in sync: {} objects match {}", report.checked, topo.source);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "drift: {} of {} objects differ from {}; run `courier topology apply` for missing objects",
+                    report.drift.len(),
+                    report.checked,
+                    topo.source
+                );
+                Ok(ExitCode::from(EXIT_DRIFT))
+            }
+        }
+        TopologyCommand::Export { format, vhost } => {
+            match format {
+                ExportFormat::Definitions => {
+                    let json = topology::definitions_json(&topo, &vhost);
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                }
+                ExportFormat::Mermaid => print!("{}", topology::mermaid(&topo)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Which RabbitMQ is on the other end.
+//!
+//! lapin does not expose the `server-properties` of `connection.start`, so the version is read
+//! from a short connection of our own: open the socket (TLS too, through lapin's own transport),
+//! send the protocol header, parse the first frame, close. No credentials are sent.
+
+use crate::amqp::AmqpUrl;
+use amq_protocol::frame::{parse_frame, AMQPFrame};
+use lapin::protocol::{connection::AMQPMethod, AMQPClass};
+use lapin::tcp::AMQPUriTcpExt;
+use lapin::types::AMQPValue;
+use std::fmt;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// A RabbitMQ version as `major.minor.patch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BrokerVersion {
+    /// Major version (3, 4).
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+    /// Patch version.
+    pub patch: u32,
+}
+
+impl BrokerVersion {
+    /// Parses `3.10.8`, `4.0.0-rc.1`, `3.13.7+1.g123`: leading numbers only.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split(['.', '-', '+']).map(|p| p.parse::<u32>().ok());
+        let major = parts.next()??;
+        let minor = parts.next().flatten().unwrap_or(0);
+        let patch = parts.next().flatten().unwrap_or(0);
+        Some(Self { major, minor, patch })
+    }
+
+    /// Quorum queues support message priorities from RabbitMQ 4.0.
+    pub fn quorum_priorities(self) -> bool {
+        self.major >= 4
+    }
+}
+
+impl fmt::Display for BrokerVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// Why the version could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionProbeError {
+    /// Could not connect or read.
+    #[error("cannot read the broker version from {url}: {reason}")]
+    Io {
+        /// The redacted URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Reads the broker's version from its `connection.start` frame.
+///
+/// # Errors
+/// [`VersionProbeError`] if the broker cannot be reached or does not speak AMQP 0-9-1.
+pub async fn probe_version(url: &AmqpUrl) -> Result<Option<BrokerVersion>, VersionProbeError> {
+    let uri = url.uri().clone();
+    let redacted = url.to_string();
+    let fail = move |reason: String| VersionProbeError::Io {
+        url: redacted.clone(),
+        reason,
+    };
+    let read = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let mut stream = uri.connect().map_err(|e| e.to_string())?;
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        // TcpStream derefs to the std socket under any TLS layer.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        stream.write_all(b"AMQP\x00\x00\x09\x01").map_err(|e| e.to_string())?;
+        // A frame header is 7 bytes: type, channel (2), size (4).
+        let mut header = [0u8; 7];
+        stream.read_exact(&mut header).map_err(|e| e.to_string())?;
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        if size > 1 << 20 {
+            return Err(format!("first frame of {size} bytes is not a connection.start"));
+        }
+        let mut frame = header.to_vec();
+        frame.resize(7 + size + 1, 0);
+        stream.read_exact(&mut frame[7..]).map_err(|e| e.to_string())?;
+        Ok(frame)
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?
+    .map_err(&fail)?;
+    let (_, parsed) = parse_frame(read.as_slice())
+        .map_err(|e| fail(format!("not an AMQP 0-9-1 broker: {e}")))?;
+    match parsed {
+        AMQPFrame::Method(0, AMQPClass::Connection(AMQPMethod::Start(start))) => {
+            Ok(start
+                .server_properties
+                .inner()
+                .get("version")
+                .and_then(|v| match v {
+                    AMQPValue::LongString(s) => BrokerVersion::parse(&String::from_utf8_lossy(s.as_bytes())),
+                    AMQPValue::ShortString(s) => BrokerVersion::parse(s.as_str()),
+                    _ => None,
+                }))
+        }
+        _ => Err(fail("the first frame was not connection.start".to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            BrokerVersion::parse("3.10.8"),
+            Some(BrokerVersion { major: 3, minor: 10, patch: 8 })
+        );
+        assert_eq!(BrokerVersion::parse("4.0.0-rc.1").map(|v| v.major), Some(4));
+        assert_eq!(BrokerVersion::parse("garbage"), None);
+        assert!(!BrokerVersion::parse("3.13.7").is_some_and(|v| v.quorum_priorities()));
+        assert!(BrokerVersion::parse("4.1.0").is_some_and(|v| v.quorum_priorities()));
+    }
+}
