@@ -19,7 +19,7 @@ mod version;
 
 pub use apply::{apply, check, ApplyError, ApplyReport, CheckReport, Drift};
 pub use export::{definitions_json, mermaid};
-pub use version::{BrokerVersion, VersionProbeError};
+pub use version::{probe_version, BrokerVersion, VersionProbeError};
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};

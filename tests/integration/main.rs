@@ -1,0 +1,8 @@
+//! Integration tests against a real RabbitMQ (AMQP_URL, default guest@127.0.0.1) with the
+//! management plugin (COURIER_TEST_MANAGEMENT_URL, default http://127.0.0.1:15672).
+//! Every test works under its own name prefix and removes what it declared, so they run in
+//! parallel with each other and beside real queues. `scripts/test` starts the broker.
+
+// mod compose; (added by the compose helper)
+mod topology;
+mod util;
