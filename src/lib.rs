@@ -14,3 +14,10 @@
 pub mod amqp;
 pub mod management;
 pub mod topology;
+pub mod handler;
+pub mod envelope;
+pub mod metrics;
+pub mod outcome;
+pub mod publisher;
+pub mod worker;
+pub mod shutdown;

@@ -1,7 +1,9 @@
 //! Command-line interface of `courier`. Each subcommand lives in its own file; this one holds
 //! the global options, logging set-up and the mapping of outcomes to exit codes.
 
+mod publish;
 mod topology;
+mod work;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
@@ -53,6 +55,10 @@ enum Command {
     /// Declare, verify or export the broker topology (`courier topology --help`).
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Consume a work queue and deliver its messages (`courier work --help` for the outcome rules).
+    Work(work::WorkArgs),
+    /// Publish one message, or a JSONL file of them, with publisher confirms.
+    Publish(publish::PublishArgs),
 }
 
 impl GlobalArgs {
@@ -67,7 +73,7 @@ impl GlobalArgs {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin::channel=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=error,lapin::channel=off,lapin::returned_messages=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -91,6 +97,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Topology(cmd) => topology::run(&cli.global, cmd).await,
+            Command::Work(args) => work::run(&cli.global, args).await,
+            Command::Publish(args) => publish::run(&cli.global, args).await,
         }
     });
     match result {

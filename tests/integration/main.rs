@@ -4,5 +4,6 @@
 //! parallel with each other and beside real queues. `scripts/test` starts the broker.
 
 mod compose;
+mod http_handler;
 mod topology;
 mod util;
