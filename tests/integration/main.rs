@@ -6,4 +6,5 @@
 mod compose;
 mod http_handler;
 mod topology;
+mod worker;
 mod util;
