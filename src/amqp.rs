@@ -162,7 +162,11 @@ impl fmt::Display for AmqpUrl {
             percent_encoding::NON_ALPHANUMERIC,
         )
         .collect();
-        write!(f, "{scheme}://{}:***@{}:{}/{vhost}", a.userinfo.username, a.host, a.port)
+        write!(
+            f,
+            "{scheme}://{}:***@{}:{}/{vhost}",
+            a.userinfo.username, a.host, a.port
+        )
     }
 }
 
@@ -178,10 +182,15 @@ mod tests {
 
     #[test]
     fn display_and_debug_hide_the_password() {
-        let url: AmqpUrl = "amqp://alice:s3cret-pw@broker:5672/prod".parse().expect("valid");
+        let url: AmqpUrl = "amqp://alice:s3cret-pw@broker:5672/prod"
+            .parse()
+            .expect("valid");
         assert_eq!(url.to_string(), "amqp://alice:***@broker:5672/prod");
         assert!(!format!("{url:?}").contains("s3cret-pw"));
-        assert_eq!(url.scrub("auth failed for s3cret-pw"), "auth failed for ***");
+        assert_eq!(
+            url.scrub("auth failed for s3cret-pw"),
+            "auth failed for ***"
+        );
     }
 
     #[test]
@@ -196,7 +205,9 @@ mod tests {
 
     #[test]
     fn invalid_url_error_hides_the_password() {
-        let err = "amqp://bob:hunter2@h:notaport/".parse::<AmqpUrl>().expect_err("invalid");
+        let err = "amqp://bob:hunter2@h:notaport/"
+            .parse::<AmqpUrl>()
+            .expect_err("invalid");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 

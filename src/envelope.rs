@@ -183,7 +183,12 @@ pub struct Origin {
 
 impl Origin {
     /// The origin recorded in the headers, or else this delivery's own exchange and key.
-    pub fn of(headers: Option<&FieldTable>, exchange: &str, routing_key: &str, queue: &str) -> Self {
+    pub fn of(
+        headers: Option<&FieldTable>,
+        exchange: &str,
+        routing_key: &str,
+        queue: &str,
+    ) -> Self {
         Self {
             exchange: str_header(headers, ORIGINAL_EXCHANGE).unwrap_or_else(|| exchange.to_owned()),
             routing_key: str_header(headers, ORIGINAL_ROUTING_KEY)
@@ -299,13 +304,31 @@ mod tests {
 
     #[test]
     fn attempts_read_any_integer_type_and_ignore_garbage() {
-        assert_eq!(attempts(Some(&table(&[(ATTEMPTS, AMQPValue::LongInt(3))]))), 3);
-        assert_eq!(attempts(Some(&table(&[(ATTEMPTS, AMQPValue::ShortShortUInt(2))]))), 2);
+        assert_eq!(
+            attempts(Some(&table(&[(ATTEMPTS, AMQPValue::LongInt(3))]))),
+            3
+        );
+        assert_eq!(
+            attempts(Some(&table(&[(ATTEMPTS, AMQPValue::ShortShortUInt(2))]))),
+            2
+        );
         assert_eq!(attempts(Some(&table(&[(ATTEMPTS, long("4"))]))), 4);
-        assert_eq!(attempts(Some(&table(&[(ATTEMPTS, AMQPValue::LongLongInt(-5))]))), 0);
+        assert_eq!(
+            attempts(Some(&table(&[(ATTEMPTS, AMQPValue::LongLongInt(-5))]))),
+            0
+        );
         assert_eq!(attempts(Some(&table(&[(ATTEMPTS, long("lots"))]))), 0);
-        assert_eq!(attempts(Some(&table(&[(ATTEMPTS, AMQPValue::LongLongInt(i64::MAX))]))), 1_000_000);
-        assert_eq!(attempts(Some(&table(&[(ATTEMPTS, AMQPValue::Boolean(true))]))), 0);
+        assert_eq!(
+            attempts(Some(&table(&[(
+                ATTEMPTS,
+                AMQPValue::LongLongInt(i64::MAX)
+            )]))),
+            1_000_000
+        );
+        assert_eq!(
+            attempts(Some(&table(&[(ATTEMPTS, AMQPValue::Boolean(true))]))),
+            0
+        );
         assert_eq!(attempts(None), 0);
     }
 
@@ -338,7 +361,10 @@ mod tests {
         assert_eq!(str_header(Some(&h), "tenant").as_deref(), Some("acme"));
         assert_eq!(int_header(Some(&h), ATTEMPTS), Some(2));
         assert_eq!(int_header(Some(&h), FIRST_FAILED_AT), Some(111));
-        assert_eq!(str_header(Some(&h), ORIGINAL_ROUTING_KEY).as_deref(), Some("email"));
+        assert_eq!(
+            str_header(Some(&h), ORIGINAL_ROUTING_KEY).as_deref(),
+            Some("email")
+        );
     }
 
     #[test]
@@ -350,16 +376,25 @@ mod tests {
         };
         let huge = "x".repeat(1 << 20);
         let h = dead_letter_headers(None, 5, Reason::MaxAttempts, &huge, &origin, 1234);
-        assert_eq!(str_header(Some(&h), REASON).as_deref(), Some("max-attempts"));
+        assert_eq!(
+            str_header(Some(&h), REASON).as_deref(),
+            Some("max-attempts")
+        );
         assert_eq!(int_header(Some(&h), DEAD_LETTERED_AT), Some(1234));
         assert_eq!(int_header(Some(&h), FIRST_FAILED_AT), Some(1234));
         assert!(str_header(Some(&h), ERROR).map_or(0, |e| e.len()) <= MAX_ERROR_BYTES);
-        assert_eq!(str_header(Some(&h), ORIGINAL_QUEUE).as_deref(), Some("notifications.email"));
+        assert_eq!(
+            str_header(Some(&h), ORIGINAL_QUEUE).as_deref(),
+            Some("notifications.email")
+        );
     }
 
     #[test]
     fn origin_prefers_recorded_headers() {
-        let h = table(&[(ORIGINAL_ROUTING_KEY, long("sms")), (ORIGINAL_EXCHANGE, long("notifications"))]);
+        let h = table(&[
+            (ORIGINAL_ROUTING_KEY, long("sms")),
+            (ORIGINAL_EXCHANGE, long("notifications")),
+        ]);
         let o = Origin::of(Some(&h), "", "notifications.sms", "notifications.sms");
         assert_eq!(o.routing_key, "sms");
         assert_eq!(o.exchange, "notifications");
@@ -370,8 +405,12 @@ mod tests {
     #[test]
     fn body_validation() {
         assert!(validate_body(br#"{"to":"a"}"#).is_ok());
-        assert!(validate_body(b"not json").expect_err("invalid").contains("not valid JSON"));
-        assert!(validate_body(&[0xff, 0xfe]).expect_err("invalid").contains("UTF-8"));
+        assert!(validate_body(b"not json")
+            .expect_err("invalid")
+            .contains("not valid JSON"));
+        assert!(validate_body(&[0xff, 0xfe])
+            .expect_err("invalid")
+            .contains("UTF-8"));
     }
 
     #[test]

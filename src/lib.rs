@@ -12,12 +12,12 @@
 #![warn(missing_docs)]
 
 pub mod amqp;
-pub mod management;
-pub mod topology;
-pub mod handler;
 pub mod envelope;
+pub mod handler;
+pub mod management;
 pub mod metrics;
 pub mod outcome;
 pub mod publisher;
-pub mod worker;
 pub mod shutdown;
+pub mod topology;
+pub mod worker;

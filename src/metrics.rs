@@ -56,12 +56,16 @@ impl Metrics {
         let registry = Registry::new();
         let latency = exponential_buckets(0.000_5, 2.5, 14).expect("static buckets");
         let messages = IntCounterVec::new(
-            Opts::new("courier_messages_total", "Messages finished, by queue and outcome"),
+            Opts::new(
+                "courier_messages_total",
+                "Messages finished, by queue and outcome",
+            ),
             &["queue", "outcome"],
         )
         .expect("metric");
         let handler_seconds = HistogramVec::new(
-            HistogramOpts::new("courier_handler_duration_seconds", "Handler latency").buckets(latency.clone()),
+            HistogramOpts::new("courier_handler_duration_seconds", "Handler latency")
+                .buckets(latency.clone()),
             &["queue"],
         )
         .expect("metric");
@@ -71,37 +75,61 @@ impl Metrics {
         )
         .expect("metric");
         let retries = IntCounterVec::new(
-            Opts::new("courier_retries_total", "Retries published, by queue and tier"),
+            Opts::new(
+                "courier_retries_total",
+                "Retries published, by queue and tier",
+            ),
             &["queue", "tier"],
         )
         .expect("metric");
         let dead_letters = IntCounterVec::new(
-            Opts::new("courier_dead_letters_total", "Dead letters published, by queue and reason"),
+            Opts::new(
+                "courier_dead_letters_total",
+                "Dead letters published, by queue and reason",
+            ),
             &["queue", "reason"],
         )
         .expect("metric");
         let reconnects = IntCounterVec::new(
-            Opts::new("courier_reconnects_total", "Broker reconnections, by connection role"),
+            Opts::new(
+                "courier_reconnects_total",
+                "Broker reconnections, by connection role",
+            ),
             &["connection"],
         )
         .expect("metric");
         let confirm_seconds = HistogramVec::new(
-            HistogramOpts::new("courier_publish_confirm_seconds", "Publish-to-confirm latency").buckets(latency),
+            HistogramOpts::new(
+                "courier_publish_confirm_seconds",
+                "Publish-to-confirm latency",
+            )
+            .buckets(latency),
             &["connection"],
         )
         .expect("metric");
         let publish_failures = IntCounterVec::new(
-            Opts::new("courier_publish_failures_total", "Publishes not confirmed, by kind"),
+            Opts::new(
+                "courier_publish_failures_total",
+                "Publishes not confirmed, by kind",
+            ),
             &["kind"],
         )
         .expect("metric");
         let consumer_cancels = IntCounterVec::new(
-            Opts::new("courier_consumer_cancels_total", "Consumers ended by the broker"),
+            Opts::new(
+                "courier_consumer_cancels_total",
+                "Consumers ended by the broker",
+            ),
             &["queue"],
         )
         .expect("metric");
-        let ready = IntGauge::new("courier_ready", "1 while connected and consuming").expect("metric");
-        let blocked = IntGauge::new("courier_connection_blocked", "1 while the broker blocks publishing").expect("metric");
+        let ready =
+            IntGauge::new("courier_ready", "1 while connected and consuming").expect("metric");
+        let blocked = IntGauge::new(
+            "courier_connection_blocked",
+            "1 while the broker blocks publishing",
+        )
+        .expect("metric");
         for c in [
             Box::new(messages.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(handler_seconds.clone()),
@@ -183,7 +211,10 @@ async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
     if s.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: not connected or not consuming\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not connected or not consuming\n",
+        )
     }
 }
 

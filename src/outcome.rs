@@ -40,7 +40,11 @@ pub enum Action {
 /// - retryable failure with attempts left → tier `attempts - 1` (the last tier repeats), or the
 ///   first tier at least as long as the `retry_after` hint, if that is later;
 /// - retryable failure with no attempts left (or no tiers) → dead letter (`max-attempts`).
-pub fn decide(prior_attempts: u32, result: &Result<(), HandlerError>, policy: &RetryPolicy) -> Action {
+pub fn decide(
+    prior_attempts: u32,
+    result: &Result<(), HandlerError>,
+    policy: &RetryPolicy,
+) -> Action {
     let attempts = prior_attempts.saturating_add(1);
     let err = match result {
         Ok(()) => return Action::Ack,
@@ -61,7 +65,9 @@ pub fn decide(prior_attempts: u32, result: &Result<(), HandlerError>, policy: &R
         };
     }
     let last = policy.tiers.len() - 1;
-    let by_attempt = usize::try_from(attempts - 1).unwrap_or(usize::MAX).min(last);
+    let by_attempt = usize::try_from(attempts - 1)
+        .unwrap_or(usize::MAX)
+        .min(last);
     let tier = match err.retry_after {
         Some(wait) => by_attempt.max(tier_for_delay(&policy.tiers, wait)),
         None => by_attempt,
@@ -130,7 +136,10 @@ mod tests {
             }
         );
         // Hostile attempt counts saturate instead of overflowing.
-        assert!(matches!(decide(u32::MAX, &e, &policy()), Action::DeadLetter { .. }));
+        assert!(matches!(
+            decide(u32::MAX, &e, &policy()),
+            Action::DeadLetter { .. }
+        ));
     }
 
     #[test]

@@ -79,7 +79,9 @@ pub enum PublishError {
         routing_key: String,
     },
     /// No confirm within the deadline (broker blocked by an alarm, or overloaded).
-    #[error("no confirm for message {message_id} within {timeout:?} (broker blocked or overloaded?)")]
+    #[error(
+        "no confirm for message {message_id} within {timeout:?} (broker blocked or overloaded?)"
+    )]
     Timeout {
         /// The message.
         message_id: String,
@@ -160,7 +162,11 @@ impl Publisher {
     ///
     /// # Errors
     /// [`PublishError::Connect`] if the broker cannot be reached.
-    pub async fn connect(url: &AmqpUrl, config: PublisherConfig, metrics: Metrics) -> Result<Self, PublishError> {
+    pub async fn connect(
+        url: &AmqpUrl,
+        config: PublisherConfig,
+        metrics: Metrics,
+    ) -> Result<Self, PublishError> {
         let p = Self::lazy(url, config, metrics);
         {
             let mut live = p.inner.live.lock().await;
@@ -196,10 +202,17 @@ impl Publisher {
             .is_some_and(|l| l.channel.status().connected() && l.conn.status().connected());
         if !healthy {
             if let Some(old) = live.take() {
-                let _ = old.conn.close(200, "replacing a failed channel".into()).await;
+                let _ = old
+                    .conn
+                    .close(200, "replacing a failed channel".into())
+                    .await;
             }
             if self.inner.connected_once.load(Ordering::Relaxed) {
-                self.inner.metrics.reconnects.with_label_values(&["publisher"]).inc();
+                self.inner
+                    .metrics
+                    .reconnects
+                    .with_label_values(&["publisher"])
+                    .inc();
                 tracing::info!(url = %self.inner.url, "publisher reconnecting");
             }
             let conn = self.inner.url.connect(&self.inner.config.name).await?;
@@ -217,7 +230,8 @@ impl Publisher {
             self.inner.connected_once.store(true, Ordering::Relaxed);
             *live = Some(Live { conn, channel, tx });
         }
-        live.as_ref().ok_or_else(|| PublishError::Connect("no connection".to_owned()))
+        live.as_ref()
+            .ok_or_else(|| PublishError::Connect("no connection".to_owned()))
     }
 
     /// Publishes one message (mandatory, persistent unless the properties say otherwise) and
@@ -261,7 +275,11 @@ impl Publisher {
                 Ok(c) => c,
                 Err(e) => {
                     *guard = None;
-                    self.inner.metrics.publish_failures.with_label_values(&["channel"]).inc();
+                    self.inner
+                        .metrics
+                        .publish_failures
+                        .with_label_values(&["channel"])
+                        .inc();
                     return Err(PublishError::Channel {
                         message_id,
                         reason: self.inner.url.scrub(&e.to_string()),
@@ -294,13 +312,21 @@ impl Publisher {
                 message_id,
                 reason: "channel closed before the confirm".to_owned(),
             }),
-            Err(_) => Err(PublishError::Timeout { message_id, timeout }),
+            Err(_) => Err(PublishError::Timeout {
+                message_id,
+                timeout,
+            }),
         };
         match &result {
             Ok(()) => {
                 self.inner.confirmed.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => self.inner.metrics.publish_failures.with_label_values(&[e.kind()]).inc(),
+            Err(e) => self
+                .inner
+                .metrics
+                .publish_failures
+                .with_label_values(&[e.kind()])
+                .inc(),
         }
         result
     }
@@ -308,7 +334,11 @@ impl Publisher {
     /// Closes the connection after in-flight confirms are answered (or time out).
     pub async fn close(&self) {
         let max = u32::try_from(self.inner.config.window.max(1)).unwrap_or(u32::MAX);
-        let _all = tokio::time::timeout(self.inner.config.confirm_timeout, self.inner.window.acquire_many(max)).await;
+        let _all = tokio::time::timeout(
+            self.inner.config.confirm_timeout,
+            self.inner.window.acquire_many(max),
+        )
+        .await;
         if let Some(live) = self.inner.live.lock().await.take() {
             let _ = live.conn.close(200, "publisher closed".into()).await;
         }
@@ -432,12 +462,17 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Pending>, inner: Arc<Inner>) {
 
 /// `Ok(true)` ack, `Ok(false)` nack, `Err` channel failure; any attached return is tallied by
 /// its own `message_id`, whoever it was attached to.
-fn classify(res: Result<Confirmation, lapin::Error>, returned: &mut HashMap<String, usize>) -> Result<bool, String> {
+fn classify(
+    res: Result<Confirmation, lapin::Error>,
+    returned: &mut HashMap<String, usize>,
+) -> Result<bool, String> {
     match res {
         Ok(c) => {
             let acked = c.is_ack();
             if let Some(msg) = c.take_message() {
-                let id = crate::envelope::message_id(&msg.properties).unwrap_or_default().to_owned();
+                let id = crate::envelope::message_id(&msg.properties)
+                    .unwrap_or_default()
+                    .to_owned();
                 *returned.entry(id).or_insert(0) += 1;
             }
             Ok(acked)

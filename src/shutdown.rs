@@ -11,7 +11,9 @@ pub fn cancel_on_signal(token: CancellationToken) {
         tracing::info!("signal received: stopping (send it again to exit at once)");
         token.cancel();
         wait_for_signal().await;
-        tracing::warn!("second signal: exiting without waiting; unacked messages return to the queue");
+        tracing::warn!(
+            "second signal: exiting without waiting; unacked messages return to the queue"
+        );
         std::process::exit(130);
     });
 }

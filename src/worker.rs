@@ -136,10 +136,8 @@ impl<H: Handler> Worker<H> {
         metrics: Metrics,
         health: Health,
     ) -> Result<Self, WorkerError> {
-        let work = topology
-            .work_queue(&config.queue)
-            .cloned()
-            .ok_or_else(|| WorkerError::UnknownQueue {
+        let work = topology.work_queue(&config.queue).cloned().ok_or_else(|| {
+            WorkerError::UnknownQueue {
                 queue: config.queue.clone(),
                 topology: topology.source.clone(),
                 available: topology
@@ -148,7 +146,8 @@ impl<H: Handler> Worker<H> {
                     .map(|q| q.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-            })?;
+            }
+        })?;
         let publisher = Publisher::lazy(
             &url,
             PublisherConfig {
@@ -158,7 +157,12 @@ impl<H: Handler> Worker<H> {
             },
             metrics.clone(),
         );
-        let tier_labels = topology.retry.tiers.iter().map(|d| tier_label(*d)).collect();
+        let tier_labels = topology
+            .retry
+            .tiers
+            .iter()
+            .map(|d| tier_label(*d))
+            .collect();
         Ok(Self {
             url,
             health,
@@ -206,12 +210,16 @@ impl<H: Handler> Worker<H> {
             };
             sessions += 1;
             if sessions > 1 {
-                ctx.metrics.reconnects.with_label_values(&["consumer"]).inc();
+                ctx.metrics
+                    .reconnects
+                    .with_label_values(&["consumer"])
+                    .inc();
             }
             backoff.reset();
             self.set_ready(true);
             tracing::info!(%queue, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
-            let (events, acker_task) = acker::spawn(channel.clone(), ctx.metrics.clone(), queue.clone());
+            let (events, acker_task) =
+                acker::spawn(channel.clone(), ctx.metrics.clone(), queue.clone());
             ackers.push(acker_task);
             let end = consume(&ctx, consumer.clone(), events, &slots, &tracker, &shutdown).await;
             self.set_ready(false);
@@ -254,7 +262,10 @@ impl<H: Handler> Worker<H> {
     async fn drain(&self, tracker: &TaskTracker, ackers: Vec<tokio::task::JoinHandle<()>>) {
         tracker.close();
         // Tasks see the cancellation only in their publish back-off; handlers run to completion.
-        if tokio::time::timeout(self.ctx.config.shutdown_timeout, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.ctx.config.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 queue = %self.ctx.config.queue,
                 left = tracker.len(),
@@ -328,13 +339,19 @@ async fn consume<H: Handler>(
             Some(Ok(d)) => d,
             Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
             None => {
-                ctx.metrics.consumer_cancels.with_label_values(&[&ctx.config.queue]).inc();
+                ctx.metrics
+                    .consumer_cancels
+                    .with_label_values(&[&ctx.config.queue])
+                    .inc();
                 return SessionEnd::Lost(
                     "the broker ended the consumer (queue deleted, consumer_timeout, or node shutdown)".to_owned(),
                 );
             }
         };
-        if events.send(AckEvent::Delivered(delivery.delivery_tag)).is_err() {
+        if events
+            .send(AckEvent::Delivered(delivery.delivery_tag))
+            .is_err()
+        {
             return SessionEnd::Lost("acknowledgement task stopped (channel closed)".to_owned());
         }
         let ctx = ctx.clone();
@@ -350,7 +367,10 @@ async fn consume<H: Handler>(
 
 impl<H: Handler> Ctx<H> {
     fn count(&self, outcome: &str) {
-        self.metrics.messages.with_label_values(&[&self.config.queue, outcome]).inc();
+        self.metrics
+            .messages
+            .with_label_values(&[&self.config.queue, outcome])
+            .inc();
     }
 
     /// Handles one delivery and decides how it is settled. Never panics on input.
@@ -375,15 +395,26 @@ impl<H: Handler> Ctx<H> {
         }
         let Some(message_id) = envelope::message_id(props) else {
             return self
-                .dead_letter(d, &origin, attempts, Reason::Malformed, "message has no message_id (the idempotency key); publishers must set it")
+                .dead_letter(
+                    d,
+                    &origin,
+                    attempts,
+                    Reason::Malformed,
+                    "message has no message_id (the idempotency key); publishers must set it",
+                )
                 .await;
         };
         if let Err(why) = envelope::validate_body(&d.data) {
-            return self.dead_letter(d, &origin, attempts, Reason::Malformed, &why).await;
+            return self
+                .dead_letter(d, &origin, attempts, Reason::Malformed, &why)
+                .await;
         }
 
         let priority = props.priority().unwrap_or(0);
-        let content_type = props.content_type().as_ref().map_or("application/json", |c| c.as_str());
+        let content_type = props
+            .content_type()
+            .as_ref()
+            .map_or("application/json", |c| c.as_str());
         let job = Job {
             message_id,
             attempt: attempts.saturating_add(1),
@@ -402,15 +433,28 @@ impl<H: Handler> Ctx<H> {
 
         match decide(attempts, &result, &self.policy) {
             Action::Ack => {
-                self.reply(d, message_id, "delivered", None, attempts + 1).await;
+                self.reply(d, message_id, "delivered", None, attempts + 1)
+                    .await;
                 self.count("delivered");
                 Settle::Ack
             }
-            Action::Retry { tier, attempts, error } => {
+            Action::Retry {
+                tier,
+                attempts,
+                error,
+            } => {
                 let Some(tier_queue) = self.work.retry_queues.get(tier) else {
-                    return self.dead_letter(d, &origin, attempts, Reason::MaxAttempts, &error).await;
+                    return self
+                        .dead_letter(d, &origin, attempts, Reason::MaxAttempts, &error)
+                        .await;
                 };
-                let headers = envelope::retry_headers(headers, attempts, &error, &origin, envelope::now_millis());
+                let headers = envelope::retry_headers(
+                    headers,
+                    attempts,
+                    &error,
+                    &origin,
+                    envelope::now_millis(),
+                );
                 let msg = Outgoing {
                     exchange: String::new(),
                     routing_key: tier_queue.clone(),
@@ -419,7 +463,10 @@ impl<H: Handler> Ctx<H> {
                 };
                 if self.republish(msg, message_id, "retry").await {
                     let label = self.tier_labels.get(tier).map_or("?", String::as_str);
-                    self.metrics.retries.with_label_values(&[queue, label]).inc();
+                    self.metrics
+                        .retries
+                        .with_label_values(&[queue, label])
+                        .inc();
                     self.count("retried");
                     tracing::debug!(%message_id, attempts, tier = label, %error, "retry scheduled");
                     Settle::Ack
@@ -428,8 +475,13 @@ impl<H: Handler> Ctx<H> {
                     Settle::Requeue
                 }
             }
-            Action::DeadLetter { reason, attempts, error } => {
-                self.dead_letter_with(d, message_id, &origin, attempts, reason, &error).await
+            Action::DeadLetter {
+                reason,
+                attempts,
+                error,
+            } => {
+                self.dead_letter_with(d, message_id, &origin, attempts, reason, &error)
+                    .await
             }
         }
     }
@@ -449,7 +501,10 @@ impl<H: Handler> Ctx<H> {
                 tracing::error!(message_id = job.message_id, panic = %what, "handler panicked; treated as a retryable failure");
                 Err(HandlerError::retryable(format!("handler panicked: {what}")))
             }
-            Err(_) => Err(HandlerError::retryable(format!("handler timed out after {}", humantime::format_duration(timeout)))),
+            Err(_) => Err(HandlerError::retryable(format!(
+                "handler timed out after {}",
+                humantime::format_duration(timeout)
+            ))),
         }
     }
 
@@ -465,10 +520,15 @@ impl<H: Handler> Ctx<H> {
             let error = format!(
                 "redelivered {n} times without an outcome: a worker holding it crashed, was killed or lost its channel each time"
             );
-            return self.dead_letter_with(d, &id, origin, attempts, Reason::CrashLoop, &error).await;
+            return self
+                .dead_letter_with(d, &id, origin, attempts, Reason::CrashLoop, &error)
+                .await;
         }
         let mut h = envelope::clean_headers(headers);
-        h.insert(envelope::REDELIVERIES.into(), lapin::types::AMQPValue::LongLongInt(i64::from(n)));
+        h.insert(
+            envelope::REDELIVERIES.into(),
+            lapin::types::AMQPValue::LongLongInt(i64::from(n)),
+        );
         let msg = Outgoing {
             exchange: String::new(),
             routing_key: self.config.queue.clone(),
@@ -484,9 +544,19 @@ impl<H: Handler> Ctx<H> {
         }
     }
 
-    async fn dead_letter(&self, d: &Delivery, origin: &Origin, attempts: u32, reason: Reason, error: &str) -> Settle {
-        let id = envelope::message_id(&d.properties).unwrap_or("(none)").to_owned();
-        self.dead_letter_with(d, &id, origin, attempts, reason, error).await
+    async fn dead_letter(
+        &self,
+        d: &Delivery,
+        origin: &Origin,
+        attempts: u32,
+        reason: Reason,
+        error: &str,
+    ) -> Settle {
+        let id = envelope::message_id(&d.properties)
+            .unwrap_or("(none)")
+            .to_owned();
+        self.dead_letter_with(d, &id, origin, attempts, reason, error)
+            .await
     }
 
     async fn dead_letter_with(
@@ -519,7 +589,14 @@ impl<H: Handler> Ctx<H> {
                 .inc();
             self.count("dead-lettered");
             tracing::info!(%message_id, %reason, attempts, error = %envelope::truncate(error, 200), "dead-lettered");
-            self.reply(d, message_id, "dead-lettered", Some((reason, error)), attempts).await;
+            self.reply(
+                d,
+                message_id,
+                "dead-lettered",
+                Some((reason, error)),
+                attempts,
+            )
+            .await;
             Settle::Ack
         } else {
             self.count("requeued");
@@ -555,9 +632,17 @@ impl<H: Handler> Ctx<H> {
 
     /// Request–reply: publish the final outcome to `reply_to` with the same correlation id.
     /// Best effort: the outcome itself is already safe, so a missing reply queue is logged.
-    async fn reply(&self, d: &Delivery, message_id: &str, status: &str, failure: Option<(Reason, &str)>, attempts: u32) {
+    async fn reply(
+        &self,
+        d: &Delivery,
+        message_id: &str,
+        status: &str,
+        failure: Option<(Reason, &str)>,
+        attempts: u32,
+    ) {
         let props = &d.properties;
-        let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id()) else {
+        let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id())
+        else {
             return;
         };
         let body = serde_json::json!({
@@ -593,7 +678,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, current: min }
+        Self {
+            min,
+            max,
+            current: min,
+        }
     }
 
     fn reset(&mut self) {

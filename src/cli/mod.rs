@@ -37,7 +37,13 @@ pub struct GlobalArgs {
     topology: PathBuf,
     /// Prefix for every exchange and queue name (e.g. `staging.`), so several copies of the
     /// topology can share one broker. Routing keys are not prefixed.
-    #[arg(long, env = "COURIER_PREFIX", default_value = "", global = true, hide_default_value = true)]
+    #[arg(
+        long,
+        env = "COURIER_PREFIX",
+        default_value = "",
+        global = true,
+        hide_default_value = true
+    )]
     prefix: String,
     /// Log format on stderr. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "COURIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -55,9 +61,7 @@ enum Command {
     /// Declare, verify or export the broker topology (`courier topology --help`).
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
-    /// Consume a work queue and deliver its messages (`courier work --help` for the outcome rules).
     Work(work::WorkArgs),
-    /// Publish one message, or a JSONL file of them, with publisher confirms.
     Publish(publish::PublishArgs),
 }
 
@@ -67,13 +71,19 @@ impl GlobalArgs {
     }
 
     fn load_topology(&self) -> anyhow::Result<courier::topology::Topology> {
-        Ok(courier::topology::Topology::load(&self.topology, &self.prefix)?)
+        Ok(courier::topology::Topology::load(
+            &self.topology,
+            &self.prefix,
+        )?)
     }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=error,lapin::channel=off,lapin::returned_messages=off"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,lapin=error,lapin::channel=off,lapin::returned_messages=off",
+        )
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -87,7 +97,10 @@ fn init_logging(format: LogFormat) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -107,13 +107,19 @@ fn build(line: Line, defaults: &Defaults) -> Result<Outgoing, String> {
     };
     let mut headers = FieldTable::default();
     for (k, v) in &line.headers {
-        let value = header_value(v).ok_or_else(|| format!("header {k:?}: use a string, integer or boolean"))?;
+        let value = header_value(v)
+            .ok_or_else(|| format!("header {k:?}: use a string, integer or boolean"))?;
         headers.insert(k.as_str().into(), value);
     }
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_message_id(line.message_id.unwrap_or_else(envelope::new_message_id).as_str().into())
+        .with_message_id(
+            line.message_id
+                .unwrap_or_else(envelope::new_message_id)
+                .as_str()
+                .into(),
+        )
         .with_timestamp(u64::try_from(envelope::now_millis() / 1000).unwrap_or(0))
         .with_headers(headers);
     if let Some(p) = line.priority {
@@ -134,13 +140,19 @@ fn build(line: Line, defaults: &Defaults) -> Result<Outgoing, String> {
 }
 
 /// Publishes with retries of transient failures; unroutable and nacked messages fail at once.
-async fn publish_retrying(p: &Publisher, msg: Outgoing, retry_for: Duration) -> Result<(), PublishError> {
+async fn publish_retrying(
+    p: &Publisher,
+    msg: Outgoing,
+    retry_for: Duration,
+) -> Result<(), PublishError> {
     let deadline = Instant::now() + retry_for;
     let mut delay = Duration::from_millis(200);
     loop {
         match p.publish(msg.clone()).await {
             Ok(()) => return Ok(()),
-            Err(e @ (PublishError::Returned { .. } | PublishError::Nacked { .. })) => return Err(e),
+            Err(e @ (PublishError::Returned { .. } | PublishError::Nacked { .. })) => {
+                return Err(e)
+            }
             Err(e) if Instant::now() + delay > deadline => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "publish not confirmed; retrying");
@@ -184,7 +196,9 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
             Some(b) => b.clone(),
             None => {
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("reading the body from stdin")?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading the body from stdin")?;
                 s
             }
         };
@@ -212,7 +226,9 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
             reply_to: args.reply_to.clone(),
         };
         let msg = build(line, &defaults).map_err(anyhow::Error::msg)?;
-        let id = envelope::message_id(&msg.properties).unwrap_or_default().to_owned();
+        let id = envelope::message_id(&msg.properties)
+            .unwrap_or_default()
+            .to_owned();
         let target = format!("{}/{}", msg.exchange, msg.routing_key);
         publish_retrying(&publisher, msg, args.retry_for).await?;
         publisher.close().await;
@@ -221,7 +237,8 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
     };
 
     // A file: validate every line first, so a typo on line 90,000 does not leave a half-sent file.
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut messages = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let n = i + 1;
@@ -231,14 +248,17 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
         }
         let parsed: Line = serde_json::from_str(&line)
             .with_context(|| format!("{}:{n}: not a valid message line", path.display()))?;
-        let msg = build(parsed, &defaults).map_err(|e| anyhow::anyhow!("{}:{n}: {e}", path.display()))?;
+        let msg =
+            build(parsed, &defaults).map_err(|e| anyhow::anyhow!("{}:{n}: {e}", path.display()))?;
         messages.push((n, msg));
     }
     let total = messages.len();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} confirmed {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} confirmed {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Instant::now();
     let results: Vec<(usize, Result<(), PublishError>)> = futures_util::stream::iter(messages)
@@ -257,7 +277,10 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
         .await;
     bar.finish_and_clear();
     publisher.close().await;
-    let failed: Vec<_> = results.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| (n, e))).collect();
+    let failed: Vec<_> = results
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| (n, e)))
+        .collect();
     let ok = total - failed.len();
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -271,7 +294,11 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
     if failed.len() > 20 {
         eprintln!("... and {} more failures", failed.len() - 20);
     }
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
@@ -299,9 +326,16 @@ mod tests {
     fn unknown_line_keys_and_bad_headers_are_refused() {
         assert!(serde_json::from_str::<Line>(r#"{"body":1,"routingkey":"x"}"#).is_err());
         let l: Line = serde_json::from_str(r#"{"body":1,"headers":{"x":[1]}}"#).expect("parses");
-        assert!(build(l, &defaults()).expect_err("bad header").contains("header \"x\""));
+        assert!(build(l, &defaults())
+            .expect_err("bad header")
+            .contains("header \"x\""));
         let l: Line = serde_json::from_str(r#"{"body":1}"#).expect("parses");
-        let no_key = Defaults { exchange: "n".into(), routing_key: None };
-        assert!(build(l, &no_key).expect_err("no key").contains("routing_key"));
+        let no_key = Defaults {
+            exchange: "n".into(),
+            routing_key: None,
+        };
+        assert!(build(l, &no_key)
+            .expect_err("no key")
+            .contains("routing_key"));
     }
 }

@@ -40,7 +40,12 @@ pub struct WorkArgs {
     endpoint: Option<String>,
     /// With --handler http: extra request header `Name: value` (repeatable), e.g. an
     /// Authorization token. Values are never logged.
-    #[arg(long = "http-header", env = "COURIER_HTTP_HEADERS", value_delimiter = ',', value_name = "NAME=VALUE")]
+    #[arg(
+        long = "http-header",
+        env = "COURIER_HTTP_HEADERS",
+        value_delimiter = ',',
+        value_name = "NAME=VALUE"
+    )]
     http_headers: Vec<String>,
     /// Messages handled at once by this process.
     #[arg(long, env = "COURIER_CONCURRENCY", default_value_t = 64)]
@@ -86,13 +91,21 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
         format!("{}{}", topology.prefix, args.queue)
     };
     if args.concurrency == 0 || args.concurrency > 10_000 {
-        bail!("--concurrency {} is out of range: use 1 to 10000", args.concurrency);
+        bail!(
+            "--concurrency {} is out of range: use 1 to 10000",
+            args.concurrency
+        );
     }
     if args.prefetch == 0 {
         bail!("--prefetch 0 means unlimited to RabbitMQ and would defeat flow control: use at least 1");
     }
     if usize::from(args.prefetch) < args.concurrency {
-        tracing::warn!(prefetch = args.prefetch, concurrency = args.concurrency, "prefetch below concurrency: only {} handlers can ever be busy", args.prefetch);
+        tracing::warn!(
+            prefetch = args.prefetch,
+            concurrency = args.concurrency,
+            "prefetch below concurrency: only {} handlers can ever be busy",
+            args.prefetch
+        );
     }
     let config = WorkerConfig {
         prefetch: args.prefetch,
@@ -112,7 +125,10 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
             let mut headers = Vec::new();
             for h in &args.http_headers {
                 let Some((k, v)) = h.split_once('=') else {
-                    bail!("--http-header {:?}: expected NAME=VALUE", h.split('=').next().unwrap_or_default());
+                    bail!(
+                        "--http-header {:?}: expected NAME=VALUE",
+                        h.split('=').next().unwrap_or_default()
+                    );
                 };
                 headers.push((k.trim().to_owned(), v.to_owned()));
             }
@@ -138,7 +154,14 @@ async fn serve<H: Handler>(
     let health = Health::default();
     let shutdown = CancellationToken::new();
     courier::shutdown::cancel_on_signal(shutdown.clone());
-    let worker = Worker::new(url, topology, config, handler, metrics.clone(), health.clone())?;
+    let worker = Worker::new(
+        url,
+        topology,
+        config,
+        handler,
+        metrics.clone(),
+        health.clone(),
+    )?;
     let server = match metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -146,7 +169,9 @@ async fn serve<H: Handler>(
                 .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
             let token = shutdown.clone();
-            Some(tokio::spawn(courier::metrics::serve(listener, metrics, health, token)))
+            Some(tokio::spawn(courier::metrics::serve(
+                listener, metrics, health, token,
+            )))
         }
         None => None,
     };

@@ -290,7 +290,9 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     if !value.bytes().all(|b| b.is_ascii_digit()) {
         // The HTTP-date form: wait until then (a date in the past means "now").
         let at = httpdate::parse_http_date(value).ok()?;
-        let wait = at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
+        let wait = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         return Some(wait.min(MAX_RETRY_AFTER));
     }
     // All digits: a parse failure can only be overflow, which is beyond the cap anyway.
@@ -532,10 +534,17 @@ mod tests {
             assert_eq!(parse_retry_after(value), None, "{value:?}");
         }
         // A date in the past means "retry now".
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        let in_an_hour = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let in_an_hour =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
         let wait = parse_retry_after(&in_an_hour).expect("date parses");
-        assert!(wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
     }
 
     #[test]

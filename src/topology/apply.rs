@@ -208,7 +208,11 @@ impl Declarer<'_> {
         }
     }
 
-    async fn declare_exchange(&mut self, e: &ExchangeDef, passive: bool) -> Result<(), lapin::Error> {
+    async fn declare_exchange(
+        &mut self,
+        e: &ExchangeDef,
+        passive: bool,
+    ) -> Result<(), lapin::Error> {
         let ch = self.channel().await?;
         ch.exchange_declare(
             e.name.as_str().into(),
@@ -232,7 +236,11 @@ impl Declarer<'_> {
                 durable: true,
                 ..Default::default()
             },
-            if passive { FieldTable::default() } else { field_table(&q.arguments) },
+            if passive {
+                FieldTable::default()
+            } else {
+                field_table(&q.arguments)
+            },
         )
         .await
         .map(|_| ())
@@ -241,7 +249,9 @@ impl Declarer<'_> {
     /// Missing, same, or different, for an exchange.
     async fn probe_exchange(&mut self, e: &ExchangeDef) -> Result<Probe, lapin::Error> {
         match self.declare_exchange(e, true).await {
-            Err(err) if broker_reply(&err).is_some_and(|(c, _)| c == NOT_FOUND) => return Ok(Probe::Missing),
+            Err(err) if broker_reply(&err).is_some_and(|(c, _)| c == NOT_FOUND) => {
+                return Ok(Probe::Missing)
+            }
             Err(err) => return Err(err),
             Ok(()) => {}
         }
@@ -257,7 +267,9 @@ impl Declarer<'_> {
     /// Missing, same, or different, for a queue.
     async fn probe_queue(&mut self, q: &QueueDef) -> Result<Probe, lapin::Error> {
         match self.declare_queue(q, true).await {
-            Err(err) if broker_reply(&err).is_some_and(|(c, _)| c == NOT_FOUND) => return Ok(Probe::Missing),
+            Err(err) if broker_reply(&err).is_some_and(|(c, _)| c == NOT_FOUND) => {
+                return Ok(Probe::Missing)
+            }
             Err(err) => return Err(err),
             Ok(()) => {}
         }
@@ -274,11 +286,16 @@ impl Declarer<'_> {
 /// Refuses what the broker cannot do before anything is declared.
 fn check_support(topology: &Topology, version: Option<BrokerVersion>) -> Result<(), ApplyError> {
     for wq in &topology.work_queues {
-        let Some(def) = topology.queue(&wq.name) else { continue };
+        let Some(def) = topology.queue(&wq.name) else {
+            continue;
+        };
         if def.queue_type == QueueType::Quorum && wq.max_priority.is_some() {
             let supported = version.is_some_and(BrokerVersion::quorum_priorities);
             if !supported {
-                let seen = version.map_or_else(|| "an unknown version".to_owned(), |v| format!("RabbitMQ {v}"));
+                let seen = version.map_or_else(
+                    || "an unknown version".to_owned(),
+                    |v| format!("RabbitMQ {v}"),
+                );
                 return Err(ApplyError::Unsupported {
                     object: format!("queue '{}'", wq.name),
                     reason: format!(
@@ -314,7 +331,11 @@ pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, Ap
 
     for e in &topology.exchanges {
         let object = format!("exchange '{}'", e.name);
-        match d.probe_exchange(e).await.map_err(|err| d.err(&object, &err, &done))? {
+        match d
+            .probe_exchange(e)
+            .await
+            .map_err(|err| d.err(&object, &err, &done))?
+        {
             Probe::Missing => {
                 d.declare_exchange(e, false)
                     .await
@@ -335,16 +356,25 @@ pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, Ap
     }
     for q in &topology.queues {
         let object = format!("queue '{}'", q.name);
-        match d.probe_queue(q).await.map_err(|err| d.err(&object, &err, &done))? {
+        match d
+            .probe_queue(q)
+            .await
+            .map_err(|err| d.err(&object, &err, &done))?
+        {
             Probe::Missing => {
-                d.declare_queue(q, false).await.map_err(|err| match broker_reply(&err) {
-                    Some((PRECONDITION_FAILED, text)) => ApplyError::Unsupported {
-                        object: object.clone(),
-                        reason: format!("the broker refused the arguments {}: {text}", describe_args(q)),
-                        done: done.clone(),
-                    },
-                    _ => d.err(&object, &err, &done),
-                })?;
+                d.declare_queue(q, false)
+                    .await
+                    .map_err(|err| match broker_reply(&err) {
+                        Some((PRECONDITION_FAILED, text)) => ApplyError::Unsupported {
+                            object: object.clone(),
+                            reason: format!(
+                                "the broker refused the arguments {}: {text}",
+                                describe_args(q)
+                            ),
+                            done: done.clone(),
+                        },
+                        _ => d.err(&object, &err, &done),
+                    })?;
                 report.created.push(object.clone());
             }
             Probe::Same => report.unchanged.push(object.clone()),
@@ -360,8 +390,14 @@ pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, Ap
         done.push(object);
     }
     for b in &topology.bindings {
-        let object = format!("binding {} -> {} ({:?})", b.exchange, b.queue, b.routing_key);
-        let ch = d.channel().await.map_err(|err| d.err(&object, &err, &done))?;
+        let object = format!(
+            "binding {} -> {} ({:?})",
+            b.exchange, b.queue, b.routing_key
+        );
+        let ch = d
+            .channel()
+            .await
+            .map_err(|err| d.err(&object, &err, &done))?;
         ch.queue_bind(
             b.queue.as_str().into(),
             b.exchange.as_str().into(),
@@ -397,7 +433,11 @@ pub async fn check(
     for e in &topology.exchanges {
         let object = format!("exchange '{}'", e.name);
         report.checked += 1;
-        match d.probe_exchange(e).await.map_err(|err| d.err(&object, &err, &[]))? {
+        match d
+            .probe_exchange(e)
+            .await
+            .map_err(|err| d.err(&object, &err, &[]))?
+        {
             Probe::Missing => report.drift.push(Drift::Missing { object }),
             Probe::Same => {}
             Probe::Different(detail) => report.drift.push(Drift::Different { object, detail }),
@@ -406,7 +446,11 @@ pub async fn check(
     for q in &topology.queues {
         let object = format!("queue '{}'", q.name);
         report.checked += 1;
-        match d.probe_queue(q).await.map_err(|err| d.err(&object, &err, &[]))? {
+        match d
+            .probe_queue(q)
+            .await
+            .map_err(|err| d.err(&object, &err, &[]))?
+        {
             Probe::Missing => report.drift.push(Drift::Missing { object }),
             Probe::Same => {}
             Probe::Different(detail) => report.drift.push(Drift::Different { object, detail }),

@@ -353,7 +353,9 @@ impl Topology {
 
 /// Formats a tier delay the way it appears in queue names: `1s`, `10s`, `1m`, `1h30m`.
 pub fn tier_label(delay: Duration) -> String {
-    humantime::format_duration(delay).to_string().replace(' ', "")
+    humantime::format_duration(delay)
+        .to_string()
+        .replace(' ', "")
 }
 
 struct Validator<'a> {
@@ -388,7 +390,10 @@ impl Validator<'_> {
         if full.len() > MAX_NAME_LEN {
             return Err(self.invalid(
                 key,
-                format!("`{full}` is {} bytes; AMQP names are at most {MAX_NAME_LEN}", full.len()),
+                format!(
+                    "`{full}` is {} bytes; AMQP names are at most {MAX_NAME_LEN}",
+                    full.len()
+                ),
             ));
         }
         if !self.names.insert(full.clone()) {
@@ -400,7 +405,11 @@ impl Validator<'_> {
         Ok(full)
     }
 
-    fn queue_type(&self, key: &str, value: Option<&str>) -> Result<Option<QueueType>, TopologyError> {
+    fn queue_type(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Option<QueueType>, TopologyError> {
         match value {
             None => Ok(None),
             Some("classic") => Ok(Some(QueueType::Classic)),
@@ -436,18 +445,19 @@ impl Validator<'_> {
         for (i, e) in raw.exchanges.iter().enumerate() {
             let key = format!("exchanges[{i}]");
             let name = self.name(&format!("{key}.name"), &e.name)?;
-            let kind = match e.kind.as_str() {
-                "direct" => ExchangeType::Direct,
-                "topic" => ExchangeType::Topic,
-                "fanout" => ExchangeType::Fanout,
-                "headers" => ExchangeType::Headers,
-                other => {
-                    return Err(self.invalid(
+            let kind =
+                match e.kind.as_str() {
+                    "direct" => ExchangeType::Direct,
+                    "topic" => ExchangeType::Topic,
+                    "fanout" => ExchangeType::Fanout,
+                    "headers" => ExchangeType::Headers,
+                    other => return Err(self.invalid(
                         format!("{key}.type"),
-                        format!("unknown exchange type `{other}`; use direct, topic, fanout or headers"),
-                    ))
-                }
-            };
+                        format!(
+                            "unknown exchange type `{other}`; use direct, topic, fanout or headers"
+                        ),
+                    )),
+                };
             exchange_names.insert(e.name.clone(), name.clone());
             exchanges.push(ExchangeDef { name, kind });
         }
@@ -466,7 +476,10 @@ impl Validator<'_> {
             .queue_type("dead_letter.type", dl.queue_type.as_deref())?
             .unwrap_or(QueueType::Classic);
         let mut dlq_args = BTreeMap::new();
-        dlq_args.insert("x-queue-type".to_owned(), ArgValue::Str(dlq_type.as_str().to_owned()));
+        dlq_args.insert(
+            "x-queue-type".to_owned(),
+            ArgValue::Str(dlq_type.as_str().to_owned()),
+        );
         if let Some(max) = self.positive("dead_letter.max_length", dl.max_length)? {
             dlq_args.insert("x-max-length".to_owned(), ArgValue::Int(max));
         }
@@ -497,8 +510,10 @@ impl Validator<'_> {
         let default_type = self
             .queue_type("queue_defaults.type", defaults.queue_type.as_deref())?
             .unwrap_or(QueueType::Classic);
-        let default_priority = self.priority("queue_defaults.max_priority", defaults.max_priority)?;
-        let default_limit = self.positive("queue_defaults.delivery_limit", defaults.delivery_limit)?;
+        let default_priority =
+            self.priority("queue_defaults.max_priority", defaults.max_priority)?;
+        let default_limit =
+            self.positive("queue_defaults.delivery_limit", defaults.delivery_limit)?;
 
         if raw.queues.is_empty() {
             return Err(self.invalid(
@@ -529,8 +544,14 @@ impl Validator<'_> {
                 ));
             }
             let mut args = BTreeMap::new();
-            args.insert("x-queue-type".to_owned(), ArgValue::Str(queue_type.as_str().to_owned()));
-            args.insert("x-dead-letter-exchange".to_owned(), ArgValue::Str(dlx.clone()));
+            args.insert(
+                "x-queue-type".to_owned(),
+                ArgValue::Str(queue_type.as_str().to_owned()),
+            );
+            args.insert(
+                "x-dead-letter-exchange".to_owned(),
+                ArgValue::Str(dlx.clone()),
+            );
             // Quorum queues (4.0+) have built-in priorities and refuse x-max-priority.
             if let (Some(p), QueueType::Classic) = (max_priority, queue_type) {
                 args.insert("x-max-priority".to_owned(), ArgValue::Int(i64::from(p)));
@@ -545,7 +566,11 @@ impl Validator<'_> {
                         format!(
                             "exchange `{}` is not declared in [[exchanges]] (declared: {})",
                             b.exchange,
-                            raw.exchanges.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+                            raw.exchanges
+                                .iter()
+                                .map(|e| e.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     )
                 })?;
@@ -568,11 +593,20 @@ impl Validator<'_> {
                     &format!("{}.retry.{}", q.name, tier_label(*delay)),
                 )?;
                 let mut targs = BTreeMap::new();
-                targs.insert("x-queue-type".to_owned(), ArgValue::Str(queue_type.as_str().to_owned()));
+                targs.insert(
+                    "x-queue-type".to_owned(),
+                    ArgValue::Str(queue_type.as_str().to_owned()),
+                );
                 let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
                 targs.insert("x-message-ttl".to_owned(), ArgValue::Int(ttl));
-                targs.insert("x-dead-letter-exchange".to_owned(), ArgValue::Str(String::new()));
-                targs.insert("x-dead-letter-routing-key".to_owned(), ArgValue::Str(name.clone()));
+                targs.insert(
+                    "x-dead-letter-exchange".to_owned(),
+                    ArgValue::Str(String::new()),
+                );
+                targs.insert(
+                    "x-dead-letter-routing-key".to_owned(),
+                    ArgValue::Str(name.clone()),
+                );
                 queues.push(QueueDef {
                     name: tier_name.clone(),
                     role: QueueRole::Retry {
@@ -651,13 +685,19 @@ impl Validator<'_> {
         for (i, t) in raw.tiers.iter().enumerate() {
             let key = format!("retry.tiers[{i}]");
             let d = humantime::parse_duration(t).map_err(|e| {
-                self.invalid(&key, format!("`{t}` is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"1m\""))
+                self.invalid(
+                    &key,
+                    format!("`{t}` is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"1m\""),
+                )
             })?;
             if d < Duration::from_millis(1) {
                 return Err(self.invalid(&key, format!("`{t}`: a tier must be at least 1ms")));
             }
             if d.as_millis() > u128::from(u32::MAX) {
-                return Err(self.invalid(&key, format!("`{t}`: RabbitMQ's x-message-ttl is at most 2^32-1 ms (about 49 days)")));
+                return Err(self.invalid(
+                    &key,
+                    format!("`{t}`: RabbitMQ's x-message-ttl is at most 2^32-1 ms (about 49 days)"),
+                ));
             }
             if let Some(prev) = tiers.last() {
                 if d <= *prev {
@@ -669,7 +709,9 @@ impl Validator<'_> {
             }
             tiers.push(d);
         }
-        let default_attempts = i64::try_from(tiers.len()).unwrap_or(i64::MAX).saturating_add(1);
+        let default_attempts = i64::try_from(tiers.len())
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
         let max_attempts = raw.max_attempts.unwrap_or(default_attempts);
         if !(1..=1_000_000).contains(&max_attempts) {
             return Err(self.invalid(

@@ -3,7 +3,9 @@ use super::*;
 const DEFAULT: &str = include_str!("../../topology/notifications.toml");
 
 fn err(text: &str) -> String {
-    Topology::parse(text, "t.toml", "").expect_err("should be invalid").to_string()
+    Topology::parse(text, "t.toml", "")
+        .expect_err("should be invalid")
+        .to_string()
 }
 
 #[test]
@@ -12,7 +14,12 @@ fn default_topology_is_valid_and_complete() {
     let names: Vec<&str> = t.work_queues.iter().map(|q| q.name.as_str()).collect();
     assert_eq!(
         names,
-        ["notifications.email", "notifications.sms", "notifications.push", "notifications.webhook"]
+        [
+            "notifications.email",
+            "notifications.sms",
+            "notifications.push",
+            "notifications.webhook"
+        ]
     );
     assert_eq!(t.dead_letter_queue, "notifications.dlq");
     assert_eq!(t.retry.tiers.len(), 4);
@@ -23,7 +30,10 @@ fn default_topology_is_valid_and_complete() {
     assert_eq!(email.retry_queues[2], "notifications.email.retry.1m");
     let tier = t.queue("notifications.email.retry.10s").expect("tier");
     assert_eq!(tier.arguments["x-message-ttl"], ArgValue::Int(10_000));
-    assert_eq!(tier.arguments["x-dead-letter-exchange"], ArgValue::Str(String::new()));
+    assert_eq!(
+        tier.arguments["x-dead-letter-exchange"],
+        ArgValue::Str(String::new())
+    );
     assert_eq!(
         tier.arguments["x-dead-letter-routing-key"],
         ArgValue::Str("notifications.email".into())
@@ -35,7 +45,10 @@ fn default_topology_is_valid_and_complete() {
         ArgValue::Str("notifications.dlx".into())
     );
     // Every queue states its type explicitly (managed 4.x brokers may default to quorum).
-    assert!(t.queues.iter().all(|q| q.arguments.contains_key("x-queue-type")));
+    assert!(t
+        .queues
+        .iter()
+        .all(|q| q.arguments.contains_key("x-queue-type")));
 }
 
 #[test]
@@ -43,7 +56,10 @@ fn prefix_renames_every_object_but_not_routing_keys() {
     let t = Topology::parse(DEFAULT, "n.toml", "test-1.").expect("valid");
     assert!(t.exchanges.iter().all(|e| e.name.starts_with("test-1.")));
     assert!(t.queues.iter().all(|q| q.name.starts_with("test-1.")));
-    assert!(t.bindings.iter().all(|b| b.exchange.starts_with("test-1.") && b.queue.starts_with("test-1.")));
+    assert!(t
+        .bindings
+        .iter()
+        .all(|b| b.exchange.starts_with("test-1.") && b.queue.starts_with("test-1.")));
     assert!(t.bindings.iter().any(|b| b.routing_key == "email"));
     let tier = t.queue("test-1.notifications.sms.retry.1s").expect("tier");
     assert_eq!(
@@ -61,13 +77,19 @@ fn unknown_key_is_rejected_with_its_name() {
 #[test]
 fn bad_duration_names_the_tier() {
     let e = err(&DEFAULT.replace("\"10s\"", "\"ten seconds\""));
-    assert!(e.contains("retry.tiers[1]") && e.contains("not a duration"), "{e}");
+    assert!(
+        e.contains("retry.tiers[1]") && e.contains("not a duration"),
+        "{e}"
+    );
 }
 
 #[test]
 fn empty_tiers_need_explicit_no_retry() {
     let e = err(&DEFAULT.replace("tiers = [\"1s\", \"10s\", \"1m\", \"10m\"]", "tiers = []"));
-    assert!(e.contains("retry.tiers") && e.contains("disabled = true"), "{e}");
+    assert!(
+        e.contains("retry.tiers") && e.contains("disabled = true"),
+        "{e}"
+    );
     let ok = DEFAULT.replace(
         "tiers = [\"1s\", \"10s\", \"1m\", \"10m\"]\nmax_attempts = 5",
         "disabled = true",
@@ -86,14 +108,20 @@ fn tiers_must_grow() {
 #[test]
 fn priority_out_of_range() {
     let e = err(&DEFAULT.replace("max_priority = 9", "max_priority = 300"));
-    assert!(e.contains("queue_defaults.max_priority") && e.contains("1 to 255"), "{e}");
+    assert!(
+        e.contains("queue_defaults.max_priority") && e.contains("1 to 255"),
+        "{e}"
+    );
     let e = err(&DEFAULT.replace("max_priority = 9", "max_priority = 0"));
     assert!(e.contains("1 to 255"), "{e}");
 }
 
 #[test]
 fn duplicate_names_are_rejected() {
-    let e = err(&DEFAULT.replace("name = \"notifications.sms\"", "name = \"notifications.email\""));
+    let e = err(&DEFAULT.replace(
+        "name = \"notifications.sms\"",
+        "name = \"notifications.email\"",
+    ));
     assert!(e.contains("queues[1].name") && e.contains("twice"), "{e}");
 }
 
@@ -103,13 +131,19 @@ fn unresolvable_binding_exchange() {
         "{ exchange = \"notifications\", routing_key = \"push\" }",
         "{ exchange = \"notifs\", routing_key = \"push\" }",
     ));
-    assert!(e.contains("queues[2].bindings[0].exchange") && e.contains("notifs"), "{e}");
+    assert!(
+        e.contains("queues[2].bindings[0].exchange") && e.contains("notifs"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_queue_type() {
     let e = err(&DEFAULT.replace("type = \"classic\"     #", "type = \"stream\" #"));
-    assert!(e.contains("queue_defaults.type") && e.contains("stream"), "{e}");
+    assert!(
+        e.contains("queue_defaults.type") && e.contains("stream"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -124,7 +158,9 @@ fn reserved_and_overlong_names() {
     let e = err(&DEFAULT.replace("name = \"notifications\"", "name = \"amq.notifications\""));
     assert!(e.contains("reserved"), "{e}");
     let long = "x".repeat(250);
-    let e = Topology::parse(DEFAULT, "t.toml", &long).expect_err("too long").to_string();
+    let e = Topology::parse(DEFAULT, "t.toml", &long)
+        .expect_err("too long")
+        .to_string();
     assert!(e.contains("at most 255"), "{e}");
 }
 
@@ -136,8 +172,12 @@ fn not_toml_at_all() {
 
 #[test]
 fn quorum_queues_carry_no_max_priority_argument() {
-    let t = Topology::parse(&DEFAULT.replace("type = \"classic\"     #", "type = \"quorum\" #"), "t", "")
-        .expect("valid");
+    let t = Topology::parse(
+        &DEFAULT.replace("type = \"classic\"     #", "type = \"quorum\" #"),
+        "t",
+        "",
+    )
+    .expect("valid");
     let q = t.queue("notifications.email").expect("q");
     assert_eq!(q.arguments["x-queue-type"], ArgValue::Str("quorum".into()));
     assert!(!q.arguments.contains_key("x-max-priority"));
@@ -146,7 +186,10 @@ fn quorum_queues_carry_no_max_priority_argument() {
 
 #[test]
 fn drop_head_overflow_is_refused_for_the_dlq() {
-    let e = err(&DEFAULT.replace("type = \"classic\"\n", "type = \"classic\"\noverflow = \"drop-head\"\n"));
+    let e = err(&DEFAULT.replace(
+        "type = \"classic\"\n",
+        "type = \"classic\"\noverflow = \"drop-head\"\n",
+    ));
     assert!(e.contains("dead_letter.overflow"), "{e}");
 }
 

@@ -31,7 +31,11 @@ impl BrokerVersion {
         let major = parts.next()??;
         let minor = parts.next().flatten().unwrap_or(0);
         let patch = parts.next().flatten().unwrap_or(0);
-        Some(Self { major, minor, patch })
+        Some(Self {
+            major,
+            minor,
+            patch,
+        })
     }
 
     /// Quorum queues support message priorities from RabbitMQ 4.0.
@@ -77,36 +81,42 @@ pub async fn probe_version(url: &AmqpUrl) -> Result<Option<BrokerVersion>, Versi
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
-        stream.write_all(b"AMQP\x00\x00\x09\x01").map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"AMQP\x00\x00\x09\x01")
+            .map_err(|e| e.to_string())?;
         // A frame header is 7 bytes: type, channel (2), size (4).
         let mut header = [0u8; 7];
         stream.read_exact(&mut header).map_err(|e| e.to_string())?;
         let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
         if size > 1 << 20 {
-            return Err(format!("first frame of {size} bytes is not a connection.start"));
+            return Err(format!(
+                "first frame of {size} bytes is not a connection.start"
+            ));
         }
         let mut frame = header.to_vec();
         frame.resize(7 + size + 1, 0);
-        stream.read_exact(&mut frame[7..]).map_err(|e| e.to_string())?;
+        stream
+            .read_exact(&mut frame[7..])
+            .map_err(|e| e.to_string())?;
         Ok(frame)
     })
     .await
     .map_err(|e| fail(e.to_string()))?
     .map_err(&fail)?;
-    let (_, parsed) = parse_frame(read.as_slice())
-        .map_err(|e| fail(format!("not an AMQP 0-9-1 broker: {e}")))?;
+    let (_, parsed) =
+        parse_frame(read.as_slice()).map_err(|e| fail(format!("not an AMQP 0-9-1 broker: {e}")))?;
     match parsed {
-        AMQPFrame::Method(0, AMQPClass::Connection(AMQPMethod::Start(start))) => {
-            Ok(start
-                .server_properties
-                .inner()
-                .get("version")
-                .and_then(|v| match v {
-                    AMQPValue::LongString(s) => BrokerVersion::parse(&String::from_utf8_lossy(s.as_bytes())),
-                    AMQPValue::ShortString(s) => BrokerVersion::parse(s.as_str()),
-                    _ => None,
-                }))
-        }
+        AMQPFrame::Method(0, AMQPClass::Connection(AMQPMethod::Start(start))) => Ok(start
+            .server_properties
+            .inner()
+            .get("version")
+            .and_then(|v| match v {
+                AMQPValue::LongString(s) => {
+                    BrokerVersion::parse(&String::from_utf8_lossy(s.as_bytes()))
+                }
+                AMQPValue::ShortString(s) => BrokerVersion::parse(s.as_str()),
+                _ => None,
+            })),
         _ => Err(fail("the first frame was not connection.start".to_owned())),
     }
 }
@@ -119,7 +129,11 @@ mod tests {
     fn parses_versions() {
         assert_eq!(
             BrokerVersion::parse("3.10.8"),
-            Some(BrokerVersion { major: 3, minor: 10, patch: 8 })
+            Some(BrokerVersion {
+                major: 3,
+                minor: 10,
+                patch: 8
+            })
         );
         assert_eq!(BrokerVersion::parse("4.0.0-rc.1").map(|v| v.major), Some(4));
         assert_eq!(BrokerVersion::parse("garbage"), None);

@@ -102,14 +102,23 @@ pub fn spawn(
                 };
                 if let Err(e) = channel.basic_nack(tag, opts).await {
                     tracing::warn!(%queue, error = %e, "requeue failed; the channel is gone and the broker will redeliver");
-                    metrics.messages.with_label_values(&[&queue, "ack-lost"]).inc();
+                    metrics
+                        .messages
+                        .with_label_values(&[&queue, "ack-lost"])
+                        .inc();
                     return;
                 }
             }
             if let Some(upto) = frontier.take_ack() {
-                if let Err(e) = channel.basic_ack(upto, BasicAckOptions { multiple: true }).await {
+                if let Err(e) = channel
+                    .basic_ack(upto, BasicAckOptions { multiple: true })
+                    .await
+                {
                     tracing::warn!(%queue, error = %e, "ack failed; the channel is gone and the broker will redeliver");
-                    metrics.messages.with_label_values(&[&queue, "ack-lost"]).inc();
+                    metrics
+                        .messages
+                        .with_label_values(&[&queue, "ack-lost"])
+                        .inc();
                     return;
                 }
             }

@@ -5,6 +5,7 @@
 
 mod compose;
 mod http_handler;
+mod lifecycle;
 mod topology;
-mod worker;
 mod util;
+mod worker;

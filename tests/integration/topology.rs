@@ -18,7 +18,11 @@ async fn apply_twice_is_idempotent_and_says_so() {
     assert!(stdout(&first).contains("23 created"), "{}", stdout(&first));
     let second = courier(&prefix, &["topology", "apply"]);
     assert!(second.status.success(), "{}", stderr(&second));
-    assert!(stdout(&second).contains("nothing to change"), "{}", stdout(&second));
+    assert!(
+        stdout(&second).contains("nothing to change"),
+        "{}",
+        stdout(&second)
+    );
     assert!(!stdout(&second).contains("created "), "{}", stdout(&second));
 }
 
@@ -30,10 +34,17 @@ async fn every_declared_argument_is_on_the_broker() {
     let out = courier(&prefix, &["topology", "apply"]);
     assert!(out.status.success(), "{}", stderr(&out));
     for q in &topo.queues {
-        let broker = broker_queue(&q.name).await.unwrap_or_else(|| panic!("queue {} missing on the broker", q.name));
+        let broker = broker_queue(&q.name)
+            .await
+            .unwrap_or_else(|| panic!("queue {} missing on the broker", q.name));
         assert_eq!(broker["durable"], true, "{} durable", q.name);
         let args = broker["arguments"].as_object().expect("arguments object");
-        assert_eq!(args.len(), q.arguments.len(), "{}: broker has {args:?}", q.name);
+        assert_eq!(
+            args.len(),
+            q.arguments.len(),
+            "{}: broker has {args:?}",
+            q.name
+        );
         for (k, v) in &q.arguments {
             let want = match v {
                 ArgValue::Int(i) => serde_json::json!(i),
@@ -43,14 +54,24 @@ async fn every_declared_argument_is_on_the_broker() {
         }
     }
     // Spot-check the contract by name, independent of the parser's output.
-    let email = broker_queue(&format!("{prefix}notifications.email")).await.expect("email");
+    let email = broker_queue(&format!("{prefix}notifications.email"))
+        .await
+        .expect("email");
     assert_eq!(email["arguments"]["x-max-priority"], 9);
     assert_eq!(email["arguments"]["x-queue-type"], "classic");
-    assert_eq!(email["arguments"]["x-dead-letter-exchange"], format!("{prefix}notifications.dlx"));
-    let tier = broker_queue(&format!("{prefix}notifications.email.retry.10s")).await.expect("tier");
+    assert_eq!(
+        email["arguments"]["x-dead-letter-exchange"],
+        format!("{prefix}notifications.dlx")
+    );
+    let tier = broker_queue(&format!("{prefix}notifications.email.retry.10s"))
+        .await
+        .expect("tier");
     assert_eq!(tier["arguments"]["x-message-ttl"], 10_000);
     assert_eq!(tier["arguments"]["x-dead-letter-exchange"], "");
-    assert_eq!(tier["arguments"]["x-dead-letter-routing-key"], format!("{prefix}notifications.email"));
+    assert_eq!(
+        tier["arguments"]["x-dead-letter-routing-key"],
+        format!("{prefix}notifications.email")
+    );
     let bindings = broker_bindings().await;
     for b in &topo.bindings {
         assert!(
@@ -68,21 +89,41 @@ async fn check_detects_missing_and_different_queues_and_bindings() {
     assert!(courier(&prefix, &["topology", "apply"]).status.success());
     let mgmt = management_url();
     let clean = courier(&prefix, &["topology", "check", "--management-url", &mgmt]);
-    assert_eq!(clean.status.code(), Some(0), "{}{}", stdout(&clean), stderr(&clean));
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&clean),
+        stderr(&clean)
+    );
     assert!(stdout(&clean).contains("in sync"), "{}", stdout(&clean));
 
     let conn = parsed_url().connect("test").await.expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     let sms = format!("{prefix}notifications.sms");
     let push = format!("{prefix}notifications.push");
-    ch.queue_delete(sms.as_str().into(), QueueDeleteOptions::default()).await.expect("delete");
-    ch.queue_delete(push.as_str().into(), QueueDeleteOptions::default()).await.expect("delete");
+    ch.queue_delete(sms.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    ch.queue_delete(push.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
     let mut other = FieldTable::default();
     other.insert("x-max-priority".into(), AMQPValue::LongLongInt(5));
-    other.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
-    ch.queue_declare(push.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, other)
-        .await
-        .expect("redeclare push");
+    other.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    ch.queue_declare(
+        push.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        other,
+    )
+    .await
+    .expect("redeclare push");
     ch.queue_unbind(
         format!("{prefix}notifications.email").as_str().into(),
         format!("{prefix}notifications").as_str().into(),
@@ -96,12 +137,29 @@ async fn check_detects_missing_and_different_queues_and_bindings() {
     let drift = courier(&prefix, &["topology", "check", "--management-url", &mgmt]);
     let text = stdout(&drift);
     assert_eq!(drift.status.code(), Some(3), "{text}{}", stderr(&drift));
-    assert!(text.contains(&format!("missing:   queue '{sms}'")), "{text}");
-    assert!(text.contains(&format!("different: queue '{push}'")), "{text}");
-    assert!(text.contains("x-max-priority") || text.contains("x-dead-letter-exchange"), "{text}");
-    assert!(text.contains(&format!("missing:   binding {prefix}notifications -> {prefix}notifications.email")), "{text}");
+    assert!(
+        text.contains(&format!("missing:   queue '{sms}'")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("different: queue '{push}'")),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-max-priority") || text.contains("x-dead-letter-exchange"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "missing:   binding {prefix}notifications -> {prefix}notifications.email"
+        )),
+        "{text}"
+    );
     // check changed nothing: the deleted queue is still gone.
-    assert!(broker_queue(&sms).await.is_none(), "check must not create {sms}");
+    assert!(
+        broker_queue(&sms).await.is_none(),
+        "check must not create {sms}"
+    );
 }
 
 #[tokio::test]
@@ -114,18 +172,39 @@ async fn conflicting_queue_stops_apply_naming_it() {
     let ch = conn.create_channel().await.expect("channel");
     let mut args = FieldTable::default();
     args.insert("x-max-priority".into(), AMQPValue::LongLongInt(3));
-    ch.queue_declare(email.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
-        .await
-        .expect("pre-declare");
+    ch.queue_declare(
+        email.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("pre-declare");
     let _ = conn.close(200, "done".into()).await;
 
     let out = courier(&prefix, &["topology", "apply"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("queue '{email}' already exists with different arguments")), "{err}");
-    assert!(err.contains("x-max-priority=9"), "declared arguments shown: {err}");
-    assert!(err.contains("PRECONDITION_FAILED"), "broker's words shown: {err}");
-    assert!(err.contains("declared before stopping (2)"), "partial progress shown: {err}");
+    assert!(
+        err.contains(&format!(
+            "queue '{email}' already exists with different arguments"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("x-max-priority=9"),
+        "declared arguments shown: {err}"
+    );
+    assert!(
+        err.contains("PRECONDITION_FAILED"),
+        "broker's words shown: {err}"
+    );
+    assert!(
+        err.contains("declared before stopping (2)"),
+        "partial progress shown: {err}"
+    );
     assert!(err.contains("fix:"), "{err}");
 }
 
@@ -140,17 +219,33 @@ async fn quorum_priority_is_refused_where_the_broker_lacks_it() {
     std::fs::write(&file, text).expect("write");
     let topo = Topology::load(&file, &prefix).expect("valid");
     let _cleanup = Cleanup::for_topology(&topo);
-    let version = courier::topology::probe_version(&parsed_url()).await.expect("probe").expect("version");
-    let out = courier(&prefix, &["--topology", file.to_str().expect("utf8"), "topology", "apply"]);
+    let version = courier::topology::probe_version(&parsed_url())
+        .await
+        .expect("probe")
+        .expect("version");
+    let out = courier(
+        &prefix,
+        &[
+            "--topology",
+            file.to_str().expect("utf8"),
+            "topology",
+            "apply",
+        ],
+    );
     if version.quorum_priorities() {
         assert!(out.status.success(), "{}", stderr(&out));
     } else {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("quorum queues have message priorities only from RabbitMQ 4.0"), "{err}");
+        assert!(
+            err.contains("quorum queues have message priorities only from RabbitMQ 4.0"),
+            "{err}"
+        );
         assert!(err.contains(&version.to_string()), "{err}");
         assert!(err.contains("nothing was declared"), "{err}");
-        assert!(broker_queue(&format!("{prefix}notifications.email")).await.is_none());
+        assert!(broker_queue(&format!("{prefix}notifications.email"))
+            .await
+            .is_none());
     }
 }
 
@@ -160,12 +255,16 @@ fn export_definitions_is_valid_json_matching_the_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     // Read the file independently of Courier's parser.
-    let file: toml::Value = toml::from_str(&std::fs::read_to_string(default_topology_path()).expect("read"))
-        .expect("toml");
+    let file: toml::Value =
+        toml::from_str(&std::fs::read_to_string(default_topology_path()).expect("read"))
+            .expect("toml");
     let queues = json["queues"].as_array().expect("queues");
     for q in file["queues"].as_array().expect("queues in file") {
         let name = q["name"].as_str().expect("name");
-        let exported = queues.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} exported"));
+        let exported = queues
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} exported"));
         assert_eq!(exported["durable"], true);
         assert_eq!(
             exported["arguments"]["x-max-priority"].as_i64(),
@@ -178,7 +277,9 @@ fn export_definitions_is_valid_json_matching_the_file() {
                 .iter()
                 .find(|e| e["name"] == format!("{name}.retry.{tier}"))
                 .unwrap_or_else(|| panic!("tier {tier} of {name} exported"));
-            let ms = humantime::parse_duration(tier).expect("duration").as_millis() as i64;
+            let ms = humantime::parse_duration(tier)
+                .expect("duration")
+                .as_millis() as i64;
             assert_eq!(tq["arguments"]["x-message-ttl"].as_i64(), Some(ms));
             assert_eq!(tq["arguments"]["x-dead-letter-routing-key"], name);
         }
@@ -186,7 +287,9 @@ fn export_definitions_is_valid_json_matching_the_file() {
     let dlq = file["dead_letter"]["queue"].as_str().expect("dlq");
     assert!(queues.iter().any(|e| e["name"] == dlq));
     let bindings = json["bindings"].as_array().expect("bindings");
-    assert!(bindings.iter().any(|b| b["source"] == "notifications" && b["routing_key"] == "email"));
+    assert!(bindings
+        .iter()
+        .any(|b| b["source"] == "notifications" && b["routing_key"] == "email"));
     assert_eq!(json["exchanges"].as_array().expect("exchanges").len(), 2);
 }
 
@@ -223,55 +326,104 @@ pub fn tempdir() -> std::path::PathBuf {
 /// Writes a variant of the default topology and returns courier's error for it.
 fn invalid(name: &str, from: &str, to: &str) -> String {
     let text = std::fs::read_to_string(default_topology_path()).expect("read");
-    assert!(text.contains(from), "fixture: {from:?} not in the default file");
+    assert!(
+        text.contains(from),
+        "fixture: {from:?} not in the default file"
+    );
     let file = tempdir().join(format!("{name}.toml"));
     std::fs::write(&file, text.replace(from, to)).expect("write");
-    let out = courier("", &["--topology", file.to_str().expect("utf8"), "topology", "export"]);
+    let out = courier(
+        "",
+        &[
+            "--topology",
+            file.to_str().expect("utf8"),
+            "topology",
+            "export",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{name} should be refused");
     let err = stderr(&out);
-    assert!(err.contains(&format!("{name}.toml")), "error names the file: {err}");
+    assert!(
+        err.contains(&format!("{name}.toml")),
+        "error names the file: {err}"
+    );
     err
 }
 
 #[test]
 fn invalid_unknown_key() {
-    let e = invalid("unknown-key", "max_attempts = 5", "max_attempts = 5\nmax_atempts = 3");
+    let e = invalid(
+        "unknown-key",
+        "max_attempts = 5",
+        "max_attempts = 5\nmax_atempts = 3",
+    );
     assert!(e.contains("unknown field `max_atempts`"), "{e}");
 }
 
 #[test]
 fn invalid_duration() {
     let e = invalid("bad-ttl", "\"1m\"", "\"1 fortnight\"");
-    assert!(e.contains("retry.tiers[2]") && e.contains("not a duration"), "{e}");
+    assert!(
+        e.contains("retry.tiers[2]") && e.contains("not a duration"),
+        "{e}"
+    );
 }
 
 #[test]
 fn invalid_empty_tiers() {
-    let e = invalid("no-tiers", "tiers = [\"1s\", \"10s\", \"1m\", \"10m\"]", "tiers = []");
+    let e = invalid(
+        "no-tiers",
+        "tiers = [\"1s\", \"10s\", \"1m\", \"10m\"]",
+        "tiers = []",
+    );
     assert!(e.contains("retry.tiers") && e.contains("empty"), "{e}");
 }
 
 #[test]
 fn invalid_priority() {
     let e = invalid("prio", "max_priority = 9", "max_priority = 256");
-    assert!(e.contains("queue_defaults.max_priority") && e.contains("1 to 255"), "{e}");
+    assert!(
+        e.contains("queue_defaults.max_priority") && e.contains("1 to 255"),
+        "{e}"
+    );
 }
 
 #[test]
 fn invalid_duplicate_name() {
-    let e = invalid("dup", "name = \"notifications.push\"", "name = \"notifications.sms\"");
-    assert!(e.contains("queues[2].name") && e.contains("declared twice"), "{e}");
+    let e = invalid(
+        "dup",
+        "name = \"notifications.push\"",
+        "name = \"notifications.sms\"",
+    );
+    assert!(
+        e.contains("queues[2].name") && e.contains("declared twice"),
+        "{e}"
+    );
 }
 
 #[test]
 fn invalid_reference() {
-    let e = invalid("ref", "exchange = \"notifications\", routing_key = \"sms\"", "exchange = \"nope\", routing_key = \"sms\"");
-    assert!(e.contains("queues[1].bindings[0].exchange") && e.contains("`nope` is not declared"), "{e}");
+    let e = invalid(
+        "ref",
+        "exchange = \"notifications\", routing_key = \"sms\"",
+        "exchange = \"nope\", routing_key = \"sms\"",
+    );
+    assert!(
+        e.contains("queues[1].bindings[0].exchange") && e.contains("`nope` is not declared"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_file_is_named() {
-    let out = courier("", &["--topology", "/nonexistent/topo.toml", "topology", "export"]);
+    let out = courier(
+        "",
+        &["--topology", "/nonexistent/topo.toml", "topology", "export"],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("/nonexistent/topo.toml: cannot read"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/topo.toml: cannot read"),
+        "{}",
+        stderr(&out)
+    );
 }

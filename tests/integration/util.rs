@@ -18,7 +18,8 @@ pub fn parsed_url() -> AmqpUrl {
 }
 
 pub fn management_url() -> String {
-    std::env::var("COURIER_TEST_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())
+    std::env::var("COURIER_TEST_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {
@@ -32,7 +33,10 @@ pub fn default_topology_path() -> PathBuf {
 /// A prefix no other test (or test run) uses: `t.<name>.<pid>.<counter>.<nanos>.`
 pub fn unique_prefix(name: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!(
         "t.{name}.{}.{}.{nanos}.",
         std::process::id(),
@@ -84,11 +88,16 @@ impl Drop for Cleanup {
         let queues = std::mem::take(&mut self.queues);
         let exchanges = std::mem::take(&mut self.exchanges);
         let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
-                let Ok(conn) = parsed_url().connect("courier test cleanup").await else { return };
+                let Ok(conn) = parsed_url().connect("courier test cleanup").await else {
+                    return;
+                };
                 for q in queues {
                     if let Ok(ch) = conn.create_channel().await {
                         let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
@@ -96,7 +105,9 @@ impl Drop for Cleanup {
                 }
                 for e in exchanges {
                     if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch.exchange_delete(e.as_str().into(), Default::default()).await;
+                        let _ = ch
+                            .exchange_delete(e.as_str().into(), Default::default())
+                            .await;
                     }
                 }
                 let _ = conn.close(200, "cleanup".into()).await;
@@ -118,11 +129,17 @@ pub async fn broker_queue(name: &str) -> Option<serde_json::Value> {
         .basic_auth("guest", Some("guest"))
         .send()
         .await
-        .expect("management API answers (is rabbitmq_management enabled? scripts/rabbitmq-up does it)");
+        .expect(
+            "management API answers (is rabbitmq_management enabled? scripts/rabbitmq-up does it)",
+        );
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
         return None;
     }
-    assert!(resp.status().is_success(), "management API: {}", resp.status());
+    assert!(
+        resp.status().is_success(),
+        "management API: {}",
+        resp.status()
+    );
     Some(resp.json().await.expect("queue JSON"))
 }
 
@@ -198,8 +215,18 @@ struct SinkState {
     delay: Duration,
 }
 
-async fn sink_handler(State(s): State<SinkState>, headers: HeaderMap, body: Bytes) -> (StatusCode, HeaderMap) {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+async fn sink_handler(
+    State(s): State<SinkState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap) {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
     let r = Received {
         message_id: h("idempotency-key"),
         attempt: h("x-courier-attempt").parse().unwrap_or(0),
@@ -241,7 +268,9 @@ impl Sink {
         let app = axum::Router::new()
             .route("/deliver", axum::routing::post(sink_handler))
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sink");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -267,13 +296,22 @@ impl Sink {
     }
 
     /// Waits until `pred` holds over the received requests, or panics after `timeout`.
-    pub async fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&[Received]) -> bool) {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[Received]) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             if pred(&self.all()) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for: {what} (received {})", self.all().len());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for: {what} (received {})",
+                self.all().len()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -293,7 +331,9 @@ impl TestTopology {
         let file = repo_path(file);
         let topology = Topology::load(&file, &prefix).expect("test topology valid");
         let cleanup = Cleanup::for_topology(&topology);
-        courier::topology::apply(&parsed_url(), &topology).await.expect("apply");
+        courier::topology::apply(&parsed_url(), &topology)
+            .await
+            .expect("apply");
         Self {
             topology,
             prefix,
@@ -320,9 +360,13 @@ impl TestTopology {
 }
 
 pub async fn publisher() -> Publisher {
-    Publisher::connect(&parsed_url(), PublisherConfig::default(), courier::metrics::Metrics::new())
-        .await
-        .expect("publisher connects")
+    Publisher::connect(
+        &parsed_url(),
+        PublisherConfig::default(),
+        courier::metrics::Metrics::new(),
+    )
+    .await
+    .expect("publisher connects")
 }
 
 /// A contract-conforming message: JSON body, message_id, persistent.
@@ -340,7 +384,13 @@ pub fn job(exchange: &str, routing_key: &str, id: &str, priority: u8) -> Outgoin
 }
 
 /// Publishes `n` jobs `<tag>-0 .. <tag>-(n-1)` concurrently; returns their ids.
-pub async fn publish_jobs(p: &Publisher, exchange: &str, key: &str, tag: &str, n: usize) -> Vec<String> {
+pub async fn publish_jobs(
+    p: &Publisher,
+    exchange: &str,
+    key: &str,
+    tag: &str,
+    n: usize,
+) -> Vec<String> {
     let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
     let futs = ids.iter().map(|id| p.publish(job(exchange, key, id, 0)));
     for r in futures_util::future::join_all(futs).await {
@@ -372,7 +422,10 @@ pub async fn depth(queue: &str) -> u32 {
     let q = ch
         .queue_declare(
             queue.into(),
-            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -389,7 +442,10 @@ pub async fn wait_depth(queue: &str, n: u32, timeout: Duration) {
         if d >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "{queue}: {d} messages, expected {n}");
+        assert!(
+            Instant::now() < deadline,
+            "{queue}: {d} messages, expected {n}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -409,7 +465,10 @@ pub fn reconcile(expected: &[String], delivered: &[String]) -> (usize, usize) {
     for d in delivered {
         *seen.entry(d.as_str()).or_insert(0) += 1;
     }
-    let lost = expected.iter().filter(|id| !seen.contains_key(id.as_str())).count();
+    let lost = expected
+        .iter()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .count();
     let dup = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
     (lost, dup)
 }
@@ -435,11 +494,23 @@ impl RunningWorker {
         tweak(&mut config);
         let metrics = courier::metrics::Metrics::new();
         let health = courier::metrics::Health::default();
-        let worker = courier::worker::Worker::new(parsed_url(), &t.topology, config, handler, metrics.clone(), health.clone())
-            .expect("worker config valid");
+        let worker = courier::worker::Worker::new(
+            parsed_url(),
+            &t.topology,
+            config,
+            handler,
+            metrics.clone(),
+            health.clone(),
+        )
+        .expect("worker config valid");
         let shutdown = tokio_util::sync::CancellationToken::new();
         let handle = tokio::spawn(worker.run(shutdown.clone()));
-        Self { shutdown, handle, health, metrics }
+        Self {
+            shutdown,
+            handle,
+            health,
+            metrics,
+        }
     }
 
     pub fn http(t: &TestTopology, queue: &str, sink: &Sink) -> Self {
@@ -449,7 +520,10 @@ impl RunningWorker {
     pub async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while !self.health.is_ready() {
-            assert!(Instant::now() < deadline, "worker not ready within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -1,0 +1,423 @@
+//! Lifecycle and traps: returns under a large confirm window, cancelled consumers, cut
+//! connections, SIGTERM of the real binary, publishing from Python, `courier publish --file`.
+
+use crate::util::*;
+use courier::publisher::PublishError;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn returns_are_matched_to_their_own_message_under_a_large_window() {
+    let t = TestTopology::fast("returns").await;
+    let p = courier::publisher::Publisher::connect(
+        &parsed_url(),
+        courier::publisher::PublisherConfig {
+            window: 512,
+            ..Default::default()
+        },
+        courier::metrics::Metrics::new(),
+    )
+    .await
+    .expect("connect");
+    let n = 3000;
+    let futs = (0..n).map(|i| {
+        let key = if i % 7 == 3 { "nowhere" } else { "email" };
+        let p = p.clone();
+        let msg = job(&t.exchange(), key, &format!("ret-{i}"), 0);
+        async move { (i, p.publish(msg).await) }
+    });
+    let results = futures_util::future::join_all(futs).await;
+    let mut wrong = Vec::new();
+    for (i, r) in &results {
+        let should_return = i % 7 == 3;
+        match r {
+            Ok(()) if !should_return => {}
+            Err(PublishError::Returned { message_id, .. })
+                if should_return && *message_id == format!("ret-{i}") => {}
+            other => wrong.push(format!("ret-{i}: {other:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} misattributed, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let routed = (0..n).filter(|i| i % 7 != 3).count() as u32;
+    assert_eq!(depth(&t.name("notifications.email")).await, routed);
+}
+
+#[tokio::test]
+async fn a_consumer_cancelled_by_the_broker_is_noticed_and_resubscribed() {
+    let t = TestTopology::fast("cancel").await;
+    let sink = Sink::ok().await;
+    let w = RunningWorker::http(&t, "notifications.email", &sink);
+    w.wait_ready(WAIT).await;
+    let queue = t.name("notifications.email");
+    let conn = parsed_url().connect("test").await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .expect("delete");
+    let deadline = Instant::now() + WAIT;
+    while w
+        .metrics
+        .consumer_cancels
+        .with_label_values(&[&queue])
+        .get()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "cancel not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    courier::topology::apply(&parsed_url(), &t.topology)
+        .await
+        .expect("re-apply");
+    w.wait_ready(WAIT).await;
+    let p = publisher().await;
+    let ids = publish_jobs(&p, &t.exchange(), "email", "after", 5).await;
+    sink.wait_for(WAIT, "deliveries after resubscribe", |r| r.len() >= 5)
+        .await;
+    assert!(w.metrics.reconnects.with_label_values(&["consumer"]).get() >= 1);
+    w.stop().await;
+    assert_eq!(reconcile(&ids, &delivered_ids(&sink)), (0, 0));
+}
+
+/// Closes every connection whose client-provided name contains `needle`, through the
+/// management API (connections appear there after its stats interval, so this polls).
+async fn close_connections(needle: &str, already: &mut std::collections::HashSet<String>) -> usize {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list: serde_json::Value = client
+            .get(format!("{}/api/connections", management_url()))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .expect("management API")
+            .json()
+            .await
+            .expect("JSON");
+        let names: Vec<String> = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|c| {
+                c["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains(needle))
+            })
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            // A closed connection lingers in the stats for a while: never count it twice.
+            .filter(|n| !already.contains(n))
+            .collect();
+        if !names.is_empty() {
+            for name in &names {
+                already.insert(name.clone());
+                client
+                    .delete(format!(
+                        "{}/api/connections/{}",
+                        management_url(),
+                        percent_encode(name)
+                    ))
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await
+                    .expect("close connection");
+            }
+            return names.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection named *{needle}* appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_worker_reconnects_by_itself_when_its_connections_are_closed() {
+    let t = TestTopology::fast("cut").await;
+    let sink = Sink::start(
+        std::sync::Arc::new(|_| (200, vec![])),
+        Duration::from_millis(5),
+    )
+    .await;
+    let w = RunningWorker::spawn(&t, "notifications.email", http_handler(&sink), |c| {
+        c.concurrency = 8;
+        c.prefetch = 32;
+    });
+    w.wait_ready(WAIT).await;
+    let p = publisher().await;
+    let ids = publish_jobs(&p, &t.exchange(), "email", "cut", 600).await;
+    let queue = t.name("notifications.email");
+    let mut already = std::collections::HashSet::new();
+    for round in 1..=2 {
+        sink.wait_for(WAIT, "progress before the cut", |r| r.len() >= round * 150)
+            .await;
+        let closed = close_connections(&format!("courier work {queue}"), &mut already).await;
+        assert!(closed >= 1, "closed {closed}");
+    }
+    sink.wait_for(Duration::from_secs(60), "every message delivered", |r| {
+        let got: std::collections::HashSet<&str> =
+            r.iter().map(|x| x.message_id.as_str()).collect();
+        ids.iter().all(|id| got.contains(id.as_str()))
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while w.metrics.reconnects.with_label_values(&["consumer"]).get() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not reconnect twice"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.wait_ready(WAIT).await;
+    w.stop().await;
+    let (lost, dup) = reconcile(&ids, &delivered_ids(&sink));
+    assert_eq!(lost, 0, "lost");
+    // At-least-once: messages in flight at the cut may be delivered twice, never more than
+    // a prefetch window per cut.
+    assert!(dup <= 2 * 32, "duplicated {dup}");
+    assert_eq!(depth(&queue).await, 0);
+}
+
+fn spawn_worker_binary(t: &TestTopology, endpoint: &str, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "work",
+            "--queue",
+            "notifications.email",
+            "--handler",
+            "http",
+            "--endpoint",
+            endpoint,
+        ])
+        .args(extra)
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", &t.prefix)
+        .env("COURIER_TOPOLOGY", &t.file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("courier work starts")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_under_load_finishes_in_flight_work_and_exits_zero() {
+    let t = TestTopology::fast("sigterm").await;
+    let sink = Sink::start(
+        std::sync::Arc::new(|_| (200, vec![])),
+        Duration::from_millis(20),
+    )
+    .await;
+    let mut child = spawn_worker_binary(&t, &sink.url, &["--concurrency", "8", "--prefetch", "40"]);
+    let p = publisher().await;
+    let ids = publish_jobs(&p, &t.exchange(), "email", "term", 300).await;
+    sink.wait_for(WAIT, "some deliveries", |r| r.len() >= 40)
+        .await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    assert!(!stderr.contains(":guest@"), "password in logs: {stderr}");
+    let before = sink.all().len();
+    assert!(before < 300, "stopped before the end ({before})");
+    // Whatever was not finished went back to the queue: a second worker delivers the rest.
+    let w = RunningWorker::http(&t, "notifications.email", &sink);
+    sink.wait_for(WAIT, "the rest", |r| {
+        let got: std::collections::HashSet<&str> =
+            r.iter().map(|x| x.message_id.as_str()).collect();
+        ids.iter().all(|id| got.contains(id.as_str()))
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(
+        reconcile(&ids, &delivered_ids(&sink)),
+        (0, 0),
+        "graceful: lost 0, duplicated 0"
+    );
+}
+
+#[tokio::test]
+async fn a_message_published_from_python_is_delivered() {
+    let t = TestTopology::fast("python").await;
+    let sink = Sink::ok().await;
+    let w = RunningWorker::http(&t, "notifications.email", &sink);
+    let out = Command::new("python3")
+        .arg(repo_path("examples/publishers/python/publish.py"))
+        .args(["email", "from-python-1"])
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_EXCHANGE", t.exchange())
+        .env("COURIER_PRIORITY", "7")
+        .output()
+        .expect("python3 runs (scripts/test installs pika)");
+    assert!(
+        out.status.success(),
+        "python publisher failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    sink.wait_for(WAIT, "the python message", |r| {
+        r.iter().any(|x| x.message_id == "from-python-1")
+    })
+    .await;
+    w.stop().await;
+    let r = sink
+        .all()
+        .into_iter()
+        .find(|x| x.message_id == "from-python-1")
+        .expect("received");
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body from python");
+    assert!(
+        body["text"].as_str().unwrap_or_default().contains("Python"),
+        "{body}"
+    );
+    assert_eq!(
+        reconcile(&["from-python-1".to_owned()], &delivered_ids(&sink)),
+        (0, 0)
+    );
+}
+
+#[tokio::test]
+async fn publish_file_confirms_every_line_and_reports_bad_lines() {
+    let t = TestTopology::fast("pubfile").await;
+    let dir = crate::topology::tempdir();
+    let file = dir.join("jobs.jsonl");
+    let mut text = String::new();
+    for i in 0..100 {
+        let key = if i % 2 == 0 { "email" } else { "sms" };
+        text.push_str(&format!(
+            "{{\"routing_key\":\"{key}\",\"message_id\":\"f-{i}\",\"priority\":{},\"body\":{{\"n\":{i}}}}}\n",
+            i % 10
+        ));
+    }
+    std::fs::write(&file, &text).expect("write");
+    let topo = t.file.to_str().expect("utf8");
+    let out = courier(
+        &t.prefix,
+        &[
+            "--topology",
+            topo,
+            "publish",
+            "--file",
+            file.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("published 100 of 100"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(depth(&t.name("notifications.email")).await, 50);
+    assert_eq!(depth(&t.name("notifications.sms")).await, 50);
+
+    std::fs::write(&file, "{\"body\":{}}\n{\"bdy\":1}\n").expect("write");
+    let out = courier(
+        &t.prefix,
+        &[
+            "--topology",
+            topo,
+            "publish",
+            "--routing-key",
+            "email",
+            "--file",
+            file.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("jobs.jsonl:2"), "{}", stderr(&out));
+    assert_eq!(
+        depth(&t.name("notifications.email")).await,
+        50,
+        "nothing sent from an invalid file"
+    );
+
+    let out = courier(
+        &t.prefix,
+        &["--topology", topo, "publish", "--routing-key", "nope", "{}"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unroutable"), "{}", stderr(&out));
+}
+
+#[test]
+fn work_help_explains_the_outcome_rules() {
+    let out = courier("", &["work", "--help"]);
+    let text = stdout(&out);
+    for needle in [
+        "--prefetch",
+        "--concurrency",
+        "--shutdown-timeout",
+        "max-attempts",
+        "crash-loop",
+        "COURIER_ENDPOINT",
+        "Retry-After",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_log_in_keeps_the_password_out_of_its_logs() {
+    let t = TestTopology::fast("badpw").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "work",
+            "--queue",
+            "notifications.email",
+            "--handler",
+            "noop",
+        ])
+        .env("AMQP_URL", "amqp://guest:Wr0ngSecretPw@127.0.0.1:5672/%2f")
+        .env("COURIER_PREFIX", &t.prefix)
+        .env("COURIER_TOPOLOGY", &t.file)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starts");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).await;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("cannot consume"), "{stderr}");
+    assert!(stderr.contains("guest:***@"), "{stderr}");
+    assert!(!stderr.contains("Wr0ngSecretPw"), "{stderr}");
+}
