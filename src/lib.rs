@@ -21,3 +21,4 @@ pub mod publisher;
 pub mod shutdown;
 pub mod topology;
 pub mod worker;
+pub mod deadletter;

@@ -1,6 +1,7 @@
 //! Command-line interface of `courier`. Each subcommand lives in its own file; this one holds
 //! the global options, logging set-up and the mapping of outcomes to exit codes.
 
+mod demo;
 mod publish;
 mod topology;
 mod work;
@@ -61,6 +62,7 @@ enum Command {
     /// Declare, verify or export the broker topology (`courier topology --help`).
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    Demo(demo::DemoArgs),
     Work(work::WorkArgs),
     Publish(publish::PublishArgs),
 }
@@ -110,6 +112,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Topology(cmd) => topology::run(&cli.global, cmd).await,
+            Command::Demo(args) => demo::run(&cli.global, args).await,
             Command::Work(args) => work::run(&cli.global, args).await,
             Command::Publish(args) => publish::run(&cli.global, args).await,
         }
