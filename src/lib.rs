@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod amqp;
+pub mod deadletter;
 pub mod envelope;
 pub mod handler;
 pub mod management;
@@ -21,4 +22,3 @@ pub mod publisher;
 pub mod shutdown;
 pub mod topology;
 pub mod worker;
-pub mod deadletter;

@@ -12,12 +12,16 @@
 
 use crate::amqp::{AmqpError, AmqpUrl};
 use crate::metrics::Metrics;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
@@ -96,6 +100,15 @@ pub enum PublishError {
         /// What failed.
         reason: String,
     },
+    /// The exchange does not exist (the broker closed the channel with 404): retrying cannot
+    /// help until the topology is applied.
+    #[error("message {message_id} cannot be published: exchange '{exchange}' does not exist (run `courier topology apply` with the same --prefix?)")]
+    NoExchange {
+        /// The message.
+        message_id: String,
+        /// The missing exchange.
+        exchange: String,
+    },
     /// Could not (re)connect.
     #[error("{0}")]
     Connect(String),
@@ -109,8 +122,14 @@ impl PublishError {
             Self::Returned { .. } => "returned",
             Self::Timeout { .. } => "timeout",
             Self::Channel { .. } => "channel",
+            Self::NoExchange { .. } => "no-exchange",
             Self::Connect(_) => "connect",
         }
+    }
+
+    /// True when retrying the same publish cannot succeed without an operator's fix.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Returned { .. } | Self::NoExchange { .. })
     }
 }
 
@@ -120,23 +139,26 @@ impl From<AmqpError> for PublishError {
     }
 }
 
-/// One publish waiting for its confirm in the collector.
-struct Pending {
+/// What the actor needs to answer one publish.
+struct Meta {
     message_id: String,
     exchange: String,
     routing_key: String,
-    confirm: PublisherConfirm,
-    /// `None` until the confirm resolved; the attached return is moved to the shared tally.
-    outcome: Option<Result<bool, String>>,
     started: Instant,
     reply: oneshot::Sender<Result<(), PublishError>>,
 }
 
-/// A connection with a confirm-mode channel and its collector task.
+/// A request to the channel's actor.
+struct Request {
+    msg: Outgoing,
+    meta: Meta,
+}
+
+/// A connection with a confirm-mode channel and the actor task that publishes on it.
 struct Live {
     conn: Connection,
     channel: Channel,
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::UnboundedSender<Request>,
 }
 
 struct Inner {
@@ -144,6 +166,7 @@ struct Inner {
     config: PublisherConfig,
     metrics: Metrics,
     window: Semaphore,
+    /// Held only to read or replace the connection, never across a publish.
     live: Mutex<Option<Live>>,
     /// Set once a connection has existed, so later connects count as reconnects.
     connected_once: AtomicBool,
@@ -151,7 +174,8 @@ struct Inner {
     confirmed: AtomicU64,
 }
 
-/// Cheap to clone; all clones share one connection and window.
+/// Cheap to clone; all clones share one connection and window. Publishes handed to it are
+/// written to the channel in the order `publish` is called.
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -168,10 +192,7 @@ impl Publisher {
         metrics: Metrics,
     ) -> Result<Self, PublishError> {
         let p = Self::lazy(url, config, metrics);
-        {
-            let mut live = p.inner.live.lock().await;
-            p.ensure_live(&mut live).await?;
-        }
+        p.sender().await?;
         Ok(p)
     }
 
@@ -191,15 +212,17 @@ impl Publisher {
         }
     }
 
-    /// Publishes confirmed publishes so far.
+    /// Publishes confirmed so far.
     pub fn confirmed(&self) -> u64 {
         self.inner.confirmed.load(Ordering::Relaxed)
     }
 
-    async fn ensure_live<'a>(&self, live: &'a mut Option<Live>) -> Result<&'a Live, PublishError> {
-        let healthy = live
-            .as_ref()
-            .is_some_and(|l| l.channel.status().connected() && l.conn.status().connected());
+    /// The current channel's actor, (re)connecting first if the channel is gone.
+    async fn sender(&self) -> Result<mpsc::UnboundedSender<Request>, PublishError> {
+        let mut live = self.inner.live.lock().await;
+        let healthy = live.as_ref().is_some_and(|l| {
+            l.channel.status().connected() && l.conn.status().connected() && !l.tx.is_closed()
+        });
         if !healthy {
             if let Some(old) = live.take() {
                 let _ = old
@@ -216,26 +239,25 @@ impl Publisher {
                 tracing::info!(url = %self.inner.url, "publisher reconnecting");
             }
             let conn = self.inner.url.connect(&self.inner.config.name).await?;
-            let channel = conn
-                .create_channel()
-                .await
-                .map_err(|e| PublishError::Connect(self.inner.url.scrub(&e.to_string())))?;
+            let scrub =
+                |e: lapin::Error| PublishError::Connect(self.inner.url.scrub(&e.to_string()));
+            let channel = conn.create_channel().await.map_err(scrub)?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
-                .map_err(|e| PublishError::Connect(self.inner.url.scrub(&e.to_string())))?;
+                .map_err(scrub)?;
             watch_blocked(&conn, self.inner.metrics.clone());
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(collect(rx, self.inner.clone()));
+            tokio::spawn(actor(channel.clone(), rx, self.inner.clone()));
             self.inner.connected_once.store(true, Ordering::Relaxed);
             *live = Some(Live { conn, channel, tx });
         }
         live.as_ref()
+            .map(|l| l.tx.clone())
             .ok_or_else(|| PublishError::Connect("no connection".to_owned()))
     }
 
-    /// Publishes one message (mandatory, persistent unless the properties say otherwise) and
-    /// waits for its confirm.
+    /// Publishes one message (mandatory) and waits for its confirm.
     ///
     /// # Errors
     /// [`PublishError`] for exactly this message: nacked, returned, timed out, channel lost.
@@ -255,56 +277,21 @@ impl Publisher {
             .acquire()
             .await
             .map_err(|_| PublishError::Connect("publisher closed".to_owned()))?;
-        let rx = {
-            let mut guard = self.inner.live.lock().await;
-            let live = self.ensure_live(&mut guard).await?;
-            let published = live
-                .channel
-                .basic_publish(
-                    msg.exchange.as_str().into(),
-                    msg.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &msg.body,
-                    msg.properties,
-                )
-                .await;
-            let confirm = match published {
-                Ok(c) => c,
-                Err(e) => {
-                    *guard = None;
-                    self.inner
-                        .metrics
-                        .publish_failures
-                        .with_label_values(&["channel"])
-                        .inc();
-                    return Err(PublishError::Channel {
-                        message_id,
-                        reason: self.inner.url.scrub(&e.to_string()),
-                    });
-                }
-            };
-            let (reply, rx) = oneshot::channel();
-            let pending = Pending {
-                message_id: message_id.clone(),
-                exchange: msg.exchange,
-                routing_key: msg.routing_key,
-                confirm,
-                outcome: None,
-                started: Instant::now(),
-                reply,
-            };
-            if live.tx.send(pending).is_err() {
-                *guard = None;
-                return Err(PublishError::Channel {
-                    message_id,
-                    reason: "confirm collector stopped".to_owned(),
-                });
-            }
-            rx
+        let tx = self.sender().await?;
+        let (reply, rx) = oneshot::channel();
+        let meta = Meta {
+            message_id: message_id.clone(),
+            exchange: msg.exchange.clone(),
+            routing_key: msg.routing_key.clone(),
+            started: Instant::now(),
+            reply,
         };
+        if tx.send(Request { msg, meta }).is_err() {
+            return Err(PublishError::Channel {
+                message_id,
+                reason: "the channel closed before the publish".to_owned(),
+            });
+        }
         let timeout = self.inner.config.confirm_timeout;
         let result = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
@@ -345,6 +332,9 @@ impl Publisher {
     }
 }
 
+type Sending = Pin<Box<dyn Future<Output = (Meta, Result<PublisherConfirm, lapin::Error>)> + Send>>;
+type Confirming = Pin<Box<dyn Future<Output = (Meta, Result<Confirmation, lapin::Error>)> + Send>>;
+
 /// Tracks `connection.blocked` in metrics and logs.
 fn watch_blocked(conn: &Connection, metrics: Metrics) {
     let mut events = conn.events_listener();
@@ -365,99 +355,149 @@ fn watch_blocked(conn: &Connection, metrics: Metrics) {
     });
 }
 
-/// Resolves publishes in order. Whenever the oldest confirm resolves, every other confirm that
-/// has already resolved is harvested too, so a `basic.return` that lapin attached to a
-/// neighbour is counted under its own `message_id` before anyone is judged. (RabbitMQ sends a
-/// message's return before its ack, so by the time a message's ack is processed its return has
-/// been attached to a confirm completed at or before that moment.)
-async fn collect(mut rx: mpsc::UnboundedReceiver<Pending>, inner: Arc<Inner>) {
-    let mut inflight: VecDeque<Pending> = VecDeque::new();
+/// The one task that publishes on a channel and judges its confirms.
+///
+/// Each publish is polled once as soon as it arrives, which writes its frames in arrival order
+/// without waiting for the previous write. Returns: lapin hands a `basic.return` to whichever
+/// confirm completes next, often a neighbour's. RabbitMQ sends a message's return before its
+/// ack, so when a confirm resolves, the return of that same message is already attached to
+/// some confirm resolved at or before it. Hence, whenever a confirm resolves, every finished
+/// write and every resolved confirm is collected first, the returns are tallied by their own
+/// `message_id`, and only then is each resolved publish judged.
+async fn actor(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>, inner: Arc<Inner>) {
+    let mut sending: FuturesUnordered<Sending> = FuturesUnordered::new();
+    let mut confirming: FuturesUnordered<Confirming> = FuturesUnordered::new();
     let mut returned: HashMap<String, usize> = HashMap::new();
+    let mut open = true;
     loop {
-        if inflight.is_empty() {
-            match rx.recv().await {
-                Some(p) => inflight.push_back(p),
-                None => return,
-            }
-            continue;
+        if !open && sending.is_empty() && confirming.is_empty() {
+            return;
         }
-        let front_done = {
-            let front = inflight.front_mut();
-            let Some(front) = front else { continue };
-            tokio::select! {
-                biased;
-                res = &mut front.confirm => {
-                    front.outcome = Some(classify(res, &mut returned));
-                    true
-                }
-                next = rx.recv() => {
-                    match next {
-                        Some(p) => inflight.push_back(p),
-                        None => {
-                            // The publisher dropped this channel; answer what is left.
-                            for p in inflight.drain(..) {
-                                let _ = p.reply.send(Err(PublishError::Channel {
-                                    message_id: p.message_id,
-                                    reason: "channel replaced".to_owned(),
-                                }));
-                            }
-                            return;
-                        }
+        tokio::select! {
+            req = rx.recv(), if open => match req {
+                Some(Request { msg, meta }) => {
+                    let ch = channel.clone();
+                    let mut fut: Sending = Box::pin(async move {
+                        let r = ch
+                            .basic_publish(
+                                msg.exchange.as_str().into(),
+                                msg.routing_key.as_str().into(),
+                                BasicPublishOptions { mandatory: true, ..Default::default() },
+                                &msg.body,
+                                msg.properties,
+                            )
+                            .await;
+                        (meta, r)
+                    });
+                    // The first poll queues the frames on the channel: arrival order is kept.
+                    match futures_util::poll!(fut.as_mut()) {
+                        Poll::Ready((meta, r)) => start_confirm(meta, r, &confirming, &inner),
+                        Poll::Pending => sending.push(fut),
                     }
-                    false
+                }
+                None => open = false,
+            },
+            Some((meta, r)) = sending.next(), if !sending.is_empty() => {
+                start_confirm(meta, r, &confirming, &inner);
+            }
+            Some(first) = confirming.next(), if !confirming.is_empty() => {
+                let mut resolved = vec![first];
+                while let Some(Some((meta, r))) = sending.next().now_or_never() {
+                    start_confirm(meta, r, &confirming, &inner);
+                }
+                while let Some(Some(done)) = confirming.next().now_or_never() {
+                    resolved.push(done);
+                }
+                let judged: Vec<(Meta, Result<bool, String>)> = resolved
+                    .into_iter()
+                    .map(|(meta, r)| {
+                        let c = classify(r, &mut returned);
+                        (meta, c)
+                    })
+                    .collect();
+                for (meta, outcome) in judged {
+                    judge(meta, outcome, &mut returned, &inner);
                 }
             }
-        };
-        if !front_done {
-            continue;
-        }
-        while let Ok(p) = rx.try_recv() {
-            inflight.push_back(p);
-        }
-        for p in inflight.iter_mut().filter(|p| p.outcome.is_none()) {
-            if let Some(res) = (&mut p.confirm).now_or_never() {
-                p.outcome = Some(classify(res, &mut returned));
-            }
-        }
-        while inflight.front().is_some_and(|p| p.outcome.is_some()) {
-            let Some(p) = inflight.pop_front() else { break };
-            inner
-                .metrics
-                .confirm_seconds
-                .with_label_values(&["publisher"])
-                .observe(p.started.elapsed().as_secs_f64());
-            let result = match p.outcome {
-                Some(Ok(true)) => match returned.get_mut(&p.message_id) {
-                    Some(n) if *n > 0 => {
-                        *n -= 1;
-                        if *n == 0 {
-                            returned.remove(&p.message_id);
-                        }
-                        Err(PublishError::Returned {
-                            message_id: p.message_id,
-                            exchange: p.exchange,
-                            routing_key: p.routing_key,
-                        })
-                    }
-                    _ => Ok(()),
-                },
-                Some(Ok(false)) => Err(PublishError::Nacked {
-                    message_id: p.message_id,
-                    exchange: p.exchange,
-                    routing_key: p.routing_key,
-                }),
-                Some(Err(reason)) => Err(PublishError::Channel {
-                    message_id: p.message_id,
-                    reason: inner.url.scrub(&reason),
-                }),
-                None => Err(PublishError::Channel {
-                    message_id: p.message_id,
-                    reason: "no outcome".to_owned(),
-                }),
-            };
-            let _ = p.reply.send(result);
         }
     }
+}
+
+/// The error for a publish whose channel failed: a 404 names a missing exchange.
+fn channel_error(
+    meta: Meta,
+    e: &str,
+    inner: &Inner,
+) -> (oneshot::Sender<Result<(), PublishError>>, PublishError) {
+    let err = if e.contains("NOT_FOUND - no exchange") {
+        PublishError::NoExchange {
+            message_id: meta.message_id,
+            exchange: meta.exchange,
+        }
+    } else {
+        PublishError::Channel {
+            message_id: meta.message_id,
+            reason: inner.url.scrub(e),
+        }
+    };
+    (meta.reply, err)
+}
+
+/// A publish was written (or failed to be): wait for its confirm, or answer the error now.
+fn start_confirm(
+    meta: Meta,
+    written: Result<PublisherConfirm, lapin::Error>,
+    confirming: &FuturesUnordered<Confirming>,
+    inner: &Inner,
+) {
+    match written {
+        Ok(confirm) => confirming.push(Box::pin(async move { (meta, confirm.await) })),
+        Err(e) => {
+            let (reply, err) = channel_error(meta, &e.to_string(), inner);
+            let _ = reply.send(Err(err));
+        }
+    }
+}
+
+/// Answers one resolved publish, after every return of its batch has been tallied.
+fn judge(
+    meta: Meta,
+    outcome: Result<bool, String>,
+    returned: &mut HashMap<String, usize>,
+    inner: &Inner,
+) {
+    inner
+        .metrics
+        .confirm_seconds
+        .with_label_values(&["publisher"])
+        .observe(meta.started.elapsed().as_secs_f64());
+    let result = match outcome {
+        Ok(true) => match returned.get_mut(&meta.message_id) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                if *n == 0 {
+                    returned.remove(&meta.message_id);
+                }
+                Err(PublishError::Returned {
+                    message_id: meta.message_id,
+                    exchange: meta.exchange,
+                    routing_key: meta.routing_key,
+                })
+            }
+            _ => Ok(()),
+        },
+        Ok(false) => Err(PublishError::Nacked {
+            message_id: meta.message_id,
+            exchange: meta.exchange,
+            routing_key: meta.routing_key,
+        }),
+        Err(reason) => {
+            let (reply, err) = channel_error(meta, &reason, inner);
+            let _ = reply.send(Err(err));
+            return;
+        }
+    };
+    let _ = meta.reply.send(result);
 }
 
 /// `Ok(true)` ack, `Ok(false)` nack, `Err` channel failure; any attached return is tallied by

@@ -22,7 +22,7 @@ use crate::envelope::{self, Origin, Reason};
 use crate::handler::{Handler, HandlerError, Job};
 use crate::metrics::{Health, Metrics};
 use crate::outcome::{decide, Action};
-use crate::publisher::{Outgoing, PublishError, Publisher, PublisherConfig};
+use crate::publisher::{Outgoing, Publisher, PublisherConfig};
 use crate::topology::{tier_label, Topology, WorkQueue};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -616,7 +616,7 @@ impl<H: Handler> Ctx<H> {
                     let last = attempt == 4 || self.shutdown.is_cancelled();
                     tracing::warn!(%message_id, error = %e, attempt, "{what} publish not confirmed{}",
                         if last { "; the original goes back to the queue" } else { "; retrying" });
-                    if last || matches!(e, PublishError::Returned { .. }) && attempt >= 2 {
+                    if last || e.is_permanent() && attempt >= 2 {
                         return false;
                     }
                 }

@@ -445,19 +445,20 @@ impl Validator<'_> {
         for (i, e) in raw.exchanges.iter().enumerate() {
             let key = format!("exchanges[{i}]");
             let name = self.name(&format!("{key}.name"), &e.name)?;
-            let kind =
-                match e.kind.as_str() {
-                    "direct" => ExchangeType::Direct,
-                    "topic" => ExchangeType::Topic,
-                    "fanout" => ExchangeType::Fanout,
-                    "headers" => ExchangeType::Headers,
-                    other => return Err(self.invalid(
+            let kind = match e.kind.as_str() {
+                "direct" => ExchangeType::Direct,
+                "topic" => ExchangeType::Topic,
+                "fanout" => ExchangeType::Fanout,
+                "headers" => ExchangeType::Headers,
+                other => {
+                    return Err(self.invalid(
                         format!("{key}.type"),
                         format!(
                             "unknown exchange type `{other}`; use direct, topic, fanout or headers"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             exchange_names.insert(e.name.clone(), name.clone());
             exchanges.push(ExchangeDef { name, kind });
         }

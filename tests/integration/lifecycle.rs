@@ -421,3 +421,88 @@ async fn a_worker_that_cannot_log_in_keeps_the_password_out_of_its_logs() {
     assert!(stderr.contains("guest:***@"), "{stderr}");
     assert!(!stderr.contains("Wr0ngSecretPw"), "{stderr}");
 }
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served() {
+    let t = TestTopology::fast("metrics").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "--log-format",
+            "json",
+            "work",
+            "--queue",
+            "notifications.email",
+            "--handler",
+            "noop",
+            "--metrics-addr",
+            &addr,
+        ])
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", &t.prefix)
+        .env("COURIER_TOPOLOGY", &t.file)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = get("/readyz").await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
+    let p = publisher().await;
+    publish_jobs(&p, &t.exchange(), "email", "m", 25).await;
+    let queue = t.name("notifications.email");
+    let want = format!("courier_messages_total{{outcome=\"delivered\",queue=\"{queue}\"}} 25");
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = get("/metrics")
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if text.contains(&want) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {want}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for name in [
+        "courier_handler_duration_seconds_bucket",
+        "courier_in_flight",
+        "courier_ready 1",
+        "courier_connection_blocked 0",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15)).await;
+    assert!(status.success());
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("--log-format json line is not JSON ({e}): {l}"));
+    }
+}
