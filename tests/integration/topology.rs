@@ -427,3 +427,13 @@ fn missing_file_is_named() {
         stderr(&out)
     );
 }
+
+#[test]
+fn readme_diagram_is_the_current_export() {
+    let out = courier("", &["topology", "export", "--format", "mermaid"]);
+    let readme = std::fs::read_to_string(repo_path("README.md")).expect("README");
+    assert!(
+        readme.contains(stdout(&out).trim_end()),
+        "README's mermaid diagram is stale: paste `courier topology export --format mermaid`"
+    );
+}
