@@ -184,6 +184,13 @@ impl<H: Handler> Worker<H> {
     pub async fn run(self, shutdown: CancellationToken) {
         let ctx = self.ctx.clone();
         let queue = ctx.config.queue.clone();
+        // Once stopping, a failing copy is not retried for long: the original is requeued.
+        let stopping = ctx.shutdown.clone();
+        let outer = shutdown.clone();
+        tokio::spawn(async move {
+            outer.cancelled().await;
+            stopping.cancel();
+        });
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(ctx.config.concurrency.max(1)));
         let mut backoff = Backoff::new(ctx.config.reconnect_min, ctx.config.reconnect_max);
@@ -604,28 +611,37 @@ impl<H: Handler> Ctx<H> {
         }
     }
 
-    /// Publishes a copy and waits for the confirm, retrying a few times with back-off so that a
-    /// brief broker hiccup (or a full DLQ) slows the worker down instead of busy-looping
-    /// requeues. False means "not confirmed": the caller requeues the original.
+    /// Publishes a copy and waits for the confirm, retrying with back-off (250 ms doubling to
+    /// 10 s) for up to a minute. Holding the message meanwhile is deliberate: a full DLQ or a
+    /// broker alarm then slows the worker down (its slots fill) instead of spinning requeues,
+    /// and a requeued message would come back `redelivered` and be mistaken for a crash.
+    /// False means "not confirmed": the caller requeues the original.
     async fn republish(&self, msg: Outgoing, message_id: &str, what: &str) -> bool {
+        const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+        let started = Instant::now();
         let mut delay = Duration::from_millis(250);
-        for attempt in 1..=4 {
-            match self.publisher.publish(msg.clone()).await {
+        let mut permanent_failures = 0;
+        for attempt in 1u32.. {
+            let err = match self.publisher.publish(msg.clone()).await {
                 Ok(()) => return true,
-                Err(e) => {
-                    let last = attempt == 4 || self.shutdown.is_cancelled();
-                    tracing::warn!(%message_id, error = %e, attempt, "{what} publish not confirmed{}",
-                        if last { "; the original goes back to the queue" } else { "; retrying" });
-                    if last || e.is_permanent() && attempt >= 2 {
-                        return false;
-                    }
-                }
+                Err(e) => e,
+            };
+            if err.is_permanent() {
+                permanent_failures += 1;
             }
+            let give_up = self.shutdown.is_cancelled()
+                || started.elapsed() + delay > GIVE_UP_AFTER
+                || permanent_failures >= 2;
+            if give_up {
+                tracing::error!(%message_id, error = %err, attempt, "{what} not confirmed; the original goes back to the queue");
+                return false;
+            }
+            tracing::warn!(%message_id, error = %err, attempt, retry_in = ?delay, "{what} not confirmed; retrying");
             tokio::select! {
                 _ = self.shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay *= 2;
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
         false
     }

@@ -208,11 +208,14 @@ pub struct Sink {
     pub received: Arc<Mutex<Vec<Received>>>,
 }
 
+/// How long the sink waits before answering a request.
+pub type Delay = Arc<dyn Fn(&Received) -> Duration + Send + Sync>;
+
 #[derive(Clone)]
 struct SinkState {
     received: Arc<Mutex<Vec<Received>>>,
     script: Script,
-    delay: Duration,
+    delay: Delay,
 }
 
 async fn sink_handler(
@@ -235,8 +238,9 @@ async fn sink_handler(
         at: Instant::now(),
         status: 0,
     };
-    if !s.delay.is_zero() {
-        tokio::time::sleep(s.delay).await;
+    let delay = (s.delay)(&r);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let (status, extra) = (s.script)(&r);
     let mut r = r;
@@ -259,6 +263,11 @@ impl Sink {
     }
 
     pub async fn start(script: Script, delay: Duration) -> Self {
+        Self::start_with(script, Arc::new(move |_| delay)).await
+    }
+
+    /// A sink whose answer delay depends on the request.
+    pub async fn start_with(script: Script, delay: Delay) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
         let state = SinkState {
             received: received.clone(),
@@ -267,6 +276,7 @@ impl Sink {
         };
         let app = axum::Router::new()
             .route("/deliver", axum::routing::post(sink_handler))
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
