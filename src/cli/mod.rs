@@ -98,7 +98,9 @@ fn init_logging(format: LogFormat) {
 /// Parses arguments, runs the command on a multi-threaded runtime, maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.global.log_format);
+    // The demo prints its own summary; its workers' per-message logs would bury it.
+    let level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    init_logging(cli.global.log_format, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

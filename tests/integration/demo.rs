@@ -1,0 +1,221 @@
+//! `courier demo` end to end: the real binary against the real broker, each test under its own
+//! prefix. Self-contained (no `util`), so it also compiles on its own.
+
+use courier::amqp::AmqpUrl;
+use courier::topology::Topology;
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| courier::amqp::DEFAULT_AMQP_URL.to_owned())
+}
+
+fn parsed_url() -> AmqpUrl {
+    amqp_url().parse().expect("AMQP_URL parses")
+}
+
+/// `t.demo.<tag>.<pid>.<nanos>.`: no other test or test run uses it.
+fn unique_prefix(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("t.demo.{tag}.{}.{nanos}.", std::process::id())
+}
+
+/// The demo topology as the binary sees it (run from the repository root), with `prefix`.
+fn demo_topology(prefix: &str) -> Topology {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/demo.toml");
+    Topology::load(&file, prefix).expect("topology/demo.toml is valid")
+}
+
+/// Deletes every queue and exchange of the demo topology under a prefix when dropped, so a
+/// failed assertion leaves nothing behind. Deleting what does not exist is a no-op.
+struct Cleanup(Topology);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let queues: Vec<String> = self.0.queues.iter().map(|q| q.name.clone()).collect();
+        let exchanges: Vec<String> = self.0.exchanges.iter().map(|e| e.name.clone()).collect();
+        // Drop may run inside the test's runtime, which cannot be blocked on: use a thread.
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(conn) = parsed_url().connect("courier demo test cleanup").await else {
+                    return;
+                };
+                for q in queues {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch
+                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                }
+                for e in exchanges {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch
+                            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "cleanup".into()).await;
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+/// Runs `courier demo ARGS` from the repository root (so it reads topology/demo.toml).
+async fn run_demo(args: &[&str]) -> Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .arg("demo")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("AMQP_URL", amqp_url())
+        .env_remove("COURIER_TOPOLOGY")
+        .env_remove("COURIER_PREFIX")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("courier demo ends within 180s")
+        .expect("courier demo starts")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The count in the summary row `label` (the first number after the label).
+fn value(stdout: &str, label: &str) -> Option<u64> {
+    let (_, summary) = stdout.split_once("\nSummary")?;
+    summary.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix(label)?;
+        if !rest.starts_with(char::is_whitespace) {
+            return None;
+        }
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+fn must(stdout: &str, label: &str) -> u64 {
+    value(stdout, label).unwrap_or_else(|| panic!("no `{label}` row in the summary:\n{stdout}"))
+}
+
+/// Messages in `queue`, or None if it does not exist.
+async fn depth(queue: &str) -> Option<u32> {
+    let conn = parsed_url()
+        .connect("courier demo test")
+        .await
+        .expect("broker reachable");
+    let ch = conn.create_channel().await.expect("channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .ok()
+        .map(|q| q.message_count());
+    let _ = conn.close(200, "done".into()).await;
+    q
+}
+
+const REASONS: [&str; 6] = [
+    "max-attempts",
+    "permanent",
+    "malformed",
+    "crash-loop",
+    "rejected",
+    "expired",
+];
+
+#[tokio::test]
+async fn demo_delivers_retries_dead_letters_loses_nothing_and_cleans_up() {
+    let prefix = unique_prefix("run");
+    let topology = demo_topology(&prefix);
+    let _cleanup = Cleanup(topology.clone());
+
+    let out = run_demo(&["--messages", "200", "--prefix", &prefix]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "courier demo failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert_eq!(must(&stdout, "published"), 200, "{stdout}");
+    assert_eq!(must(&stdout, "lost"), 0, "{stdout}");
+    assert_eq!(must(&stdout, "duplicates"), 0, "{stdout}");
+    let delivered = must(&stdout, "delivered");
+    let dead = must(&stdout, "dead-lettered");
+    assert!(delivered > 0, "{stdout}");
+    assert!(must(&stdout, "retried") > 0, "{stdout}");
+    assert_eq!(delivered + dead, 200, "{stdout}");
+    assert_eq!(must(&stdout, "in the DLQ"), dead, "{stdout}");
+    let reasons: Vec<&str> = REASONS
+        .into_iter()
+        .filter(|r| value(&stdout, r).unwrap_or(0) > 0)
+        .collect();
+    assert!(
+        reasons.len() >= 2,
+        "expected at least two dead-letter reasons, got {reasons:?}:\n{stdout}"
+    );
+    assert!(stdout.contains("Cleaned up"), "{stdout}");
+    assert_eq!(
+        depth(&topology.dead_letter_queue).await,
+        None,
+        "the demo deleted its dead-letter queue"
+    );
+    assert_eq!(depth(&topology.work_queues[0].name).await, None);
+}
+
+#[tokio::test]
+async fn demo_keep_leaves_the_dead_letters_for_courier_dlq() {
+    let prefix = unique_prefix("keep");
+    let topology = demo_topology(&prefix);
+    let _cleanup = Cleanup(topology.clone());
+
+    let out = run_demo(&["--messages", "100", "--prefix", &prefix, "--keep"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "courier demo --keep failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert_eq!(must(&stdout, "lost"), 0, "{stdout}");
+    let dead = must(&stdout, "dead-lettered");
+    let held = depth(&topology.dead_letter_queue)
+        .await
+        .expect("--keep leaves the dead-letter queue");
+    assert!(held > 0, "the DLQ is empty:\n{stdout}");
+    assert_eq!(u64::from(held), dead, "{stdout}");
+    assert!(
+        stdout.contains(&format!("courier-dlq stats --prefix {prefix}")),
+        "{stdout}"
+    );
+
+    // A second run under the same prefix refuses to mix with the kept dead letters.
+    let again = run_demo(&["--messages", "10", "--prefix", &prefix]).await;
+    let (_, err) = text(&again);
+    assert!(!again.status.success(), "{err}");
+    assert!(err.contains("--clean"), "{err}");
+    assert_eq!(depth(&topology.dead_letter_queue).await, Some(held));
+
+    // `--clean` removes everything; the guard above would otherwise.
+    let clean = run_demo(&["--prefix", &prefix, "--clean"]).await;
+    let (out_text, err) = text(&clean);
+    assert!(clean.status.success(), "{out_text}\n{err}");
+    assert_eq!(depth(&topology.dead_letter_queue).await, None);
+}
