@@ -80,11 +80,11 @@ impl GlobalArgs {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,lapin=error,lapin::channel=off,lapin::returned_messages=off",
-        )
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},lapin=error,lapin::channel=off,lapin::returned_messages=off"
+        ))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
