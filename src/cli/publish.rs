@@ -236,23 +236,30 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
         return Ok(ExitCode::SUCCESS);
     };
 
-    // A file: validate every line first, so a typo on line 90,000 does not leave a half-sent file.
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut messages = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let n = i + 1;
+    // A file: validate every line first, so a typo on line 90,000 does not leave a half-sent
+    // file; then stream it again to publish, so memory stays flat whatever the file's size.
+    let read_lines = || -> anyhow::Result<_> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(std::io::BufReader::new(file).lines().enumerate())
+    };
+    let parse = |n: usize, line: std::io::Result<String>| -> anyhow::Result<Option<Outgoing>> {
         let line = line.with_context(|| format!("{}:{n}: cannot read", path.display()))?;
         if line.trim().is_empty() {
-            continue;
+            return Ok(None);
         }
         let parsed: Line = serde_json::from_str(&line)
             .with_context(|| format!("{}:{n}: not a valid message line", path.display()))?;
         let msg =
             build(parsed, &defaults).map_err(|e| anyhow::anyhow!("{}:{n}: {e}", path.display()))?;
-        messages.push((n, msg));
+        Ok(Some(msg))
+    };
+    let mut total = 0usize;
+    for (i, line) in read_lines()? {
+        if parse(i + 1, line)?.is_some() {
+            total += 1;
+        }
     }
-    let total = messages.len();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -261,7 +268,14 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let results: Vec<(usize, Result<(), PublishError>)> = futures_util::stream::iter(messages)
+    let mut failed: Vec<(usize, PublishError)> = Vec::new();
+    let mut failures = 0usize;
+    let messages = read_lines()?.filter_map(|(i, line)| match parse(i + 1, line) {
+        Ok(Some(msg)) => Some((i + 1, msg)),
+        // Validated above; a file changed meanwhile is skipped here and shows in the count.
+        _ => None,
+    });
+    let mut results = futures_util::stream::iter(messages)
         .map(|(n, msg)| {
             let p = publisher.clone();
             let bar = bar.clone();
@@ -272,29 +286,34 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
                 (n, r)
             }
         })
-        .buffer_unordered(args.window.max(1))
-        .collect()
-        .await;
+        .buffer_unordered(args.window.max(1));
+    let mut ok = 0usize;
+    while let Some((n, r)) = results.next().await {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failures += 1;
+                if failed.len() < 20 {
+                    failed.push((n, e));
+                }
+            }
+        }
+    }
     bar.finish_and_clear();
     publisher.close().await;
-    let failed: Vec<_> = results
-        .iter()
-        .filter_map(|(n, r)| r.as_ref().err().map(|e| (n, e)))
-        .collect();
-    let ok = total - failed.len();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "published {ok} of {total} messages from {} (confirmed) in {secs:.1}s ({:.0}/s)",
         path.display(),
         ok as f64 / secs.max(1e-9)
     );
-    for (n, e) in failed.iter().take(20) {
+    for (n, e) in &failed {
         eprintln!("{}:{n}: {e}", path.display());
     }
-    if failed.len() > 20 {
-        eprintln!("... and {} more failures", failed.len() - 20);
+    if failures > failed.len() {
+        eprintln!("... and {} more failures", failures - failed.len());
     }
-    Ok(if failed.is_empty() {
+    Ok(if failures == 0 && ok == total {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
