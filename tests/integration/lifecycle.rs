@@ -506,3 +506,68 @@ async fn metrics_health_and_readiness_are_served() {
             .unwrap_or_else(|e| panic!("--log-format json line is not JSON ({e}): {l}"));
     }
 }
+
+#[test]
+fn help_never_shows_the_password_from_the_environment() {
+    for args in [
+        vec!["--help"],
+        vec!["work", "--help"],
+        vec!["publish", "--help"],
+        vec!["topology", "apply", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(&args)
+            .env("AMQP_URL", "amqp://guest:HelpSecret99@127.0.0.1:5672/%2f")
+            .output()
+            .expect("runs");
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!all.contains("HelpSecret99"), "{args:?}: {all}");
+    }
+}
+
+#[tokio::test]
+async fn bodies_are_not_logged_and_endpoints_never_come_from_messages() {
+    let t = TestTopology::fast("nolog").await;
+    // The configured endpoint fails permanently, so the worker logs errors for this message.
+    let sink = Sink::start(std::sync::Arc::new(|_| (400, vec![])), Duration::ZERO).await;
+    let elsewhere = Sink::ok().await;
+    let mut child = spawn_worker_binary(&t, &sink.url, &[]);
+    let p = publisher().await;
+    let mut m = job(&t.exchange(), "email", "secret-body", 0);
+    m.body = format!(
+        r#"{{"card":"4111-MARKER-1111","url":"{}","endpoint":"{}"}}"#,
+        elsewhere.url, elsewhere.url
+    )
+    .into_bytes();
+    let mut h = lapin::types::FieldTable::default();
+    h.insert(
+        "endpoint".into(),
+        lapin::types::AMQPValue::LongString(elsewhere.url.as_str().into()),
+    );
+    m.properties = m
+        .properties
+        .with_headers(h)
+        .with_reply_to(elsewhere.url.as_str().into())
+        .with_correlation_id("c".into());
+    p.publish(m).await.expect("published");
+    wait_depth(&t.dlq(), 1, WAIT).await;
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(15))
+        .await
+        .success());
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(stderr.contains("secret-body"), "the id is logged: {stderr}");
+    assert!(
+        !stderr.contains("MARKER"),
+        "a message body reached the logs: {stderr}"
+    );
+    assert_eq!(sink.all().len(), 1, "the configured endpoint was called");
+    assert!(
+        elsewhere.all().is_empty(),
+        "a URL from the message was called"
+    );
+}
