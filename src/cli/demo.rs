@@ -299,22 +299,7 @@ impl Rules {
     }
 }
 
-/// 0..10_000, uniform over ids: FNV-1a, then a SplitMix64 finaliser, because FNV alone spreads
-/// sequential ids (`demo-1`, `demo-2`, ...) poorly over the low digits.
-fn bucket(id: &str) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    // The remainder is below 10_000, so it fits.
-    (h % 10_000) as u32
-}
+use super::sink::bucket;
 
 /// One HTTP answer of the sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 mod demo;
 mod publish;
+mod sink;
 mod topology;
 mod work;
 
@@ -65,6 +66,7 @@ enum Command {
     Demo(demo::DemoArgs),
     Work(work::WorkArgs),
     Publish(publish::PublishArgs),
+    Sink(sink::SinkArgs),
 }
 
 impl GlobalArgs {
@@ -99,7 +101,11 @@ fn init_logging(format: LogFormat, level: &str) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own summary; its workers' per-message logs would bury it.
-    let level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    let level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     init_logging(cli.global.log_format, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,6 +123,7 @@ pub fn main() -> ExitCode {
             Command::Demo(args) => demo::run(&cli.global, args).await,
             Command::Work(args) => work::run(&cli.global, args).await,
             Command::Publish(args) => publish::run(&cli.global, args).await,
+            Command::Sink(args) => sink::run(args).await,
         }
     });
     match result {

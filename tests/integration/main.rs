@@ -7,6 +7,7 @@ mod compose;
 mod demo;
 mod http_handler;
 mod lifecycle;
+mod sink;
 mod topology;
 mod util;
 mod worker;
