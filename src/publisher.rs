@@ -225,10 +225,12 @@ impl Publisher {
         });
         if !healthy {
             if let Some(old) = live.take() {
-                let _ = old
-                    .conn
-                    .close(200, "replacing a failed channel".into())
-                    .await;
+                // A dead connection's close can hang; it must not hold every publish hostage.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    old.conn.close(200, "replacing a failed channel".into()),
+                )
+                .await;
             }
             if self.inner.connected_once.load(Ordering::Relaxed) {
                 self.inner
@@ -238,23 +240,40 @@ impl Publisher {
                     .inc();
                 tracing::info!(url = %self.inner.url, "publisher reconnecting");
             }
-            let conn = self.inner.url.connect(&self.inner.config.name).await?;
-            let scrub =
-                |e: lapin::Error| PublishError::Connect(self.inner.url.scrub(&e.to_string()));
-            let channel = conn.create_channel().await.map_err(scrub)?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
+            let deadline = self
+                .inner
+                .config
+                .confirm_timeout
+                .max(Duration::from_secs(5));
+            let fresh = tokio::time::timeout(deadline, self.open())
                 .await
-                .map_err(scrub)?;
-            watch_blocked(&conn, self.inner.metrics.clone());
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(actor(channel.clone(), rx, self.inner.clone()));
-            self.inner.connected_once.store(true, Ordering::Relaxed);
-            *live = Some(Live { conn, channel, tx });
+                .map_err(|_| {
+                    PublishError::Connect(format!(
+                        "no connection to {} within {deadline:?}",
+                        self.inner.url
+                    ))
+                })??;
+            *live = Some(fresh);
         }
         live.as_ref()
             .map(|l| l.tx.clone())
             .ok_or_else(|| PublishError::Connect("no connection".to_owned()))
+    }
+
+    /// Opens a connection and a confirm-mode channel, and starts the channel's actor.
+    async fn open(&self) -> Result<Live, PublishError> {
+        let conn = self.inner.url.connect(&self.inner.config.name).await?;
+        let scrub = |e: lapin::Error| PublishError::Connect(self.inner.url.scrub(&e.to_string()));
+        let channel = conn.create_channel().await.map_err(scrub)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(scrub)?;
+        watch_blocked(&conn, self.inner.metrics.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(actor(channel.clone(), rx, self.inner.clone()));
+        self.inner.connected_once.store(true, Ordering::Relaxed);
+        Ok(Live { conn, channel, tx })
     }
 
     /// Publishes one message (mandatory) and waits for its confirm.
@@ -327,7 +346,11 @@ impl Publisher {
         )
         .await;
         if let Some(live) = self.inner.live.lock().await.take() {
-            let _ = live.conn.close(200, "publisher closed".into()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                live.conn.close(200, "publisher closed".into()),
+            )
+            .await;
         }
     }
 }

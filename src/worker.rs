@@ -38,6 +38,10 @@ use tokio_util::task::TaskTracker;
 
 mod acker;
 
+/// Deadline for a broker call whose answer only tidies up (cancel, close): a dead connection
+/// must not stall shutdown or reconnection.
+const BROKER_CALL: Duration = Duration::from_secs(5);
+
 use acker::{AckEvent, Settle};
 
 /// How a worker behaves. Validated by the CLI; the library trusts it.
@@ -200,9 +204,12 @@ impl<H: Handler> Worker<H> {
             if shutdown.is_cancelled() {
                 break;
             }
+            // A half-open broker can stall any step of the handshake: bound the whole of it.
             let opened = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.open() => r,
+                r = tokio::time::timeout(Duration::from_secs(30), self.open()) => {
+                    r.unwrap_or_else(|_| Err("connecting took longer than 30s".to_owned()))
+                }
             };
             let (conn, channel, consumer) = match opened {
                 Ok(s) => s,
@@ -233,12 +240,17 @@ impl<H: Handler> Worker<H> {
             match end {
                 SessionEnd::Shutdown => {
                     tracing::info!(%queue, "shutting down: consumer cancelled, finishing in-flight messages");
-                    let _ = channel
-                        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                        .await;
+                    let _ = tokio::time::timeout(
+                        BROKER_CALL,
+                        channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+                    )
+                    .await;
                     self.drain(&tracker, ackers).await;
-                    let _ = channel.close(200, "shutdown".into()).await;
-                    let _ = conn.close(200, "shutdown".into()).await;
+                    let _ =
+                        tokio::time::timeout(BROKER_CALL, channel.close(200, "shutdown".into()))
+                            .await;
+                    let _ =
+                        tokio::time::timeout(BROKER_CALL, conn.close(200, "shutdown".into())).await;
                     ctx.publisher.close().await;
                     tracing::info!(%queue, "stopped");
                     return;
@@ -246,7 +258,9 @@ impl<H: Handler> Worker<H> {
                 SessionEnd::Lost(reason) => {
                     let wait = backoff.next_delay();
                     tracing::warn!(%queue, %reason, reconnect_in = ?wait, "lost the consumer; unacked messages return to the queue");
-                    let _ = conn.close(200, "reconnecting".into()).await;
+                    let _ =
+                        tokio::time::timeout(BROKER_CALL, conn.close(200, "reconnecting".into()))
+                            .await;
                     ackers.retain(|h| !h.is_finished());
                     tokio::select! {
                         _ = shutdown.cancelled() => break,

@@ -1,1 +1,67 @@
-fn main() {}
+//! `courier-dlq`: inspect, export and replay Courier's dead letters without losing one.
+//!
+//! This file only parses arguments, runs the command and maps the outcome to an exit code
+//! (0 done, a closed stdout pipe included; 1 failed; 2 usage). The commands live in
+//! [`commands`]; what they share:
+//! - [`inspect`]: look at messages and give every one back in place (stats, list, show,
+//!   `--dry-run`).
+//! - [`pass`]: replay, export or purge exactly the messages present at the start, each copy
+//!   confirmed before the original is acked.
+//! - [`jsonl`] and [`export_file`]: the exact export format and its fsynced batches.
+//! - [`broker`]: look-ups and the exclusive consumer, with errors that name the fix.
+//!
+//! The dead-letter logic itself (reading `x-courier-*` and `x-death`, filters, replay headers,
+//! aggregates) is the library's [`courier::deadletter`].
+
+mod broker;
+mod cli;
+mod commands;
+mod error;
+mod export_file;
+mod inspect;
+mod jsonl;
+mod output;
+mod pass;
+mod progress;
+
+use clap::Parser;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn init_logging() {
+    // Quiet by default: the tool prints its own summary; RUST_LOG=info shows more.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(commands::run(cli));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if !error::is_broken_pipe(&e) {
+                // Library errors are already redacted; redact again in case a URL slipped into
+                // a context string.
+                eprintln!("error: {}", courier::amqp::redact(&format!("{e:#}")));
+            }
+            ExitCode::from(error::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Command-line arguments of `courier-dlq` and their validation into configuration.
+//!
+//! Raw arguments (clap types) and validated values are kept apart: a filter, a rate or a queue
+//! name is checked once, before anything touches the broker, and a bad one is a usage error
+//! (exit code 2) naming the flag, the value and the expected form.
+
+use crate::error::UsageError;
+use clap::{Args, Parser, Subcommand};
+use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
+use courier::deadletter::{Filter, FilterSpec};
+use courier::topology::Topology;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// courier-dlq: inspect, export and replay Courier's dead letters without losing one.
+///
+/// Inspection (stats, list, show, --dry-run) never removes or reorders a message: it holds at
+/// most --limit messages unacknowledged and gives them all back in place. A pass (replay,
+/// export, purge) handles only the messages that were in the queue when it started, so a
+/// replay can never loop; every copy is publisher-confirmed before the original is acked, so a
+/// crash or a lost connection at any point loses nothing (at worst a message exists twice).
+///
+/// Typical session:
+///   courier-dlq stats                               what is there, grouped by reason and error
+///   courier-dlq list --reason max-attempts          one row per message
+///   courier-dlq show 8f3c2a...                      every property, header and the body
+///   courier-dlq replay --error-contains 503 --dry-run
+///   courier-dlq replay --error-contains 503 --rate 200/s
+///   courier-dlq export --out dlq.jsonl --remove     archive, then import dlq.jsonl later
+///
+/// Filters (every selecting command): --reason, --from-queue, --error-contains, --older-than,
+/// --newer-than, --message-id, --header K=V. Values of one flag are alternatives (repeat the
+/// flag or separate with commas); different flags must all match.
+///
+/// Exit codes: 0 done, 1 failed (or some messages could not be moved), 2 usage error.
+#[derive(Debug, Parser)]
+#[command(
+    name = "courier-dlq",
+    version,
+    verbatim_doc_comment,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Broker URL. The password is never printed: logs and errors show `user:***@host`.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true, hide_default_value = true)]
+    pub amqp_url: String,
+    /// Topology file; the dead-letter queue is read from it unless --queue is given.
+    #[arg(long, env = "COURIER_TOPOLOGY", default_value = courier::topology::DEFAULT_TOPOLOGY_PATH, global = true)]
+    pub topology: PathBuf,
+    /// Prefix of every exchange and queue name (e.g. `staging.`), as for `courier`.
+    #[arg(
+        long,
+        env = "COURIER_PREFIX",
+        default_value = "",
+        global = true,
+        hide_default_value = true
+    )]
+    pub prefix: String,
+    /// The dead-letter queue to work on. Default: the topology's (notifications.dlq, prefixed).
+    /// A name from the topology file gets the --prefix added.
+    #[arg(long, env = "COURIER_DLQ", global = true)]
+    pub queue: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Stats(StatsArgs),
+    List(ListArgs),
+    Show(ShowArgs),
+    Replay(ReplayArgs),
+    Export(ExportArgs),
+    Import(ImportArgs),
+    Purge(PurgeArgs),
+}
+
+/// Which messages a command selects.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
+    /// Only this reason: max-attempts, permanent, malformed, crash-loop, rejected, expired
+    /// (x-courier-reason), or the broker's maxlen, delivery_limit (x-death).
+    #[arg(long, value_name = "REASON", help_heading = "Filters")]
+    pub reason: Vec<String>,
+    /// Only messages that failed in this work queue (x-courier-original-queue, or the queue in
+    /// x-death). With or without the --prefix.
+    #[arg(long, value_name = "QUEUE", help_heading = "Filters")]
+    pub from_queue: Vec<String>,
+    /// Only messages whose last error (x-courier-error) contains this text (case-insensitive).
+    #[arg(long, value_name = "TEXT", help_heading = "Filters")]
+    pub error_contains: Vec<String>,
+    /// Only messages dead-lettered at least this long ago, e.g. 30m, 2h, 7days. The time is
+    /// x-courier-dead-lettered-at, else the x-death time, else the timestamp property.
+    #[arg(long, value_name = "DURATION", help_heading = "Filters")]
+    pub older_than: Option<String>,
+    /// Only messages dead-lettered less than this long ago.
+    #[arg(long, value_name = "DURATION", help_heading = "Filters")]
+    pub newer_than: Option<String>,
+    /// Only this message id (repeatable).
+    #[arg(long, value_name = "ID", help_heading = "Filters")]
+    pub message_id: Vec<String>,
+    /// Only messages whose header NAME has this value (strings, numbers, true/false).
+    #[arg(long, value_name = "NAME=VALUE", help_heading = "Filters")]
+    pub header: Vec<String>,
+}
+
+impl FilterArgs {
+    /// Validates the flags.
+    ///
+    /// # Errors
+    /// [`courier::deadletter::FilterError`] naming the flag, the value and the expected form.
+    pub fn build(&self, prefix: &str) -> Result<Filter, courier::deadletter::FilterError> {
+        Filter::parse(
+            &FilterSpec {
+                reason: self.reason.clone(),
+                from_queue: self.from_queue.clone(),
+                error_contains: self.error_contains.clone(),
+                older_than: self.older_than.clone(),
+                newer_than: self.newer_than.clone(),
+                message_id: self.message_id.clone(),
+                header: self.header.clone(),
+            },
+            prefix,
+        )
+    }
+}
+
+/// Count the dead letters, oldest and newest, grouped by reason, original queue and error.
+///
+/// Looks at the first --limit messages (and says so when the queue holds more); every message
+/// stays where it was.
+///   courier-dlq stats
+///   courier-dlq stats --from-queue notifications.email --json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Examine at most this many messages (held unacknowledged, then given back; at most 65535).
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: u64,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One row per dead letter: id, age, reason, original queue, attempts, error, body size.
+///
+///   courier-dlq list --reason permanent --limit 50
+///   courier-dlq list --json | jq .summary.error        (one JSON object a line, with headers
+///                                                        and body, in the export format)
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Examine at most this many messages (held unacknowledged, then given back; at most 65535).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u64,
+    /// One JSON object a line (the export format, with a `summary`), instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Everything about one message: properties, every header, the body.
+///
+/// Headers include x-courier-* and the broker's x-death history, decoded; the body is
+/// pretty-printed when it is JSON. The message stays where it is.
+///
+///   courier-dlq show 8f3c2a9e61d04f0c
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ShowArgs {
+    /// The message_id to show.
+    pub message_id: String,
+    /// Search at most this many messages from the head of the queue (at most 65535).
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: u64,
+    /// Print the message in the export format instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of a pass (replay, export, purge).
+#[derive(Debug, Clone, Args)]
+pub struct PassArgs {
+    /// Act on at most this many selected messages (the others stay, in order).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Show what would happen, change nothing (inspection: examines up to 65535 messages).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many messages a second (or N/m, N/h), e.g. --rate 200/s.
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    pub rate: Option<Rate>,
+    /// Publishes awaiting their broker confirm at once.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=8192))]
+    pub window: u16,
+}
+
+/// Send dead letters back to where they came from, or to --to-queue, with attempts reset.
+///
+/// The destination is x-courier-original-exchange / -routing-key, or for messages the broker
+/// dead-lettered itself the exchange and routing key in x-death. The copy keeps the message's
+/// id, priority, headers and body; it loses x-courier-attempts, -reason, -error, -first-failed-at,
+/// -dead-lettered-at, -redeliveries and x-death, and gets x-courier-replayed incremented. Each
+/// copy is confirmed (mandatory) before the dead letter is acked. A message whose destination no
+/// longer routes stays in the dead-letter queue and is reported (exit code 1).
+///
+///   courier-dlq replay --dry-run
+///   courier-dlq replay --reason max-attempts --error-contains "HTTP 503" --rate 100/s
+///   courier-dlq replay --message-id 8f3c2a9e --to-queue notifications.email
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// Publish to this queue (default exchange) instead of the original destination.
+    #[arg(long, value_name = "QUEUE")]
+    pub to_queue: Option<String>,
+}
+
+/// Write dead letters to a JSONL file, exactly (bytes, properties, header types).
+///
+/// With --remove a message is acked only after its line is written and the file fsynced;
+/// without it, every message stays in the queue, in order. `import` reads the file back.
+///
+///   courier-dlq export --out dlq-2026-11-24.jsonl --remove --older-than 7days
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ExportArgs {
+    /// The file to write (one JSON object a line). Refused if it exists, unless --append.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub out: PathBuf,
+    /// Remove exported messages from the queue (after they are safely on disk).
+    #[arg(long)]
+    pub remove: bool,
+    /// Add to an existing file (an unfinished last line left by a killed export is cut off).
+    #[arg(long)]
+    pub append: bool,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub pass: PassArgs,
+}
+
+/// Publish the messages of an export file, with confirms, exactly as they were exported.
+///
+/// Default destination: the dead-letter queue (--queue, or the topology's); --to-queue sends
+/// them elsewhere. Every line is checked before anything is published.
+///
+///   courier-dlq import dlq-2026-11-24.jsonl
+///   courier-dlq import dlq.jsonl --to-queue notifications.dlq.review
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ImportArgs {
+    /// A file written by `courier-dlq export` (or `list --json`).
+    pub file: PathBuf,
+    /// Publish into this queue instead of the dead-letter queue.
+    #[arg(long, value_name = "QUEUE")]
+    pub to_queue: Option<String>,
+    /// At most this many messages a second (or N/m, N/h).
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    pub rate: Option<Rate>,
+    /// Publishes awaiting their broker confirm at once.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=8192))]
+    pub window: u16,
+}
+
+/// Delete dead letters for good (the selected ones; the others stay, in order).
+///
+///   courier-dlq purge --reason malformed --dry-run
+///   courier-dlq purge --reason malformed --yes
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// Really delete. Without it, purge refuses (use --dry-run to see what it would delete).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// A rate limit: `count` messages every `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Messages per period.
+    pub count: NonZeroU32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Messages per second, for messages.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.count.get()) / self.per.as_secs_f64()
+    }
+}
+
+/// Parses `200/s`, `200`, `30/m`, `1000/h`.
+///
+/// # Errors
+/// What the expected form is.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let expected = "expected N/s, N/m or N/h with N a whole number above 0, e.g. 200/s";
+    let (n, unit) = s.trim().split_once('/').unwrap_or((s.trim(), "s"));
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return Err(format!("{s:?}: unknown unit; {expected}")),
+    };
+    let count = n
+        .trim()
+        .replace('_', "")
+        .parse::<u32>()
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| format!("{s:?}: {expected}"))?;
+    Ok(Rate { count, per })
+}
+
+impl Global {
+    /// The broker URL.
+    ///
+    /// # Errors
+    /// A usage error for a URL that does not parse (redacted).
+    pub fn url(&self) -> Result<AmqpUrl, UsageError> {
+        self.amqp_url
+            .parse::<AmqpUrl>()
+            .map_err(|e| UsageError(format!("--amqp-url / AMQP_URL: {e}")))
+    }
+
+    /// The topology, if it can be read; `Err` keeps the reason for messages.
+    pub fn topology(&self) -> Result<Topology, String> {
+        Topology::load(&self.topology, &self.prefix).map_err(|e| e.to_string())
+    }
+
+    /// The dead-letter queue: --queue (prefixed when it names a topology queue without the
+    /// prefix), else the topology's.
+    ///
+    /// # Errors
+    /// A usage error when there is no --queue and the topology cannot be read.
+    pub fn dlq(&self) -> Result<String, UsageError> {
+        let topology = self.topology();
+        match &self.queue {
+            Some(q) => Ok(resolve_queue(topology.as_ref().ok(), &self.prefix, q)),
+            None => topology.map(|t| t.dead_letter_queue).map_err(|e| {
+                UsageError(format!(
+                    "no dead-letter queue: pass --queue NAME, or a readable --topology ({e})"
+                ))
+            }),
+        }
+    }
+
+    /// A queue named on the command line (--to-queue), resolved like --queue.
+    pub fn queue_name(&self, q: &str) -> String {
+        resolve_queue(self.topology().ok().as_ref(), &self.prefix, q)
+    }
+}
+
+/// `q` itself if the topology declares it (or there is no prefix), the prefixed name if the
+/// topology declares that, else `q` as given (any queue may be named).
+pub fn resolve_queue(topology: Option<&Topology>, prefix: &str, q: &str) -> String {
+    let Some(t) = topology else {
+        return q.to_owned();
+    };
+    let prefixed = format!("{prefix}{q}");
+    if t.queue(q).is_none() && !prefix.is_empty() && t.queue(&prefixed).is_some() {
+        prefixed
+    } else {
+        q.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rates_parse() {
+        let r = parse_rate("200/s").expect("ok");
+        assert_eq!((r.count.get(), r.per), (200, Duration::from_secs(1)));
+        assert_eq!(parse_rate("50").expect("ok").per, Duration::from_secs(1));
+        assert_eq!(parse_rate("30/m").expect("ok").per, Duration::from_secs(60));
+        assert!((parse_rate("3600/h").expect("ok").per_second() - 1.0).abs() < 1e-9);
+        assert!(parse_rate("0/s").expect_err("zero").contains("e.g. 200/s"));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10/d")
+            .expect_err("unit")
+            .contains("unknown unit"));
+    }
+
+    #[test]
+    fn queue_names_get_the_prefix_only_when_the_topology_says_so() {
+        let t = Topology::load(
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../topology/notifications.toml"
+            )),
+            "s.",
+        )
+        .expect("default topology");
+        assert_eq!(
+            resolve_queue(Some(&t), "s.", "notifications.dlq"),
+            "s.notifications.dlq"
+        );
+        assert_eq!(
+            resolve_queue(Some(&t), "s.", "s.notifications.dlq"),
+            "s.notifications.dlq"
+        );
+        assert_eq!(resolve_queue(Some(&t), "s.", "elsewhere"), "elsewhere");
+        assert_eq!(
+            resolve_queue(None, "s.", "notifications.dlq"),
+            "notifications.dlq"
+        );
+    }
+}

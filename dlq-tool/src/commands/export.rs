@@ -1,0 +1,59 @@
+//! `courier-dlq export`: write dead letters to a JSONL file, exactly; `--remove` acks each only
+//! once its line is on disk.
+
+use super::dry_run::{self, Verb};
+use super::{close_publisher, connect, pass_outcome, print_report, publisher};
+use crate::cli::{ExportArgs, Global};
+use crate::export_file::ExportFile;
+use crate::output::thousands;
+use crate::pass::{self, Action, PassConfig};
+use std::process::ExitCode;
+
+pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
+    let filter = a.filters.build(&g.prefix)?;
+    let queue = g.dlq()?;
+    let url = g.url()?;
+    if a.pass.dry_run {
+        return dry_run::run(g, &url, &queue, &filter, a.pass.limit, Verb::Export).await;
+    }
+    let broker = connect(&url, "export", &queue).await?;
+    // Check the queue before creating the file, so a typo does not leave an empty file behind.
+    broker.count(&queue, crate::broker::APPLY_HINT).await?;
+    let file = ExportFile::open(&a.out, a.append)?;
+    let publisher = publisher(&url, "export", &queue, a.pass.window);
+    let config = PassConfig {
+        queue: queue.clone(),
+        filter,
+        limit: a.pass.limit,
+        rate: a.pass.rate,
+        window: usize::from(a.pass.window),
+        progress: true,
+    };
+    let action = Action::Export {
+        file,
+        remove: a.remove,
+    };
+    let (report, failure) = pass::run(&broker, &publisher, config, action).await;
+    close_publisher(&publisher).await;
+    broker.close().await;
+    print_report(
+        if a.remove {
+            "exported and removed"
+        } else {
+            "exported"
+        },
+        &queue,
+        &report,
+    );
+    println!(
+        "{} line(s) written to {} (fsynced){}",
+        thousands(report.lines),
+        a.out.display(),
+        if a.remove {
+            ""
+        } else {
+            "; every message is still in the queue"
+        }
+    );
+    pass_outcome(&report, failure, &queue)
+}

@@ -1,0 +1,89 @@
+//! `courier-dlq list`: one row (or one JSON line) a message, streamed as the messages are seen.
+
+use super::{connect, warn_if_quorum};
+use crate::cli::{Global, ListArgs};
+use crate::inspect::inspect;
+use crate::jsonl;
+use crate::output::{age_of, summary, thousands, Table};
+use courier::deadletter::DeadLetter;
+use courier::envelope::now_millis;
+use std::io::{BufWriter, Write};
+use std::ops::ControlFlow;
+use std::process::ExitCode;
+
+pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
+    let filter = a.filters.build(&g.prefix)?;
+    let queue = g.dlq()?;
+    let url = g.url()?;
+    warn_if_quorum(g, &queue);
+    let broker = connect(&url, "list", &queue).await?;
+    let now = now_millis();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let table = Table::new(&[32, 8, 12, 28, 8, 9, 70]);
+    if !a.json {
+        table.row(
+            &mut out,
+            &["ID", "AGE", "REASON", "QUEUE", "ATTEMPTS", "SIZE", "ERROR"].map(String::from),
+        )?;
+    }
+    let mut shown = 0u64;
+    let sample = inspect(&broker, &queue, a.limit, |d| {
+        let dl = DeadLetter::read(&d.properties, d.data.len());
+        if !filter.matches(&dl, d.properties.headers().as_ref(), now) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        shown += 1;
+        if a.json {
+            let origin = jsonl::Origin {
+                queue: &queue,
+                exchange: d.exchange.as_str(),
+                routing_key: d.routing_key.as_str(),
+                redelivered: d.redelivered,
+            };
+            writeln!(
+                out,
+                "{}",
+                jsonl::encode(&origin, &d.properties, &d.data, summary(&dl, now))
+            )?;
+        } else {
+            table.row(
+                &mut out,
+                &[
+                    dl.message_id.clone().unwrap_or_else(|| "(none)".to_owned()),
+                    age_of(&dl, now),
+                    dl.reason.clone().unwrap_or_else(|| "?".to_owned()),
+                    dl.original_queue.clone().unwrap_or_else(|| "?".to_owned()),
+                    dl.attempts
+                        .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                    thousands(dl.body_len as u64),
+                    dl.error.clone().unwrap_or_else(|| dl.error_group()),
+                ],
+            )?;
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .await;
+    broker.close().await;
+    let sample = sample?;
+    out.flush()?;
+    drop(out);
+    // The footer goes to stderr: stdout stays a clean table or JSONL stream for pipes.
+    let mut footer = format!(
+        "{} of {} messages listed",
+        thousands(shown),
+        thousands(sample.total)
+    );
+    if !filter.is_empty() {
+        footer.push_str(&format!(
+            " ({} examined, {} matched the filters)",
+            thousands(sample.examined),
+            thousands(shown)
+        ));
+    }
+    eprintln!("{footer}");
+    let note = sample.note(false);
+    if !note.is_empty() {
+        eprintln!("{note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,42 @@
+//! `courier-dlq replay`: send dead letters back, confirmed, with attempts reset.
+
+use super::dry_run::{self, Verb};
+use super::{close_publisher, connect, pass_outcome, print_report, publisher};
+use crate::cli::{Global, ReplayArgs};
+use crate::pass::{self, Action, PassConfig};
+use std::process::ExitCode;
+
+pub async fn run(g: &Global, a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let filter = a.filters.build(&g.prefix)?;
+    let queue = g.dlq()?;
+    let url = g.url()?;
+    let to_queue = a.to_queue.as_deref().map(|q| g.queue_name(q));
+    if a.pass.dry_run {
+        let verb = Verb::Replay(to_queue.as_deref());
+        return dry_run::run(g, &url, &queue, &filter, a.pass.limit, verb).await;
+    }
+    let broker = connect(&url, "replay", &queue).await?;
+    if let Some(q) = &to_queue {
+        broker
+            .count(
+                q,
+                "it is the --to-queue; declare it first (or run `courier topology apply`)",
+            )
+            .await?;
+    }
+    let publisher = publisher(&url, "replay", &queue, a.pass.window);
+    let config = PassConfig {
+        queue: queue.clone(),
+        filter,
+        limit: a.pass.limit,
+        rate: a.pass.rate,
+        window: usize::from(a.pass.window),
+        progress: true,
+    };
+    let (report, failure) =
+        pass::run(&broker, &publisher, config, Action::Replay { to_queue }).await;
+    close_publisher(&publisher).await;
+    broker.close().await;
+    print_report("replayed", &queue, &report);
+    pass_outcome(&report, failure, &queue)
+}

@@ -1,0 +1,117 @@
+//! `courier-dlq stats`: totals, oldest and newest, groups by reason, original queue and error.
+
+use super::{connect, warn_if_quorum};
+use crate::cli::{Global, StatsArgs};
+use crate::inspect::{inspect, Sample};
+use crate::output::{age, groups, thousands};
+use courier::deadletter::{format_time_ms, DeadLetter, Stats};
+use courier::envelope::now_millis;
+use serde_json::json;
+use std::io::{BufWriter, Write};
+use std::ops::ControlFlow;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub async fn run(g: &Global, a: StatsArgs) -> anyhow::Result<ExitCode> {
+    let filter = a.filters.build(&g.prefix)?;
+    let queue = g.dlq()?;
+    let url = g.url()?;
+    warn_if_quorum(g, &queue);
+    let broker = connect(&url, "stats", &queue).await?;
+    let now = now_millis();
+    let mut stats = Stats::default();
+    let sample = inspect(&broker, &queue, a.limit, |d| {
+        let dl = DeadLetter::read(&d.properties, d.data.len());
+        if filter.matches(&dl, d.properties.headers().as_ref(), now) {
+            stats.add(&dl);
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .await;
+    broker.close().await;
+    let sample = sample?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    if a.json {
+        print_json(&mut out, &queue, &sample, &stats, !filter.is_empty(), now)?;
+    } else {
+        print_tables(&mut out, &queue, &sample, &stats, !filter.is_empty(), now)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn when(ms: Option<i64>, now: i64) -> serde_json::Value {
+    match ms {
+        Some(t) => json!({
+            "at": format_time_ms(t),
+            "epoch_ms": t,
+            "age_seconds": u64::try_from(now.saturating_sub(t)).unwrap_or(0) / 1000,
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn print_json(
+    out: &mut impl Write,
+    queue: &str,
+    sample: &Sample,
+    s: &Stats,
+    filtered: bool,
+    now: i64,
+) -> std::io::Result<()> {
+    let v = json!({
+        "queue": queue,
+        "total": sample.total,
+        "examined": sample.examined,
+        "sampled": sample.sampled(),
+        "filtered": filtered,
+        "matched": s.matched,
+        "body_bytes": s.bytes,
+        "oldest": when(s.oldest_ms, now),
+        "newest": when(s.newest_ms, now),
+        "by_reason": s.by_reason.map(),
+        "by_queue": s.by_queue.map(),
+        "by_error": s.by_error.map(),
+    });
+    writeln!(out, "{v}")
+}
+
+fn print_tables(
+    out: &mut impl Write,
+    queue: &str,
+    sample: &Sample,
+    s: &Stats,
+    filtered: bool,
+    now: i64,
+) -> std::io::Result<()> {
+    writeln!(out, "{queue}: {} messages", thousands(sample.total))?;
+    let note = sample.note(false);
+    if !note.is_empty() {
+        writeln!(out, "{note}")?;
+    }
+    if filtered {
+        writeln!(
+            out,
+            "matching the filters: {} of {} examined",
+            thousands(s.matched),
+            thousands(sample.examined)
+        )?;
+    }
+    if s.matched == 0 {
+        return Ok(());
+    }
+    let ago = |t: i64| {
+        let d = Duration::from_millis(u64::try_from(now.saturating_sub(t)).unwrap_or(0));
+        format!("{} ({} ago)", format_time_ms(t), age(d))
+    };
+    if let Some(t) = s.oldest_ms {
+        writeln!(out, "oldest: {}", ago(t))?;
+    }
+    if let Some(t) = s.newest_ms {
+        writeln!(out, "newest: {}", ago(t))?;
+    }
+    writeln!(out, "body bytes: {}", thousands(s.bytes))?;
+    groups(out, "REASON", &s.by_reason)?;
+    groups(out, "ORIGINAL QUEUE", &s.by_queue)?;
+    groups(out, "ERROR", &s.by_error)
+}

@@ -1,0 +1,648 @@
+//! A pass: replay, export or purge the messages that were in the queue when it started.
+//!
+//! Guarantees, and where they are kept:
+//! - **Only what was there.** The ready count is read with a passive declare at the start and at
+//!   most that many deliveries are taken. Dead letters arriving during the pass (replayed ones
+//!   failing again included) queue up behind them and wait for the next pass: a replay can
+//!   never loop.
+//! - **One tool at a time.** The consumer is exclusive.
+//! - **Nothing acked before its copy is safe.** A replayed or kept message is acked after the
+//!   broker confirmed the copy (mandatory publish through the library's [`Publisher`]); an
+//!   exported one after its line is written and the file fsynced; a purged one is simply acked.
+//!   A crash, SIGKILL or lost connection leaves every unacked message in the queue; the copies
+//!   already made may then exist twice (a duplicate, never a loss).
+//! - **What stays, stays in order.** Unselected messages (and selected ones that cannot move:
+//!   no origin, a missing exchange, a returned publish) are republished unchanged to the tail
+//!   of the queue (default exchange, confirmed) and then acked. The copies are published
+//!   strictly in delivery order ([`Slot`]: a put-back waits until every earlier delivery is
+//!   decided), so their relative order survives. Requeueing them instead would hand them
+//!   straight back to this consumer, and holding them unacked until the end would need a
+//!   prefetch as large as the queue. When `--limit` is reached before anything was put back,
+//!   the pass stops early and the rest never moves at all.
+//! - **Bounded memory, fast.** `prefetch` bounds what the broker sends; up to `window`
+//!   publishes await their confirms at once; acks are coalesced with `multiple` up to the
+//!   highest tag below which every delivery is settled ([`AckFrontier`]).
+
+use crate::broker::{deadline, Broker, APPLY_HINT};
+use crate::cli::Rate;
+use crate::export_file::ExportFile;
+use crate::output::summary;
+use courier::deadletter::{self, AckFrontier, DeadLetter, Destination, Filter, Groups};
+use courier::envelope;
+use courier::publisher::{Outgoing, PublishError, Publisher};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+/// Lines per export batch: one write + fsync + one multiple-ack per batch.
+const EXPORT_BATCH: u64 = 1000;
+
+/// An unfinished export batch is flushed this often, so a slow trickle is not held back.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// How long without a delivery before checking whether the queue emptied under us.
+const IDLE: Duration = Duration::from_secs(3);
+
+/// How often the consuming channel's health is checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Most "stayed" messages listed one by one in the report (all are counted).
+const MAX_LISTED: usize = 50;
+
+/// What a pass does with each selected message.
+pub enum Action {
+    /// Publish a replay copy to its origin (or `to_queue`).
+    Replay {
+        /// `--to-queue`.
+        to_queue: Option<String>,
+    },
+    /// Write it to the file; with `remove`, ack it once synced, else keep it in the queue.
+    Export {
+        /// The open file.
+        file: ExportFile,
+        /// `--remove`.
+        remove: bool,
+    },
+    /// Ack it: gone.
+    Purge,
+}
+
+/// How a pass runs.
+pub struct PassConfig {
+    /// The dead-letter queue.
+    pub queue: String,
+    /// Which messages are selected.
+    pub filter: Filter,
+    /// Act on at most this many selected messages.
+    pub limit: Option<u64>,
+    /// Selected messages per period at most.
+    pub rate: Option<Rate>,
+    /// Publishes awaiting confirms at once.
+    pub window: usize,
+    /// Show a progress bar (only on a terminal).
+    pub progress: bool,
+}
+
+/// A selected message that could not move and stays in the queue.
+#[derive(Debug, Clone)]
+pub struct Stayed {
+    /// Its id.
+    pub message_id: String,
+    /// Where it should have gone.
+    pub destination: String,
+    /// Why it did not.
+    pub why: String,
+}
+
+/// What a pass did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Messages ready when the pass started.
+    pub total: u64,
+    /// Deliveries taken.
+    pub examined: u64,
+    /// Selected messages replayed, exported or purged.
+    pub acted: u64,
+    /// Messages put back to the tail of the queue (not selected, or export without --remove).
+    pub kept: u64,
+    /// Selected messages that could not move.
+    pub stayed: u64,
+    /// The first [`MAX_LISTED`] of those.
+    pub stayed_list: Vec<Stayed>,
+    /// Moved messages by destination (replay).
+    pub by_destination: Groups,
+    /// The pass stopped at `--limit` before looking at every message (nothing was reordered).
+    pub stopped_early: bool,
+    /// Lines written to the export file.
+    pub lines: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// How a message that goes back to the tail is counted once its copy is confirmed.
+enum KeepAs {
+    /// Not selected.
+    Kept,
+    /// Exported without `--remove`: the file has a copy, the queue keeps it.
+    Exported,
+    /// Selected but could not move.
+    Stayed(Stayed),
+}
+
+/// A delivery's place in the put-back order. Copies go back to the tail strictly in delivery
+/// order, so everything that stays in the queue keeps its relative order, even a message that
+/// only turns out to stay when its replay comes back unroutable.
+enum Slot {
+    /// Its replay is in flight: whether it goes back is not known yet.
+    Undecided,
+    /// Goes back to the tail once every earlier delivery is decided.
+    Keep(Box<Outgoing>, KeepAs),
+    /// Does not go back (replayed, exported with `--remove`, purged).
+    Gone,
+}
+
+/// The outcome of one message's publish job.
+enum Done {
+    /// The replay copy was confirmed at this destination.
+    Replayed(String),
+    /// The replay copy was returned (no queue bound): the message must go back, unchanged.
+    Returned(Box<Outgoing>, Stayed),
+    /// The put-back copy was confirmed.
+    PutBack(KeepAs),
+}
+
+type Job = Pin<Box<dyn Future<Output = (u64, Result<Done, PublishError>)> + Send>>;
+
+/// Outer bound of one publish attempt: the publisher's confirm deadline (30 s) plus time to
+/// reconnect. The library publisher can still wait without a deadline while it replaces a dead
+/// connection; this keeps a pass from stalling on that.
+const ATTEMPT_DEADLINE: Duration = Duration::from_secs(45);
+
+/// Transient failures are retried for this long, then the pass stops.
+const RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// True for failures that retrying cannot fix: nothing is bound for the message, or its
+/// exchange does not exist.
+pub fn is_permanent(e: &PublishError) -> bool {
+    matches!(
+        e,
+        PublishError::Returned { .. } | PublishError::NoExchange { .. }
+    )
+}
+
+/// Publishes with retries of transient failures (a channel replaced, a confirm late, a
+/// reconnect) for up to [`RETRY_BUDGET`]; a permanent failure ([`is_permanent`]) returns at once.
+pub async fn publish_retrying(p: &Publisher, msg: &Outgoing) -> Result<(), PublishError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = tokio::time::timeout(ATTEMPT_DEADLINE, p.publish(msg.clone())).await;
+        let e = match attempt {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if is_permanent(&e) => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => PublishError::Timeout {
+                message_id: envelope::message_id(&msg.properties)
+                    .unwrap_or_default()
+                    .to_owned(),
+                timeout: ATTEMPT_DEADLINE,
+            },
+        };
+        if started.elapsed() + delay > RETRY_BUDGET {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, retry_in = ?delay, "publish not confirmed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub fn limiter(rate: Option<Rate>) -> Option<DefaultDirectRateLimiter> {
+    let r = rate?;
+    let period = r.per / r.count.get();
+    // A burst of ~20 ms worth of messages absorbs timer granularity (a 1 ms timer cannot pace
+    // 5,000/s one message at a time) without letting a real burst through.
+    let burst = (r.per_second() * 0.02).clamp(1.0, f64::from(r.count.get())) as u32;
+    let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
+    Some(RateLimiter::direct(quota))
+}
+
+pub async fn wait_rate(limiter: Option<&DefaultDirectRateLimiter>) {
+    if let Some(l) = limiter {
+        l.until_ready().await;
+    }
+}
+
+/// The message as it was, for the tail of `queue`: same properties (x-death included), same
+/// body.
+fn put_back(queue: &str, d: &Delivery) -> Box<Outgoing> {
+    Box::new(Outgoing {
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        properties: d.properties.clone(),
+        body: d.data.clone(),
+    })
+}
+
+fn id_of(d: &Delivery) -> String {
+    envelope::message_id(&d.properties)
+        .unwrap_or("(no message_id)")
+        .to_owned()
+}
+
+/// Runs a pass. The report is returned even when the pass failed midway, with the error.
+pub async fn run(
+    broker: &Broker,
+    publisher: &Publisher,
+    config: PassConfig,
+    mut action: Action,
+) -> (Report, Option<anyhow::Error>) {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let failure = Pass {
+        broker,
+        publisher,
+        config: &config,
+        action: &mut action,
+        report: &mut report,
+        jobs: FuturesUnordered::new(),
+        order: BTreeMap::new(),
+        exchanges: HashMap::new(),
+        keeps: 0,
+    }
+    .run()
+    .await;
+    if let Action::Export { file, .. } = &action {
+        report.lines = file.synced();
+    }
+    report.elapsed = started.elapsed();
+    (report, failure.err())
+}
+
+/// The state of a running pass.
+struct Pass<'a> {
+    broker: &'a Broker,
+    publisher: &'a Publisher,
+    config: &'a PassConfig,
+    action: &'a mut Action,
+    report: &'a mut Report,
+    /// Publishes awaiting their confirms.
+    jobs: FuturesUnordered<Job>,
+    /// Deliveries not yet put back or let go, by tag (see [`Slot`]).
+    order: BTreeMap<u64, Slot>,
+    /// Which destination exchanges exist (looked up once each).
+    exchanges: HashMap<String, bool>,
+    /// Messages decided to go back to the tail so far (an early stop is only safe at 0).
+    keeps: u64,
+}
+
+impl Pass<'_> {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let queue = self.config.queue.clone();
+        let total = u64::from(self.broker.count(&queue, APPLY_HINT).await?);
+        self.report.total = total;
+        if total == 0 {
+            return Ok(());
+        }
+        let window = self.config.window.max(1);
+        // Room for the publish window, an export batch and a little slack, so neither waits
+        // for the other; the broker never sends more than this unacknowledged.
+        let prefetch = u16::try_from(window as u64 + EXPORT_BATCH + 64).unwrap_or(u16::MAX);
+        let (channel, mut consumer) = self.broker.consume(&queue, prefetch).await?;
+
+        let bar = crate::progress::bar(total, self.config.progress);
+        let limiter = limiter(self.config.rate);
+        let now_ms = envelope::now_millis();
+        let limit = self.config.limit.unwrap_or(u64::MAX);
+        let mut frontier = AckFrontier::default();
+        let mut pending: Option<Delivery> = None;
+        let mut taken = 0u64;
+        let mut stop = false;
+        let mut failure: Option<anyhow::Error> = None;
+        let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Not every way a connection dies ends the consumer stream promptly; check the channel
+        // itself now and then, so a dead connection stops the pass instead of stalling it.
+        let mut health = tokio::time::interval(HEALTH_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let mut interrupt_armed = true;
+
+        loop {
+            let examined = self.report.examined;
+            let export_waiting =
+                matches!(&*self.action, Action::Export { file, .. } if file.pending() > 0);
+            let can_take =
+                !stop && pending.is_none() && examined < total && self.jobs.len() < window;
+            if !can_take && pending.is_none() && self.jobs.is_empty() && (stop || examined >= total)
+            {
+                break;
+            }
+            let mut settled: Vec<u64> = Vec::new();
+            let mut tick_fired = false;
+            tokio::select! {
+                biased;
+                _ = &mut interrupted, if interrupt_armed => {
+                    interrupt_armed = false;
+                    stop = true;
+                    pending = None;
+                    failure.get_or_insert_with(|| anyhow::anyhow!(
+                        "interrupted; messages not handled yet stay in the queue"
+                    ));
+                }
+                Some((tag, result)) = self.jobs.next(), if !self.jobs.is_empty() => {
+                    match result {
+                        Ok(done) => self.done(tag, done, &mut settled),
+                        Err(e) => {
+                            // Not confirmed after retries: stop taking messages; this one and
+                            // everything not yet acked stays in the queue.
+                            stop = true;
+                            pending = None;
+                            failure.get_or_insert_with(|| anyhow::Error::new(e).context(
+                                "a publish was not confirmed; stopping the pass (unacknowledged messages stay in the queue)"
+                            ));
+                        }
+                    }
+                }
+                _ = flush_tick.tick(), if export_waiting => tick_fired = true,
+                _ = health.tick(), if !stop => {
+                    if !channel.status().connected() {
+                        stop = true;
+                        pending = None;
+                        failure.get_or_insert_with(|| anyhow::anyhow!(
+                            "the connection to the broker was lost; unacknowledged messages stay in the queue"
+                        ));
+                    }
+                }
+                _ = wait_rate(limiter.as_ref()), if pending.is_some() => {
+                    if let Some(d) = pending.take() {
+                        self.start(d, true, &mut settled).await?;
+                    }
+                }
+                next = consumer.next(), if can_take => {
+                    match next {
+                        Some(Ok(d)) => {
+                            self.report.examined += 1;
+                            frontier.delivered(d.delivery_tag);
+                            let dl = DeadLetter::read(&d.properties, d.data.len());
+                            let selected = taken < limit
+                                && self.config.filter.matches(&dl, d.properties.headers().as_ref(), now_ms);
+                            if selected {
+                                taken += 1;
+                            }
+                            if selected && limiter.is_some() {
+                                pending = Some(d);
+                            } else {
+                                self.start(d, selected, &mut settled).await?;
+                            }
+                            if taken >= limit && self.keeps == 0 && self.report.examined < total {
+                                // Everything so far moved and nothing was put back behind the
+                                // rest, so stopping here leaves the queue in order.
+                                stop = true;
+                                self.report.stopped_early = true;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            stop = true;
+                            failure.get_or_insert_with(|| anyhow::Error::new(e).context(
+                                "the connection to the broker failed; unacknowledged messages stay in the queue"
+                            ));
+                        }
+                        None => {
+                            stop = true;
+                            failure.get_or_insert_with(|| anyhow::anyhow!(
+                                "the broker cancelled our consumer (queue deleted?); unacknowledged messages went back to the queue"
+                            ));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(IDLE), if can_take && self.jobs.is_empty() => {
+                    // Fewer messages than counted: someone else removed some. Stop with what
+                    // we have rather than wait forever.
+                    if self.broker.count(&queue, APPLY_HINT).await? == 0 {
+                        stop = true;
+                    }
+                }
+            }
+            // Book every other job that has finished meanwhile, so that one ack frame covers a
+            // burst of confirms instead of one frame (and one await) per message.
+            for _ in 0..window {
+                match self.jobs.next().now_or_never() {
+                    Some(Some((tag, Ok(done)))) => self.done(tag, done, &mut settled),
+                    Some(Some((_, Err(e)))) => {
+                        stop = true;
+                        pending = None;
+                        failure.get_or_insert_with(|| anyhow::Error::new(e).context(
+                            "a publish was not confirmed; stopping the pass (unacknowledged messages stay in the queue)"
+                        ));
+                    }
+                    _ => break,
+                }
+            }
+            self.release();
+            let finishing = self.jobs.is_empty()
+                && pending.is_none()
+                && (stop || self.report.examined >= total);
+            if let Action::Export { file, remove } = &mut *self.action {
+                // A batch goes to disk when it is full, when the pass is finishing, or every
+                // FLUSH_EVERY so a slow trickle (--rate) is not held back.
+                let full = file.pending() >= EXPORT_BATCH;
+                if file.pending() > 0 && (full || finishing || tick_fired) {
+                    let tags = tokio::task::block_in_place(|| file.flush())?;
+                    if *remove {
+                        self.report.acted += tags.len() as u64;
+                    }
+                    settled.extend(tags);
+                }
+            }
+            if !settled.is_empty() {
+                bar.inc(settled.len() as u64);
+                for t in settled {
+                    frontier.settled(t);
+                }
+                if let Some(upto) = frontier.take_ack() {
+                    let ack = channel.basic_ack(upto, BasicAckOptions { multiple: true });
+                    if let Err(e) = deadline("acknowledging", ack).await {
+                        bar.finish_and_clear();
+                        return Err(anyhow::Error::new(e).context(
+                            "the channel was lost; unacknowledged messages stay in the queue, and copies already confirmed may now exist twice",
+                        ));
+                    }
+                }
+            }
+        }
+        bar.finish_and_clear();
+        // Deliveries taken beyond the count (new arrivals) or left by an early stop were never
+        // acked: the broker requeues them, in place, when the channel closes.
+        if channel.status().connected() {
+            let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+            let _ = deadline("cancelling the consumer", cancel).await;
+            let _ = deadline(
+                "closing the channel",
+                channel.close(200, "pass finished".into()),
+            )
+            .await;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Books a finished job.
+    fn done(&mut self, tag: u64, done: Done, settled: &mut Vec<u64>) {
+        match done {
+            Done::Replayed(dest) => {
+                settled.push(tag);
+                self.order.insert(tag, Slot::Gone);
+                self.report.acted += 1;
+                self.report.by_destination.add(&dest);
+            }
+            Done::Returned(msg, stayed) => {
+                // Settled once its put-back copy is confirmed.
+                self.keeps += 1;
+                self.order
+                    .insert(tag, Slot::Keep(msg, KeepAs::Stayed(stayed)));
+            }
+            Done::PutBack(how) => {
+                settled.push(tag);
+                match how {
+                    KeepAs::Kept => self.report.kept += 1,
+                    KeepAs::Exported => self.report.acted += 1,
+                    KeepAs::Stayed(s) => {
+                        self.report.stayed += 1;
+                        if self.report.stayed_list.len() < MAX_LISTED {
+                            self.report.stayed_list.push(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the put-back copies whose turn has come: every earlier delivery is decided.
+    fn release(&mut self) {
+        while let Some(entry) = self.order.first_entry() {
+            if matches!(entry.get(), Slot::Undecided) {
+                return;
+            }
+            let (tag, slot) = entry.remove_entry();
+            if let Slot::Keep(msg, how) = slot {
+                let p = self.publisher.clone();
+                self.jobs.push(Box::pin(async move {
+                    let r = publish_retrying(&p, &msg)
+                        .await
+                        .map(|()| Done::PutBack(how));
+                    (tag, r)
+                }));
+            }
+        }
+    }
+
+    fn keep(&mut self, tag: u64, msg: Box<Outgoing>, how: KeepAs) {
+        self.keeps += 1;
+        self.order.insert(tag, Slot::Keep(msg, how));
+    }
+
+    /// Decides what happens to one delivery.
+    async fn start(
+        &mut self,
+        d: Delivery,
+        selected: bool,
+        settled: &mut Vec<u64>,
+    ) -> anyhow::Result<()> {
+        let tag = d.delivery_tag;
+        let queue = self.config.queue.as_str();
+        if !selected {
+            self.keep(tag, put_back(queue, &d), KeepAs::Kept);
+            return Ok(());
+        }
+        match &mut *self.action {
+            Action::Purge => {
+                self.report.acted += 1;
+                self.order.insert(tag, Slot::Gone);
+                settled.push(tag);
+            }
+            Action::Export { file, remove } => {
+                let dl = DeadLetter::read(&d.properties, d.data.len());
+                let origin = crate::jsonl::Origin {
+                    queue,
+                    exchange: d.exchange.as_str(),
+                    routing_key: d.routing_key.as_str(),
+                    redelivered: d.redelivered,
+                };
+                let line = crate::jsonl::encode(
+                    &origin,
+                    &d.properties,
+                    &d.data,
+                    summary(&dl, envelope::now_millis()),
+                );
+                if *remove {
+                    // Acked once the batch holding its line is on disk.
+                    file.push(&line, Some(tag));
+                    self.order.insert(tag, Slot::Gone);
+                } else {
+                    // A copy: the line is written and the message goes back to the tail, so
+                    // the queue keeps everything, in order.
+                    file.push(&line, None);
+                    let msg = put_back(queue, &d);
+                    self.keep(tag, msg, KeepAs::Exported);
+                }
+            }
+            Action::Replay { to_queue } => {
+                let dl = DeadLetter::read(&d.properties, d.data.len());
+                let Some(dest) = deadletter::replay_destination(&dl, to_queue.as_deref()) else {
+                    let stayed = Stayed {
+                        message_id: id_of(&d),
+                        destination: "(unknown)".to_owned(),
+                        why: "it records no origin (no x-courier-original-* headers, no x-death); use --to-queue".to_owned(),
+                    };
+                    self.keep(tag, put_back(queue, &d), KeepAs::Stayed(stayed));
+                    return Ok(());
+                };
+                // A publish to a missing exchange closes the publishing channel and fails every
+                // publish in flight with it; look each exchange up once instead.
+                let exists = match self.exchanges.get(&dest.exchange) {
+                    Some(known) => *known,
+                    None => {
+                        let known = self.broker.exchange_exists(&dest.exchange).await?;
+                        self.exchanges.insert(dest.exchange.clone(), known);
+                        known
+                    }
+                };
+                if !exists {
+                    let stayed = Stayed {
+                        message_id: id_of(&d),
+                        destination: dest.to_string(),
+                        why: format!("exchange '{}' does not exist", dest.exchange),
+                    };
+                    self.keep(tag, put_back(queue, &d), KeepAs::Stayed(stayed));
+                    return Ok(());
+                }
+                self.order.insert(tag, Slot::Undecided);
+                let p = self.publisher.clone();
+                let replay = replay_copy(&d, &dest);
+                let original = put_back(queue, &d);
+                let id = id_of(&d);
+                self.jobs.push(Box::pin(async move {
+                    let r = match publish_retrying(&p, &replay).await {
+                        Ok(()) => Ok(Done::Replayed(dest.to_string())),
+                        Err(e) if is_permanent(&e) => Ok(Done::Returned(
+                            original,
+                            Stayed {
+                                message_id: id,
+                                destination: dest.to_string(),
+                                why: match e {
+                                    PublishError::NoExchange { .. } => format!("exchange '{}' does not exist", dest.exchange),
+                                    _ => "unroutable: no queue is bound for it any more (mandatory publish returned)".to_owned(),
+                                },
+                            },
+                        )),
+                        Err(e) => Err(e),
+                    };
+                    (tag, r)
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The copy a replay publishes: same properties and body, replay headers, persistent.
+pub fn replay_copy(d: &Delivery, dest: &Destination) -> Outgoing {
+    let headers = deadletter::replay_headers(d.properties.headers().as_ref());
+    Outgoing {
+        exchange: dest.exchange.clone(),
+        routing_key: dest.routing_key.clone(),
+        properties: envelope::with_headers(&d.properties, headers),
+        body: d.data.clone(),
+    }
+}
