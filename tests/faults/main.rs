@@ -5,7 +5,6 @@
 //! Each case appends a row to target/tmp/reliability.jsonl; docs/reliability.md shows a run.
 
 #[path = "../integration/util.rs"]
-#[allow(dead_code)]
 mod util;
 
 mod harness;
@@ -17,6 +16,26 @@ use std::time::{Duration, Instant};
 use util::*;
 
 const LONG: Duration = Duration::from_secs(90);
+
+/// Reconciles `seen` against the `ids` sent and records the row; returns (lost, duplicated).
+fn report(
+    fault: &str,
+    injection: &str,
+    ids: &[String],
+    seen: &[String],
+    recovery: Duration,
+) -> (usize, usize) {
+    let (lost, duplicated) = reconcile(ids, seen);
+    record(Row {
+        fault: fault.to_owned(),
+        injection: injection.to_owned(),
+        sent: ids.len(),
+        lost,
+        duplicated,
+        recovery_secs: recovery.as_secs_f64(),
+    });
+    (lost, duplicated)
+}
 
 fn slow_sink_ok(delay_ms: u64) -> (Script, Duration) {
     (Arc::new(|_| (200, vec![])), Duration::from_millis(delay_ms))
@@ -42,15 +61,13 @@ async fn kill_9_one_of_three_workers_mid_batch() {
     let cut = Instant::now();
     workers[0].kill9();
     let recovery = settle(&sink, &ids, LONG).await;
-    let (lost, dup) = reconcile(&ids, &delivered_ids(&sink));
-    record(Row {
-        fault: "kill -9 of one of three workers".into(),
-        injection: "SIGKILL mid-batch (handler 20 ms, 10 in flight each)".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: recovery.as_secs_f64(),
-    });
+    let (lost, dup) = report(
+        "kill -9 of one of three workers",
+        "SIGKILL mid-batch (handler 20 ms, 10 in flight each)",
+        &ids,
+        &delivered_ids(&sink),
+        recovery,
+    );
     assert_eq!(lost, 0);
     assert!(
         dup <= 20,
@@ -80,15 +97,13 @@ async fn kill_9_of_every_worker_then_restart() {
     let restarted = Instant::now();
     let mut fresh = WorkerProc::spawn(&t, &url, &sink.url, &args);
     settle(&sink, &ids, LONG).await;
-    let (lost, dup) = reconcile(&ids, &delivered_ids(&sink));
-    record(Row {
-        fault: "kill -9 of every worker".into(),
-        injection: "SIGKILL of 3 workers mid-batch, one restarted".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: restarted.elapsed().as_secs_f64(),
-    });
+    let (lost, dup) = report(
+        "kill -9 of every worker",
+        "SIGKILL of 3 workers mid-batch, one restarted",
+        &ids,
+        &delivered_ids(&sink),
+        restarted.elapsed(),
+    );
     assert_eq!(lost, 0);
     assert!(dup <= 60, "at most 3 prefetch windows: {dup}");
     assert!(fresh.term().await.success());
@@ -111,15 +126,13 @@ async fn sigterm_under_load_loses_and_duplicates_nothing() {
     let started = Instant::now();
     let mut b = WorkerProc::spawn(&t, &url, &sink.url, &args);
     settle(&sink, &ids, LONG).await;
-    let (lost, dup) = reconcile(&ids, &delivered_ids(&sink));
-    record(Row {
-        fault: "SIGTERM of a worker under load".into(),
-        injection: "graceful stop mid-batch, second worker finishes".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: started.elapsed().as_secs_f64(),
-    });
+    let (lost, dup) = report(
+        "SIGTERM of a worker under load",
+        "graceful stop mid-batch, second worker finishes",
+        &ids,
+        &delivered_ids(&sink),
+        started.elapsed(),
+    );
     assert_eq!((lost, dup), (0, 0));
     assert!(b.term().await.success());
 }
@@ -141,15 +154,13 @@ async fn close_all_connections_three_times_under_load() {
         rabbitmqctl(&["close_all_connections", "fault test"]);
     }
     let recovery = settle(&sink, &ids, LONG).await;
-    let (lost, dup) = reconcile(&ids, &delivered_ids(&sink));
-    record(Row {
-        fault: "all connections closed by the broker, 3 times".into(),
-        injection: "rabbitmqctl close_all_connections under load".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: recovery.as_secs_f64(),
-    });
+    let (lost, _) = report(
+        "all connections closed by the broker, 3 times",
+        "rabbitmqctl close_all_connections under load",
+        &ids,
+        &delivered_ids(&sink),
+        recovery,
+    );
     assert_eq!(lost, 0);
     for w in &mut workers {
         assert!(
@@ -207,15 +218,13 @@ async fn broker_restart_under_load_for_workers_and_a_file_publisher() {
         String::from_utf8_lossy(&out.stderr)
     );
     settle(&sink, &ids, LONG).await;
-    let (lost, dup) = reconcile(&ids, &delivered_ids(&sink));
-    record(Row {
-        fault: "broker restart (workers + `courier publish --file`)".into(),
-        injection: "rabbitmqctl stop_app; 2 s; start_app, mid-publish and mid-delivery".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: back.elapsed().as_secs_f64(),
-    });
+    let (lost, _) = report(
+        "broker restart (workers + `courier publish --file`)",
+        "rabbitmqctl stop_app; 2 s; start_app, mid-publish and mid-delivery",
+        &ids,
+        &delivered_ids(&sink),
+        back.elapsed(),
+    );
     assert_eq!(lost, 0);
     assert!(w.alive(), "{}", w.logs());
     assert!(w.term().await.success());
@@ -239,15 +248,13 @@ async fn frozen_network_is_detected_by_heartbeats() {
     proxy.freeze_existing();
     let frozen = Instant::now();
     let recovery = settle(&sink, &ids, LONG).await;
-    let (lost, dup) = reconcile(&ids, &delivered_ids(&sink));
-    record(Row {
-        fault: "network frozen (no FIN/RST)".into(),
-        injection: "TCP proxy stops forwarding on open connections; heartbeat 2 s".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: recovery.as_secs_f64(),
-    });
+    let (lost, _) = report(
+        "network frozen (no FIN/RST)",
+        "TCP proxy stops forwarding on open connections; heartbeat 2 s",
+        &ids,
+        &delivered_ids(&sink),
+        recovery,
+    );
     let _ = frozen;
     assert_eq!(lost, 0);
     assert!(w.logs().contains("lost the consumer"), "{}", w.logs());
@@ -296,16 +303,13 @@ async fn connection_reset_mid_publish_is_republished() {
         .into_iter()
         .filter_map(|m| envelope::message_id(&m.delivery.properties).map(str::to_owned))
         .collect();
-    let (lost, dup) = reconcile(&ids, &got);
-    record(Row {
-        fault: "connection reset mid-publish".into(),
-        injection: "TCP proxy resets the publisher's connection during `courier publish --file`"
-            .into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: cut.elapsed().as_secs_f64(),
-    });
+    let (lost, _) = report(
+        "connection reset mid-publish",
+        "TCP proxy resets the publisher's connection during `courier publish --file`",
+        &ids,
+        &got,
+        cut.elapsed(),
+    );
     assert_eq!(lost, 0);
 }
 
@@ -336,15 +340,13 @@ async fn memory_alarm_blocks_publishers_without_loss() {
     let mut ids = early;
     ids.extend(late_ids);
     settle(&sink, &ids, LONG).await;
-    let (lost, dup) = reconcile(&ids, &delivered_ids(&sink));
-    record(Row {
-        fault: "memory alarm (connection.blocked)".into(),
-        injection: "set_vm_memory_high_watermark 1e-7 for ~3 s, then 0.4".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: raised.elapsed().as_secs_f64(),
-    });
+    let (lost, dup) = report(
+        "memory alarm (connection.blocked)",
+        "set_vm_memory_high_watermark 1e-7 for ~3 s, then 0.4",
+        &ids,
+        &delivered_ids(&sink),
+        raised.elapsed(),
+    );
     assert_eq!((lost, dup), (0, 0));
     assert!(w.term().await.success());
 }
@@ -368,15 +370,13 @@ async fn endpoint_down_longer_than_every_tier_ends_in_the_dlq() {
         .filter(|m| header_str(m, envelope::REASON).as_deref() == Some("max-attempts"))
         .filter_map(|m| envelope::message_id(&m.delivery.properties).map(str::to_owned))
         .collect();
-    let (lost, dup) = reconcile(&ids, &got);
-    record(Row {
-        fault: "HTTP endpoint down longer than all retry tiers".into(),
-        injection: "endpoint port closed; 5 attempts over 100 ms/400 ms tiers".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: start.elapsed().as_secs_f64(),
-    });
+    let (lost, dup) = report(
+        "HTTP endpoint down longer than all retry tiers",
+        "endpoint port closed; 5 attempts over 100 ms/400 ms tiers",
+        &ids,
+        &got,
+        start.elapsed(),
+    );
     assert_eq!(
         (lost, dup),
         (0, 0),
@@ -490,15 +490,13 @@ async fn a_full_dlq_keeps_the_original_and_counts_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (lost, dup) = reconcile(&ids, &got);
-    record(Row {
-        fault: "dead-letter queue full".into(),
-        injection: "DLQ x-max-length=2, overflow=reject-publish; 4 permanent failures".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: start.elapsed().as_secs_f64(),
-    });
+    let (lost, dup) = report(
+        "dead-letter queue full",
+        "DLQ x-max-length=2, overflow=reject-publish; 4 permanent failures",
+        &ids,
+        &got,
+        start.elapsed(),
+    );
     assert_eq!((lost, dup), (0, 0));
     assert!(w.term().await.success());
 }
@@ -689,7 +687,14 @@ async fn seed_dead_letters(t: &TestTopology, tag: &str, n: usize) -> Vec<String>
     let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
     let futs = ids.iter().map(|id| {
         let mut m = job("", &t.dlq(), id, 0);
-        let h = envelope::dead_letter_headers(None, 5, envelope::Reason::MaxAttempts, "HTTP 503", &origin, envelope::now_millis());
+        let h = envelope::dead_letter_headers(
+            None,
+            5,
+            envelope::Reason::MaxAttempts,
+            "HTTP 503",
+            &origin,
+            envelope::now_millis(),
+        );
         m.properties = m.properties.with_headers(h);
         p.publish(m)
     });
@@ -727,16 +732,17 @@ async fn dlq_replay_killed_with_sigkill_halfway_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut seen = ids_of(&drain(&queue).await);
     seen.extend(ids_of(&drain(&t.dlq()).await));
-    let (lost, dup) = reconcile(&ids, &seen);
-    record(Row {
-        fault: "`courier-dlq replay` killed with SIGKILL halfway".into(),
-        injection: "SIGKILL after ~500 of 3000 replayed (--rate 1000/s)".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: killed.elapsed().as_secs_f64(),
-    });
-    assert_eq!(lost, 0, "every dead letter is in the DLQ or at its destination");
+    let (lost, _) = report(
+        "`courier-dlq replay` killed with SIGKILL halfway",
+        "SIGKILL after ~500 of 3000 replayed (--rate 1000/s)",
+        &ids,
+        &seen,
+        killed.elapsed(),
+    );
+    assert_eq!(
+        lost, 0,
+        "every dead letter is in the DLQ or at its destination"
+    );
 }
 
 #[tokio::test]
@@ -756,13 +762,19 @@ async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
         .spawn()
         .expect("export starts");
     let deadline = Instant::now() + LONG;
-    while std::fs::read_to_string(&out).map(|s| s.lines().count()).unwrap_or(0) < 500 {
+    while std::fs::read_to_string(&out)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 500
+    {
         assert!(Instant::now() < deadline, "export made no progress");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     rabbitmqctl(&["close_all_connections", "fault test"]);
     let cut = Instant::now();
-    let _ = tokio::task::spawn_blocking(move || export.wait_with_output()).await.expect("join");
+    let _ = tokio::task::spawn_blocking(move || export.wait_with_output())
+        .await
+        .expect("join");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let mut seen: Vec<String> = text
@@ -770,16 +782,20 @@ async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["properties"]["message_id"].as_str().map(str::to_owned))
         .collect();
-    assert!(!seen.is_empty(), "export file lines carry properties.message_id");
+    assert!(
+        !seen.is_empty(),
+        "export file lines carry properties.message_id"
+    );
     seen.extend(ids_of(&drain(&t.dlq()).await));
-    let (lost, dup) = reconcile(&ids, &seen);
-    record(Row {
-        fault: "`courier-dlq export --remove` loses its connection".into(),
-        injection: "rabbitmqctl close_all_connections after ~500 of 3000 written".into(),
-        sent: ids.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: cut.elapsed().as_secs_f64(),
-    });
-    assert_eq!(lost, 0, "every dead letter is in the file or still in the DLQ");
+    let (lost, _) = report(
+        "`courier-dlq export --remove` loses its connection",
+        "rabbitmqctl close_all_connections after ~500 of 3000 written",
+        &ids,
+        &seen,
+        cut.elapsed(),
+    );
+    assert_eq!(
+        lost, 0,
+        "every dead letter is in the file or still in the DLQ"
+    );
 }
