@@ -1,0 +1,331 @@
+//! The baseline, "the limit": plain lapin, written the fastest straightforward way.
+//!
+//! - Publisher: publisher confirms with a large window of outstanding confirms; every publish is
+//!   its own future (write, then await the confirm) and up to `window` of them run at once, so
+//!   frames from many publishes are queued on the socket together instead of one write per
+//!   io-loop wake-up. `mandatory`, like Courier, and only `Ack(None)` counts as stored.
+//! - Consumer: `basic.qos(prefetch)`, manual acks, one `basic.ack(multiple)` over the
+//!   contiguous run of handled tags, written when the batch is full or when no delivery is
+//!   waiting in the stream (so the broker is never kept waiting for credit), never awaited per
+//!   message.
+//!
+//! The same functions fill the backlogs of the other scenarios (unmeasured there), because
+//! they are the fastest way to get N persistent messages into a queue.
+
+use crate::payload;
+use crate::tally::Tally;
+use anyhow::{bail, Context};
+use courier::amqp::AmqpUrl;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Where messages go.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Exchange (`""` = straight to the queue named by the routing key).
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+}
+
+/// Outcome of a raw publish run.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    /// When the first publish started (after connecting and `confirm.select`).
+    pub started: Instant,
+    /// Wall time from the first publish to the last confirm.
+    pub elapsed: Duration,
+    /// Messages acked by the broker and not returned.
+    pub confirmed: u64,
+}
+
+/// Publishes ids `0..n` with confirms, `window` outstanding; `props` gives each message's
+/// properties (the DLQ fill adds dead-letter headers).
+///
+/// # Errors
+/// Connection failures, and any publish that is nacked, returned or fails: a fill that is not
+/// complete would make the next measurement meaningless.
+pub async fn publish<F>(
+    url: &AmqpUrl,
+    target: &Target,
+    n: u64,
+    window: usize,
+    props: F,
+) -> anyhow::Result<Published>
+where
+    F: Fn(u64) -> BasicProperties,
+{
+    let conn = url.connect("courier-bench raw publisher").await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let exchange: lapin::types::ShortString = target.exchange.as_str().into();
+    let routing_key: lapin::types::ShortString = target.routing_key.as_str().into();
+    let started = Instant::now();
+    let mut failures = 0u64;
+    let mut first_error = None;
+    let mut confirmed = 0u64;
+    let mut results = futures_util::stream::iter(0..n)
+        .map(|seq| {
+            let ch = ch.clone();
+            let (exchange, routing_key) = (exchange.clone(), routing_key.clone());
+            let properties = props(seq);
+            // Stamped when the stream pulls it, i.e. when its publish actually starts.
+            let body = payload::body(seq);
+            async move {
+                let opts = BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                };
+                let confirm = ch
+                    .basic_publish(exchange, routing_key, opts, &body, properties)
+                    .await?;
+                confirm.await
+            }
+        })
+        .buffer_unordered(window.max(1));
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(lapin::Confirmation::Ack(None)) => confirmed += 1,
+            Ok(c) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| format!("not stored: {c:?}"));
+            }
+            Err(e) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let _ = conn.close(200, "published".into()).await;
+    if failures > 0 {
+        bail!(
+            "{failures} of {n} raw publishes to {target:?} were not confirmed; first: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    Ok(Published {
+        started,
+        elapsed,
+        confirmed,
+    })
+}
+
+/// Consumes `queue` until `tally` has every id or `stop` is cancelled, acking with `multiple`;
+/// records each arrival (with its age if `latency`). `ready` is told once the consumer is
+/// registered. Returns when the final ack is written and the connection closed, so anything
+/// not acked is back in the queue by then.
+///
+/// # Errors
+/// Connection or channel failures.
+pub async fn consume(
+    url: &AmqpUrl,
+    queue: &str,
+    prefetch: u16,
+    tally: Arc<Tally>,
+    latency: bool,
+    stop: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
+    let conn = url.connect("courier-bench raw consumer").await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot consume {queue}"))?;
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
+    // A quarter of the prefetch per ack frame: few frames, and credit returns to the broker
+    // long before the prefetch window runs dry.
+    let batch = u64::from(prefetch / 4).max(1);
+    // Settle after a millisecond of quiet: enough to merge a burst into one frame, far below
+    // anything that could starve the broker of credit (a batch never exceeds prefetch / 4).
+    let idle = Duration::from_millis(1);
+    let mut last_tag = 0u64;
+    let mut unacked = 0u64;
+    let result = loop {
+        if tally.is_complete() {
+            break Ok(());
+        }
+        let next = match consumer.next().now_or_never() {
+            Some(n) => n,
+            None if unacked == 0 => tokio::select! {
+                _ = stop.cancelled() => break Ok(()),
+                n = consumer.next() => n,
+            },
+            None => {
+                // Nothing waiting: settle what we have if the stream stays quiet a moment
+                // (acking on every momentary gap would send many tiny ack frames).
+                tokio::select! {
+                    _ = stop.cancelled() => break Ok(()),
+                    n = consumer.next() => n,
+                    _ = tokio::time::sleep(idle) => {
+                        ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
+                            .await?;
+                        unacked = 0;
+                        continue;
+                    }
+                }
+            }
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => break Err(anyhow::Error::from(e).context("consumer failed")),
+            None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+        };
+        match payload::read(&delivery.data) {
+            Some(stamp) => tally.record(stamp.seq, latency.then_some(stamp.age)),
+            None => tally.record(u64::MAX, None),
+        }
+        last_tag = delivery.delivery_tag;
+        unacked += 1;
+        if unacked >= batch {
+            ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
+                .await?;
+            unacked = 0;
+        }
+    };
+    if unacked > 0 {
+        ch.basic_ack(last_tag, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    let _ = ch.close(200, "consumed".into()).await;
+    let _ = conn.close(200, "consumed".into()).await;
+    result
+}
+
+/// Relays deliveries of `queue`: `decide` returns where to forward a copy (then the original is
+/// acked once the copy is confirmed), or `None` to ack it as it is. Forwarded copies are
+/// recorded in `forwarded` when confirmed; the relay stops when `finished` is complete and no
+/// copy is pending (or on `stop`).
+///
+/// This is the plain-lapin version of what Courier's retry path and `courier-dlq replay` do
+/// (consume, publish a confirmed copy, ack the original after the confirm), so those two can
+/// be compared with the same broker work done the fastest straightforward way: copies written
+/// as soon as they are decided, up to `window` unconfirmed, acks with `multiple` up to the
+/// lowest copy still unconfirmed.
+///
+/// # Errors
+/// Connection or channel failures, and a copy that is nacked or returned.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay<F>(
+    url: &AmqpUrl,
+    queue: &str,
+    prefetch: u16,
+    window: usize,
+    decide: F,
+    forwarded: Option<Arc<Tally>>,
+    finished: Arc<Tally>,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    F: Fn(&lapin::message::Delivery) -> Option<(Target, BasicProperties)>,
+{
+    // Separate connections for consuming and publishing, as Courier has.
+    let cconn = url.connect("courier-bench raw relay (consume)").await?;
+    let pconn = url.connect("courier-bench raw relay (publish)").await?;
+    let ch = cconn.create_channel().await?;
+    ch.basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    let pch = pconn.create_channel().await?;
+    pch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot consume {queue}"))?;
+    let batch = u64::from(prefetch / 4).max(1);
+    let mut pending = std::collections::BTreeSet::new();
+    let mut confirms = futures_util::stream::FuturesUnordered::new();
+    let (mut max_tag, mut acked) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let result: anyhow::Result<()> = loop {
+        if finished.is_complete() && pending.is_empty() {
+            break Ok(());
+        }
+        let mut flush = false;
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            next = consumer.next(), if confirms.len() < window => {
+                let d = match next {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => break Err(anyhow::Error::from(e).context("consumer failed")),
+                    None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+                };
+                max_tag = d.delivery_tag;
+                if let Some((target, properties)) = decide(&d) {
+                    pending.insert(d.delivery_tag);
+                    let (pch, tag) = (pch.clone(), d.delivery_tag);
+                    let seq = payload::read(&d.data).map_or(u64::MAX, |s| s.seq);
+                    let body = d.data;
+                    confirms.push(async move {
+                        let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+                        let r = match pch
+                            .basic_publish(
+                                target.exchange.as_str().into(),
+                                target.routing_key.as_str().into(),
+                                opts,
+                                &body,
+                                properties,
+                            )
+                            .await
+                        {
+                            Ok(c) => c.await,
+                            Err(e) => Err(e),
+                        };
+                        (tag, seq, r)
+                    });
+                }
+            }
+            Some((tag, seq, r)) = confirms.next(), if !confirms.is_empty() => {
+                match r {
+                    Ok(lapin::Confirmation::Ack(None)) => {
+                        pending.remove(&tag);
+                        if let Some(f) = &forwarded {
+                            f.record(seq, None);
+                        }
+                    }
+                    Ok(c) => break Err(anyhow::anyhow!("a relayed copy was not stored: {c:?}")),
+                    Err(e) => break Err(anyhow::Error::from(e).context("relayed publish failed")),
+                }
+            }
+            _ = tick.tick() => flush = true,
+        }
+        let upto = pending.first().map_or(max_tag, |p| p - 1);
+        if upto > acked && (flush || upto - acked >= batch) {
+            ch.basic_ack(upto, BasicAckOptions { multiple: true })
+                .await?;
+            acked = upto;
+        }
+    };
+    let upto = pending.first().map_or(max_tag, |p| p - 1);
+    if upto > acked {
+        ch.basic_ack(upto, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    let _ = ch.close(200, "relayed".into()).await;
+    let _ = cconn.close(200, "relayed".into()).await;
+    let _ = pconn.close(200, "relayed".into()).await;
+    result
+}
