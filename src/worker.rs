@@ -232,8 +232,10 @@ impl<H: Handler> Worker<H> {
             backoff.reset();
             self.set_ready(true);
             tracing::info!(%queue, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
+            // One ack frame per quarter of the prefetch window under load.
+            let batch = u64::from(ctx.config.prefetch / 4).max(1);
             let (events, acker_task) =
-                acker::spawn(channel.clone(), ctx.metrics.clone(), queue.clone());
+                acker::spawn(channel.clone(), ctx.metrics.clone(), queue.clone(), batch);
             ackers.push(acker_task);
             let end = consume(&ctx, consumer.clone(), events, &slots, &tracker, &shutdown).await;
             self.set_ready(false);
@@ -411,8 +413,10 @@ impl<H: Handler> Ctx<H> {
         let origin = Origin::of(headers, d.exchange.as_str(), d.routing_key.as_str(), queue);
         let attempts = envelope::attempts(headers);
 
+        // The rare paths are boxed: their publish futures would otherwise make every
+        // per-delivery task several kilobytes, copied on each spawn.
         if d.redelivered && self.config.max_redeliveries > 0 {
-            return self.count_redelivery(d, &origin, attempts).await;
+            return Box::pin(self.count_redelivery(d, &origin, attempts)).await;
         }
         let Some(message_id) = envelope::message_id(props) else {
             return self
@@ -465,9 +469,14 @@ impl<H: Handler> Ctx<H> {
                 error,
             } => {
                 let Some(tier_queue) = self.work.retry_queues.get(tier) else {
-                    return self
-                        .dead_letter(d, &origin, attempts, Reason::MaxAttempts, &error)
-                        .await;
+                    return Box::pin(self.dead_letter(
+                        d,
+                        &origin,
+                        attempts,
+                        Reason::MaxAttempts,
+                        &error,
+                    ))
+                    .await;
                 };
                 let headers = envelope::retry_headers(
                     headers,
@@ -482,7 +491,7 @@ impl<H: Handler> Ctx<H> {
                     properties: envelope::with_headers(props, headers),
                     body: d.data.clone(),
                 };
-                if self.republish(msg, message_id, "retry").await {
+                if Box::pin(self.republish(msg, message_id, "retry")).await {
                     let label = self.tier_labels.get(tier).map_or("?", String::as_str);
                     self.metrics
                         .retries
@@ -501,7 +510,7 @@ impl<H: Handler> Ctx<H> {
                 attempts,
                 error,
             } => {
-                self.dead_letter_with(d, message_id, &origin, attempts, reason, &error)
+                Box::pin(self.dead_letter_with(d, message_id, &origin, attempts, reason, &error))
                     .await
             }
         }

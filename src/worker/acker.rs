@@ -56,6 +56,15 @@ impl Frontier {
         }
     }
 
+    /// The tag [`Frontier::take_ack`] would return, without taking it.
+    pub fn ready(&self) -> Option<u64> {
+        let safe = match self.outstanding.first() {
+            Some(lowest) => lowest - 1,
+            None => self.max_delivered,
+        };
+        self.acks.range(..=safe).next_back().copied()
+    }
+
     /// The tag to ack with `multiple` now, if any: every delivery up to it is settled, and it
     /// is itself an unacked ack-settled delivery (acking a requeued tag would be an unknown
     /// tag to the broker, which closes the channel).
@@ -70,17 +79,43 @@ impl Frontier {
     }
 }
 
+/// How long the acker waits for more outcomes before it sends a pending ack anyway.
+const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Starts the acker for `channel`; returns its event sender and task handle. The task ends when
 /// every sender is dropped (after flushing) or when the channel fails.
+///
+/// Acks are sent once the frontier has moved `batch` tags past the last ack, or when no outcome
+/// arrived for [`IDLE_FLUSH`]: each ack frame costs the broker CPU, so under load one frame
+/// covers many messages, while a quiet queue still sees its acks within a millisecond.
 pub fn spawn(
     channel: Channel,
     metrics: Metrics,
     queue: String,
+    batch: u64,
 ) -> (mpsc::UnboundedSender<AckEvent>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<AckEvent>();
     let handle = tokio::spawn(async move {
         let mut frontier = Frontier::default();
-        while let Some(first) = rx.recv().await {
+        let mut acked_to = 0u64;
+        let mut closed = false;
+        while !closed {
+            let first = if frontier.ready().is_some() {
+                match tokio::time::timeout(IDLE_FLUSH, rx.recv()).await {
+                    Ok(Some(ev)) => Some(ev),
+                    Ok(None) => {
+                        closed = true;
+                        None
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                match rx.recv().await {
+                    Some(ev) => Some(ev),
+                    None => break,
+                }
+            };
+            let idle = first.is_none();
             let mut requeue = Vec::new();
             let mut apply = |ev: AckEvent, requeue: &mut Vec<u64>| match ev {
                 AckEvent::Delivered(tag) => frontier.delivered(tag),
@@ -91,7 +126,9 @@ pub fn spawn(
                     }
                 }
             };
-            apply(first, &mut requeue);
+            if let Some(ev) = first {
+                apply(ev, &mut requeue);
+            }
             while let Ok(ev) = rx.try_recv() {
                 apply(ev, &mut requeue);
             }
@@ -109,17 +146,24 @@ pub fn spawn(
                     return;
                 }
             }
-            if let Some(upto) = frontier.take_ack() {
-                if let Err(e) = channel
-                    .basic_ack(upto, BasicAckOptions { multiple: true })
-                    .await
-                {
-                    tracing::warn!(%queue, error = %e, "ack failed; the channel is gone and the broker will redeliver");
-                    metrics
-                        .messages
-                        .with_label_values(&[&queue, "ack-lost"])
-                        .inc();
-                    return;
+            let due = match frontier.ready() {
+                Some(upto) => idle || closed || upto.saturating_sub(acked_to) >= batch,
+                None => false,
+            };
+            if due {
+                if let Some(upto) = frontier.take_ack() {
+                    if let Err(e) = channel
+                        .basic_ack(upto, BasicAckOptions { multiple: true })
+                        .await
+                    {
+                        tracing::warn!(%queue, error = %e, "ack failed; the channel is gone and the broker will redeliver");
+                        metrics
+                            .messages
+                            .with_label_values(&[&queue, "ack-lost"])
+                            .inc();
+                        return;
+                    }
+                    acked_to = upto;
                 }
             }
         }
@@ -141,8 +185,10 @@ mod tests {
         f.settled(3, Settle::Ack);
         assert_eq!(f.take_ack(), None, "1 is still in flight");
         f.settled(1, Settle::Ack);
+        assert_eq!(f.ready(), Some(3));
         assert_eq!(f.take_ack(), Some(3));
         assert_eq!(f.take_ack(), None);
+        assert_eq!(f.ready(), None);
         f.settled(5, Settle::Ack);
         assert_eq!(f.take_ack(), None, "4 is still in flight");
         f.settled(4, Settle::Ack);
