@@ -571,3 +571,47 @@ async fn bodies_are_not_logged_and_endpoints_never_come_from_messages() {
         "a URL from the message was called"
     );
 }
+
+#[tokio::test]
+async fn a_message_published_from_node_is_delivered() {
+    let node_modules = repo_path("examples/publishers/node/node_modules/amqplib");
+    if !node_modules.exists() {
+        eprintln!("skipped: run `npm ci --prefix examples/publishers/node` (scripts/test does) to test the Node publisher");
+        return;
+    }
+    let t = TestTopology::fast("node").await;
+    let sink = Sink::ok().await;
+    let w = RunningWorker::http(&t, "notifications.email", &sink);
+    let out = Command::new("node")
+        .arg(repo_path("examples/publishers/node/publish.js"))
+        .args(["email", "from-node-1"])
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_EXCHANGE", t.exchange())
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "node publisher failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    sink.wait_for(WAIT, "the node message", |r| {
+        r.iter().any(|x| x.message_id == "from-node-1")
+    })
+    .await;
+    w.stop().await;
+    let r = sink
+        .all()
+        .into_iter()
+        .find(|x| x.message_id == "from-node-1")
+        .expect("received");
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body from node");
+    assert!(
+        body["text"].as_str().unwrap_or_default().contains("Node"),
+        "{body}"
+    );
+    assert_eq!(
+        reconcile(&["from-node-1".to_owned()], &delivered_ids(&sink)),
+        (0, 0)
+    );
+}
