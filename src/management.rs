@@ -4,7 +4,6 @@
 //! not verify.
 
 use crate::amqp::AmqpUrl;
-use crate::topology::Topology;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -72,10 +71,7 @@ impl Management {
     ///
     /// # Errors
     /// [`ManagementError`] if the API is unreachable, refuses the credentials or answers oddly.
-    pub async fn binding_keys_all(
-        &self,
-        _topology: &Topology,
-    ) -> Result<BTreeSet<(String, String, String)>, ManagementError> {
+    pub async fn bindings(&self) -> Result<BTreeSet<(String, String, String)>, ManagementError> {
         let vhost: String =
             percent_encoding::utf8_percent_encode(&self.vhost, percent_encoding::NON_ALPHANUMERIC)
                 .collect();

@@ -462,7 +462,7 @@ pub async fn check(
         None => report.notes.push(
             "bindings not verified: AMQP cannot list them; pass --management-url (RabbitMQ management plugin) to check them".to_owned(),
         ),
-        Some(m) => match m.binding_keys_all(topology).await {
+        Some(m) => match m.bindings().await {
             Ok(found) => {
                 for b in &topology.bindings {
                     report.checked += 1;
