@@ -166,8 +166,11 @@ struct Inner {
     config: PublisherConfig,
     metrics: Metrics,
     window: Semaphore,
-    /// Held only to read or replace the connection, never across a publish.
-    live: Mutex<Option<Live>>,
+    /// The current connection. Read on every publish (a short, uncontended lock), written only
+    /// when a reconnect replaces it.
+    current: std::sync::RwLock<Option<Arc<Live>>>,
+    /// Serialises reconnects, so a failure makes one new connection, not one per publish.
+    reconnect: Mutex<()>,
     /// Set once a connection has existed, so later connects count as reconnects.
     connected_once: AtomicBool,
     /// Total confirmed publishes, for reports.
@@ -205,7 +208,8 @@ impl Publisher {
                 config,
                 metrics,
                 window: Semaphore::new(window),
-                live: Mutex::new(None),
+                current: std::sync::RwLock::new(None),
+                reconnect: Mutex::new(()),
                 connected_once: AtomicBool::new(false),
                 confirmed: AtomicU64::new(0),
             }),
@@ -217,47 +221,74 @@ impl Publisher {
         self.inner.confirmed.load(Ordering::Relaxed)
     }
 
+    /// The current channel's actor if it is healthy: the fast path of every publish.
+    fn healthy_sender(&self) -> Option<mpsc::UnboundedSender<Request>> {
+        let guard = self.inner.current.read().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|l| {
+                l.channel.status().connected() && l.conn.status().connected() && !l.tx.is_closed()
+            })
+            .map(|l| l.tx.clone())
+    }
+
     /// The current channel's actor, (re)connecting first if the channel is gone.
     async fn sender(&self) -> Result<mpsc::UnboundedSender<Request>, PublishError> {
-        let mut live = self.inner.live.lock().await;
-        let healthy = live.as_ref().is_some_and(|l| {
-            l.channel.status().connected() && l.conn.status().connected() && !l.tx.is_closed()
-        });
-        if !healthy {
-            if let Some(old) = live.take() {
-                // A dead connection's close can hang; it must not hold every publish hostage.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    old.conn.close(200, "replacing a failed channel".into()),
-                )
-                .await;
-            }
-            if self.inner.connected_once.load(Ordering::Relaxed) {
-                self.inner
-                    .metrics
-                    .reconnects
-                    .with_label_values(&["publisher"])
-                    .inc();
-                tracing::info!(url = %self.inner.url, "publisher reconnecting");
-            }
-            let deadline = self
-                .inner
-                .config
-                .confirm_timeout
-                .max(Duration::from_secs(5));
-            let fresh = tokio::time::timeout(deadline, self.open())
-                .await
-                .map_err(|_| {
-                    PublishError::Connect(format!(
-                        "no connection to {} within {deadline:?}",
-                        self.inner.url
-                    ))
-                })??;
-            *live = Some(fresh);
+        if let Some(tx) = self.healthy_sender() {
+            return Ok(tx);
         }
-        live.as_ref()
-            .map(|l| l.tx.clone())
-            .ok_or_else(|| PublishError::Connect("no connection".to_owned()))
+        Box::pin(self.reconnect()).await
+    }
+
+    /// The slow path: replace a failed connection (one caller at a time; the others find the
+    /// fresh one when they get the lock).
+    async fn reconnect(&self) -> Result<mpsc::UnboundedSender<Request>, PublishError> {
+        let _one_at_a_time = self.inner.reconnect.lock().await;
+        if let Some(tx) = self.healthy_sender() {
+            return Ok(tx);
+        }
+        let old = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            // A dead connection's close can hang; it must not hold every publish hostage.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                old.conn.close(200, "replacing a failed channel".into()),
+            )
+            .await;
+        }
+        if self.inner.connected_once.load(Ordering::Relaxed) {
+            self.inner
+                .metrics
+                .reconnects
+                .with_label_values(&["publisher"])
+                .inc();
+            tracing::info!(url = %self.inner.url, "publisher reconnecting");
+        }
+        let deadline = self
+            .inner
+            .config
+            .confirm_timeout
+            .max(Duration::from_secs(5));
+        let fresh = tokio::time::timeout(deadline, self.open())
+            .await
+            .map_err(|_| {
+                PublishError::Connect(format!(
+                    "no connection to {} within {deadline:?}",
+                    self.inner.url
+                ))
+            })??;
+        let tx = fresh.tx.clone();
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(fresh));
+        Ok(tx)
     }
 
     /// Opens a connection and a confirm-mode channel, and starts the channel's actor.
@@ -345,7 +376,13 @@ impl Publisher {
             self.inner.window.acquire_many(max),
         )
         .await;
-        if let Some(live) = self.inner.live.lock().await.take() {
+        let live = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(live) = live {
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 live.conn.close(200, "publisher closed".into()),
