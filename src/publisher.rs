@@ -6,7 +6,7 @@
 //! - `mandatory`: a message no queue accepts is an error, never a silent success. lapin attaches
 //!   a `basic.return` to whichever confirm completes next, which under a large window is often a
 //!   neighbour's; so returns are collected by `message_id` from every confirm, and a message is
-//!   only judged once every confirm that completed with it has been looked at (see [`collect`]).
+//!   only judged once every confirm that completed with it has been looked at (see the `actor` function).
 //! - A deadline on every confirm: during `connection.blocked` lapin queues writes forever.
 //! - A lost channel fails exactly the publishes in flight on it; the next publish reconnects.
 

@@ -4,11 +4,11 @@
 //! - Competing consumers: every worker consumes the same queue with manual acks, so the broker
 //!   gives each message to one worker at a time (never a fan-out).
 //! - Nothing is acked before its outcome is safe: a retry or dead-letter copy is acked only after
-//!   the broker confirmed the copy ([`Ctx::republish`]); if it is not confirmed the original is
+//!   the broker confirmed the copy (`Ctx::republish`); if it is not confirmed the original is
 //!   requeued.
 //! - Bounded memory: `prefetch` bounds what the broker sends, `concurrency` what runs; a
 //!   delivery is taken from the stream only when a handler slot is free.
-//! - Acks are coalesced without reordering outcomes ([`acker`]): `basic.ack(multiple)` up to the
+//! - Acks are coalesced without reordering outcomes (the `acker` module): `basic.ack(multiple)` up to the
 //!   highest tag below which every delivery is settled.
 //! - The supervisor ([`Worker::run`]) owns reconnection: any channel or connection loss, or a
 //!   consumer cancelled by the broker, marks the worker not ready, backs off with jitter and
