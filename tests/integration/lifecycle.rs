@@ -184,6 +184,54 @@ async fn the_worker_reconnects_by_itself_when_its_connections_are_closed() {
     assert_eq!(depth(&queue).await, 0);
 }
 
+/// Everything a child wrote to its (piped) stderr, once it has exited.
+fn take_stderr(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    stderr
+}
+
+/// Runs a publisher example (`cmd` plus `email ID`) against the test topology and checks the
+/// worker delivered its message once, with the example's own body naming `language`.
+async fn assert_foreign_publisher_delivers(
+    t: &TestTopology,
+    sink: &Sink,
+    mut cmd: Command,
+    id: &str,
+    language: &str,
+) {
+    let out = cmd
+        .args(["email", id])
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_EXCHANGE", t.exchange())
+        .output()
+        .unwrap_or_else(|e| panic!("{language} publisher runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{language} publisher failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    sink.wait_for(WAIT, "the foreign message", |r| {
+        r.iter().any(|x| x.message_id == id)
+    })
+    .await;
+    let r = sink
+        .all()
+        .into_iter()
+        .find(|x| x.message_id == id)
+        .expect("received");
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body");
+    assert!(
+        body["text"].as_str().unwrap_or_default().contains(language),
+        "{body}"
+    );
+    assert_eq!(reconcile(&[id.to_owned()], &delivered_ids(sink)), (0, 0));
+}
+
 fn spawn_worker_binary(t: &TestTopology, endpoint: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_courier"))
         .args([
@@ -244,11 +292,7 @@ async fn sigterm_under_load_finishes_in_flight_work_and_exits_zero() {
         .await;
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(20)).await;
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = take_stderr(&mut child);
     assert!(status.success(), "exit {status:?}\n{stderr}");
     assert!(stderr.contains("stopped"), "{stderr}");
     assert!(!stderr.contains(":guest@"), "password in logs: {stderr}");
@@ -275,39 +319,11 @@ async fn a_message_published_from_python_is_delivered() {
     let t = TestTopology::fast("python").await;
     let sink = Sink::ok().await;
     let w = RunningWorker::http(&t, "notifications.email", &sink);
-    let out = Command::new("python3")
-        .arg(repo_path("examples/publishers/python/publish.py"))
-        .args(["email", "from-python-1"])
-        .env("AMQP_URL", amqp_url())
-        .env("COURIER_EXCHANGE", t.exchange())
-        .env("COURIER_PRIORITY", "7")
-        .output()
-        .expect("python3 runs (scripts/test installs pika)");
-    assert!(
-        out.status.success(),
-        "python publisher failed: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    sink.wait_for(WAIT, "the python message", |r| {
-        r.iter().any(|x| x.message_id == "from-python-1")
-    })
-    .await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_path("examples/publishers/python/publish.py"))
+        .env("COURIER_PRIORITY", "7");
+    assert_foreign_publisher_delivers(&t, &sink, cmd, "from-python-1", "Python").await;
     w.stop().await;
-    let r = sink
-        .all()
-        .into_iter()
-        .find(|x| x.message_id == "from-python-1")
-        .expect("received");
-    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body from python");
-    assert!(
-        body["text"].as_str().unwrap_or_default().contains("Python"),
-        "{body}"
-    );
-    assert_eq!(
-        reconcile(&["from-python-1".to_owned()], &delivered_ids(&sink)),
-        (0, 0)
-    );
 }
 
 #[tokio::test]
@@ -411,11 +427,7 @@ async fn a_worker_that_cannot_log_in_keeps_the_password_out_of_its_logs() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(10)).await;
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = take_stderr(&mut child);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("cannot consume"), "{stderr}");
     assert!(stderr.contains("guest:***@"), "{stderr}");
@@ -494,11 +506,7 @@ async fn metrics_health_and_readiness_are_served() {
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(15)).await;
     assert!(status.success());
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = take_stderr(&mut child);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
     for l in lines {
@@ -555,11 +563,7 @@ async fn bodies_are_not_logged_and_endpoints_never_come_from_messages() {
     assert!(wait_exit(&mut child, Duration::from_secs(15))
         .await
         .success());
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = take_stderr(&mut child);
     assert!(stderr.contains("secret-body"), "the id is logged: {stderr}");
     assert!(
         !stderr.contains("MARKER"),
@@ -582,36 +586,8 @@ async fn a_message_published_from_node_is_delivered() {
     let t = TestTopology::fast("node").await;
     let sink = Sink::ok().await;
     let w = RunningWorker::http(&t, "notifications.email", &sink);
-    let out = Command::new("node")
-        .arg(repo_path("examples/publishers/node/publish.js"))
-        .args(["email", "from-node-1"])
-        .env("AMQP_URL", amqp_url())
-        .env("COURIER_EXCHANGE", t.exchange())
-        .output()
-        .expect("node runs");
-    assert!(
-        out.status.success(),
-        "node publisher failed: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    sink.wait_for(WAIT, "the node message", |r| {
-        r.iter().any(|x| x.message_id == "from-node-1")
-    })
-    .await;
+    let mut cmd = Command::new("node");
+    cmd.arg(repo_path("examples/publishers/node/publish.js"));
+    assert_foreign_publisher_delivers(&t, &sink, cmd, "from-node-1", "Node").await;
     w.stop().await;
-    let r = sink
-        .all()
-        .into_iter()
-        .find(|x| x.message_id == "from-node-1")
-        .expect("received");
-    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body from node");
-    assert!(
-        body["text"].as_str().unwrap_or_default().contains("Node"),
-        "{body}"
-    );
-    assert_eq!(
-        reconcile(&["from-node-1".to_owned()], &delivered_ids(&sink)),
-        (0, 0)
-    );
 }
