@@ -10,6 +10,7 @@
 //! - [`outcome`]: handler result → ack / retry tier / dead letter, in one pure function.
 //! - [`handler`]: the [`handler::Handler`] trait and the `http` and `noop` handlers.
 //! - [`publisher`]: the confirmed publisher (window, mandatory, returns by message id, deadlines).
+//! - [`retry`]: the one retry policy (exponential backoff, jitter, deadline, what is permanent).
 //! - [`worker`]: the consumer supervisor, per-message outcomes, coalesced acks.
 //! - [`deadletter`]: dead letters as `courier-dlq` reads them (filters, `x-death`, replay headers).
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
@@ -26,6 +27,7 @@ pub mod management;
 pub mod metrics;
 pub mod outcome;
 pub mod publisher;
+pub mod retry;
 pub mod shutdown;
 pub mod topology;
 pub mod worker;

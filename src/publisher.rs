@@ -133,6 +133,12 @@ impl PublishError {
     }
 }
 
+impl crate::retry::Permanence for PublishError {
+    fn is_permanent(&self) -> bool {
+        PublishError::is_permanent(self)
+    }
+}
+
 impl From<AmqpError> for PublishError {
     fn from(e: AmqpError) -> Self {
         Self::Connect(e.to_string())

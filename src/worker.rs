@@ -23,6 +23,7 @@ use crate::handler::{Handler, HandlerError, Job};
 use crate::metrics::{Health, Metrics};
 use crate::outcome::{decide, Action};
 use crate::publisher::{Outgoing, Publisher, PublisherConfig};
+use crate::retry::RetryPolicy;
 use crate::topology::{tier_label, Topology, WorkQueue};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -197,7 +198,8 @@ impl<H: Handler> Worker<H> {
         });
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(ctx.config.concurrency.max(1)));
-        let mut backoff = Backoff::new(ctx.config.reconnect_min, ctx.config.reconnect_max);
+        let mut backoff =
+            RetryPolicy::new(ctx.config.reconnect_min, ctx.config.reconnect_max).delays();
         let mut sessions = 0u64;
         let mut ackers = Vec::new();
         loop {
@@ -640,33 +642,25 @@ impl<H: Handler> Ctx<H> {
     /// and a requeued message would come back `redelivered` and be mistaken for a crash.
     /// False means "not confirmed": the caller requeues the original.
     async fn republish(&self, msg: Outgoing, message_id: &str, what: &str) -> bool {
-        const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(250);
-        let mut permanent_failures = 0;
-        for attempt in 1u32.. {
-            let err = match self.publisher.publish(msg.clone()).await {
-                Ok(()) => return true,
-                Err(e) => e,
-            };
-            if err.is_permanent() {
-                permanent_failures += 1;
+        let policy = RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(10))
+            .with_deadline(Duration::from_secs(60));
+        let retried = policy
+            .run(
+                &format!("{what} of {message_id} not confirmed"),
+                Some(&self.shutdown),
+                || self.publisher.publish(msg.clone()),
+            )
+            .await;
+        match retried {
+            Ok(()) => true,
+            Err(gave_up) => {
+                let error = gave_up
+                    .into_last()
+                    .map_or_else(|| "shutting down".to_owned(), |e| e.to_string());
+                tracing::error!(%message_id, %error, "{what} not confirmed; the original goes back to the queue");
+                false
             }
-            let give_up = self.shutdown.is_cancelled()
-                || started.elapsed() + delay > GIVE_UP_AFTER
-                || permanent_failures >= 2;
-            if give_up {
-                tracing::error!(%message_id, error = %err, attempt, "{what} not confirmed; the original goes back to the queue");
-                return false;
-            }
-            tracing::warn!(%message_id, error = %err, attempt, retry_in = ?delay, "{what} not confirmed; retrying");
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(10));
         }
-        false
     }
 
     /// Request–reply: publish the final outcome to `reply_to` with the same correlation id.
@@ -705,51 +699,5 @@ impl<H: Handler> Ctx<H> {
         if let Err(e) = self.publisher.publish(msg).await {
             tracing::warn!(%message_id, reply_to = reply_to.as_str(), error = %e, "could not publish the outcome to reply_to");
         }
-    }
-}
-
-/// Exponential back-off with jitter, so a fleet does not reconnect in lockstep.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            current: min,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        // Between half and all of the base delay.
-        let jitter = rand::random::<f64>() * 0.5 + 0.5;
-        base.mul_f64(jitter)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..10 {
-            assert!(b.next_delay() <= Duration::from_secs(1));
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -30,6 +30,7 @@ use crate::output::summary;
 use courier::deadletter::{self, AckFrontier, DeadLetter, Destination, Filter, Groups};
 use courier::envelope;
 use courier::publisher::{Outgoing, PublishError, Publisher};
+use courier::retry::RetryPolicy;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -168,40 +169,30 @@ const ATTEMPT_DEADLINE: Duration = Duration::from_secs(45);
 /// Transient failures are retried for this long, then the pass stops.
 const RETRY_BUDGET: Duration = Duration::from_secs(60);
 
-/// True for failures that retrying cannot fix: nothing is bound for the message, or its
-/// exchange does not exist.
-pub fn is_permanent(e: &PublishError) -> bool {
-    matches!(
-        e,
-        PublishError::Returned { .. } | PublishError::NoExchange { .. }
-    )
-}
-
-/// Publishes with retries of transient failures (a channel replaced, a confirm late, a
-/// reconnect) for up to [`RETRY_BUDGET`]; a permanent failure ([`is_permanent`]) returns at once.
+/// Publishes with the library's retry policy: transient failures (a channel replaced, a confirm
+/// late, a reconnect) are retried for up to [`RETRY_BUDGET`]; a permanent failure
+/// ([`PublishError::is_permanent`]) returns at once.
 pub async fn publish_retrying(p: &Publisher, msg: &Outgoing) -> Result<(), PublishError> {
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let attempt = tokio::time::timeout(ATTEMPT_DEADLINE, p.publish(msg.clone())).await;
-        let e = match attempt {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) if is_permanent(&e) => return Err(e),
-            Ok(Err(e)) => e,
-            Err(_) => PublishError::Timeout {
+    let attempt = || async {
+        match tokio::time::timeout(ATTEMPT_DEADLINE, p.publish(msg.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::Timeout {
                 message_id: envelope::message_id(&msg.properties)
                     .unwrap_or_default()
                     .to_owned(),
                 timeout: ATTEMPT_DEADLINE,
-            },
-        };
-        if started.elapsed() + delay > RETRY_BUDGET {
-            return Err(e);
+            }),
         }
-        tracing::warn!(error = %e, retry_in = ?delay, "publish not confirmed; retrying");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    };
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5))
+        .with_deadline(RETRY_BUDGET)
+        .run("publish not confirmed", None, attempt)
+        .await
+        .map_err(|gave_up| {
+            gave_up
+                .into_last()
+                .unwrap_or_else(|| PublishError::Connect("cancelled".to_owned()))
+        })
 }
 
 pub fn limiter(rate: Option<Rate>) -> Option<DefaultDirectRateLimiter> {
@@ -615,7 +606,7 @@ impl Pass<'_> {
                 self.jobs.push(Box::pin(async move {
                     let r = match publish_retrying(&p, &replay).await {
                         Ok(()) => Ok(Done::Replayed(dest.to_string())),
-                        Err(e) if is_permanent(&e) => Ok(Done::Returned(
+                        Err(e) if e.is_permanent() => Ok(Done::Returned(
                             original,
                             Stayed {
                                 message_id: id,

@@ -6,6 +6,7 @@ use clap::Args;
 use courier::envelope;
 use courier::metrics::Metrics;
 use courier::publisher::{Outgoing, PublishError, Publisher, PublisherConfig};
+use courier::retry::RetryPolicy;
 use futures_util::StreamExt;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
@@ -139,28 +140,22 @@ fn build(line: Line, defaults: &Defaults) -> Result<Outgoing, String> {
     })
 }
 
-/// Publishes with retries of transient failures; unroutable and nacked messages fail at once.
+/// Publishes with retries of transient failures (the library's one rule: unroutable messages and
+/// missing exchanges fail at once; nacks, timeouts and lost channels are retried for `retry_for`).
 async fn publish_retrying(
     p: &Publisher,
     msg: Outgoing,
     retry_for: Duration,
 ) -> Result<(), PublishError> {
-    let deadline = Instant::now() + retry_for;
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match p.publish(msg.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e @ (PublishError::Returned { .. } | PublishError::Nacked { .. })) => {
-                return Err(e)
-            }
-            Err(e) if Instant::now() + delay > deadline => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "publish not confirmed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5))
+        .with_deadline(retry_for)
+        .run("publish not confirmed", None, || p.publish(msg.clone()))
+        .await
+        .map_err(|gave_up| {
+            gave_up
+                .into_last()
+                .unwrap_or_else(|| PublishError::Connect("cancelled".to_owned()))
+        })
 }
 
 pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
