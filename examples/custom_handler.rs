@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
         .parse()?;
     let topology = Topology::load(DEFAULT_TOPOLOGY_PATH.as_ref(), "")?;
-    courier::topology::apply(&url, &topology).await?;
+    courier::broker::apply(&url, &topology).await?;
 
     let shutdown = CancellationToken::new();
     courier::shutdown::cancel_on_signal(shutdown.clone());

@@ -5,7 +5,10 @@
 //! queues and a dead-letter queue; `courier-dlq` inspects and replays dead letters.
 //!
 //! # Layout
-//! - [`topology`]: the declared topology file, its validation, `apply`, `check`, `export`.
+//! - [`topology`]: the declared topology file: parsing, validation, the model, exports (no I/O).
+//! - [`broker`]: every broker conversation outside the consume loop and the publisher: [`broker::Admin`]
+//!   (look-ups, purges, deletes, exclusive consumers), reply-code classification, `apply`,
+//!   `check`, version probing and bounded inspection.
 //! - [`envelope`]: the message contract — header names, reading and writing them.
 //! - [`outcome`]: handler result → ack / retry tier / dead letter, in one pure function.
 //! - [`handler`]: the [`handler::Handler`] trait and the `http` and `noop` handlers.
@@ -20,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod amqp;
+pub mod broker;
 pub mod deadletter;
 pub mod envelope;
 pub mod handler;

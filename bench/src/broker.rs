@@ -6,10 +6,8 @@
 
 use anyhow::Context;
 use courier::amqp::AmqpUrl;
+use courier::broker::Admin;
 use courier::topology::Topology;
-use lapin::options::{QueueDeclareOptions, QueuePurgeOptions};
-use lapin::types::FieldTable;
-use lapin::Connection;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,7 +16,7 @@ pub struct Scratch {
     /// Where the broker is.
     pub url: AmqpUrl,
     /// Used for declares, purges and depth checks, never for measured traffic.
-    conn: Connection,
+    admin: Admin,
     /// Queues to delete at the end.
     queues: Mutex<Vec<String>>,
     /// Exchanges to delete at the end.
@@ -31,13 +29,12 @@ impl Scratch {
     /// # Errors
     /// When the broker cannot be reached.
     pub async fn connect(url: &AmqpUrl) -> anyhow::Result<Self> {
-        let conn = url
-            .connect("courier-bench control")
+        let admin = Admin::connect(url, "courier-bench control")
             .await
             .context("cannot connect to the broker (is RabbitMQ running? scripts/rabbitmq-up)")?;
         Ok(Self {
             url: url.clone(),
-            conn,
+            admin,
             queues: Mutex::new(Vec::new()),
             exchanges: Mutex::new(Vec::new()),
         })
@@ -56,7 +53,7 @@ impl Scratch {
         if let Ok(mut e) = self.exchanges.lock() {
             e.extend(topology.exchanges.iter().map(|e| e.name.clone()));
         }
-        courier::topology::apply(&self.url, topology)
+        courier::broker::apply(&self.url, topology)
             .await
             .with_context(|| format!("cannot apply the topology {}", topology.source))?;
         Ok(())
@@ -67,21 +64,12 @@ impl Scratch {
     /// # Errors
     /// When the queue does not exist or the broker is gone.
     pub async fn depth(&self, queue: &str) -> anyhow::Result<u32> {
-        // A failed passive declare closes its channel, so each check gets its own.
-        let ch = self.conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
+        let state = self
+            .admin
+            .queue_state(queue)
+            .await?
             .with_context(|| format!("queue {queue} is missing"))?;
-        let _ = ch.close(200, "depth checked".into()).await;
-        Ok(q.message_count())
+        Ok(state.ready)
     }
 
     /// Waits until `queue` holds `n` ready messages (confirmed publishes can take a moment to
@@ -108,12 +96,7 @@ impl Scratch {
     /// # Errors
     /// When the broker is gone.
     pub async fn purge(&self, queue: &str) -> anyhow::Result<u32> {
-        let ch = self.conn.create_channel().await?;
-        let n = ch
-            .queue_purge(queue.into(), QueuePurgeOptions::default())
-            .await?;
-        let _ = ch.close(200, "purged".into()).await;
-        Ok(n)
+        Ok(self.admin.purge(queue).await?)
     }
 
     /// Deletes every queue and exchange this run declared; errors are reported, not fatal.
@@ -122,28 +105,14 @@ impl Scratch {
         let exchanges = self.exchanges.lock().map(|e| e.clone()).unwrap_or_default();
         let mut failed = 0;
         for q in &queues {
-            let ok = match self.conn.create_channel().await {
-                Ok(ch) => ch
-                    .queue_delete(q.as_str().into(), Default::default())
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            };
-            failed += usize::from(!ok);
+            failed += usize::from(self.admin.delete_queue(q).await.is_err());
         }
         for e in &exchanges {
-            let ok = match self.conn.create_channel().await {
-                Ok(ch) => ch
-                    .exchange_delete(e.as_str().into(), Default::default())
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            };
-            failed += usize::from(!ok);
+            failed += usize::from(self.admin.delete_exchange(e).await.is_err());
         }
         if failed > 0 {
             eprintln!("courier-bench: could not delete {failed} of our objects; delete them by hand (they carry the run's prefix)");
         }
-        let _ = self.conn.close(200, "courier-bench done".into()).await;
+        self.admin.close().await;
     }
 }

@@ -9,7 +9,7 @@
 //! [`NoopHandler`]: courier::handler::NoopHandler
 
 use crate::cpu::PerMessage;
-use crate::plan::Env;
+use crate::env::Env;
 use crate::raw;
 use crate::report::Measurement;
 use crate::tally::{Counts, Tally};
@@ -111,7 +111,7 @@ async fn publish_all(publisher: &Publisher, exchange: &str, n: u64, window: usiz
             let p = publisher.clone();
             let msg = Outgoing {
                 exchange: exchange.to_owned(),
-                routing_key: crate::plan::ROUTING_KEY.to_owned(),
+                routing_key: crate::env::ROUTING_KEY.to_owned(),
                 properties: payload::properties(seq),
                 body: payload::body(seq),
             };
@@ -341,7 +341,7 @@ pub async fn fill(env: &Env, topology: &Topology) -> anyhow::Result<()> {
             .first()
             .map(|e| e.name.clone())
             .unwrap_or_default(),
-        routing_key: crate::plan::ROUTING_KEY.to_owned(),
+        routing_key: crate::env::ROUTING_KEY.to_owned(),
     };
     raw::publish(
         &env.url,

@@ -7,8 +7,8 @@
 //! back and counting ids; both by the dead-letter queue being empty afterwards.
 
 use crate::cpu::PerMessage;
+use crate::env::{Env, ROUTING_KEY};
 use crate::payload;
-use crate::plan::{Env, ROUTING_KEY};
 use crate::raw;
 use crate::report::Measurement;
 use crate::tally::Tally;

@@ -31,6 +31,7 @@ mod chart;
 mod courier_lib;
 mod cpu;
 mod dlq;
+mod env;
 mod memory;
 mod payload;
 mod peer;
@@ -44,7 +45,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
 use courier::topology::Topology;
-use plan::{Env, Selection};
+use env::Env;
+use plan::Selection;
 use report::{Machine, NotMeasured, Params, Results, SCHEMA};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -336,7 +338,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
     let main_topology_file = tmp.join("notifications.toml");
     std::fs::write(&main_topology_file, MAIN_TOPOLOGY)?;
     let scratch = broker::Scratch::connect(&url).await?;
-    let rabbitmq = courier::topology::probe_version(&url)
+    let rabbitmq = courier::broker::probe_version(&url)
         .await
         .ok()
         .flatten()

@@ -5,10 +5,10 @@
 //! between two samples. Progress comes from the worker's `/metrics` (delivered count), which
 //! also tells when it is done without touching the queue it consumes.
 
-use crate::plan::Env;
+use crate::env::Env;
+use crate::payload;
 use crate::raw;
 use crate::report::Memory;
-use crate::{payload, plan};
 use anyhow::Context;
 use std::path::Path;
 use std::process::Stdio;
@@ -91,7 +91,7 @@ async fn measure(env: &Env, courier: &Path, m: &mut Memory) -> anyhow::Result<()
     );
     let target = raw::Target {
         exchange: env.main_exchange(),
-        routing_key: plan::ROUTING_KEY.to_owned(),
+        routing_key: crate::env::ROUTING_KEY.to_owned(),
     };
     raw::publish(
         &env.url,

@@ -2,7 +2,7 @@
 //! draining the same backlog on the same broker with the same prefetch and manual acks.
 
 use crate::courier_lib;
-use crate::plan::Env;
+use crate::env::Env;
 use crate::report::Measurement;
 use crate::tally::Counts;
 use anyhow::Context;

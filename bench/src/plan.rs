@@ -1,85 +1,18 @@
-//! The run: the environment every scenario shares, the baseline scenarios, and the rounds in
-//! which baseline and Courier alternate.
+//! The run: the baseline scenarios, and the rounds in which baseline and Courier alternate
+//! (the environment they share is [`crate::env`], so scenarios never import the plan).
 //!
 //! Within a round each Courier scenario runs next to the baseline it is compared with, and the
 //! order flips every round (baseline first in odd rounds, Courier first in even ones), so a
 //! slow drift of the shared machine's load does not favour one side.
 
-use crate::broker::Scratch;
+use crate::env::{Env, ROUTING_KEY};
 use crate::report::{Measurement, Round};
 use crate::tally::{Counts, Tally};
-use crate::{courier_lib, cpu, dlq, payload, peer, raw};
-use courier::amqp::AmqpUrl;
-use courier::topology::Topology;
+use crate::{courier_lib, dlq, payload, peer, raw};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Every scenario publishes with this routing key (the `email` channel).
-pub const ROUTING_KEY: &str = "email";
-
-/// What every scenario shares.
-pub struct Env {
-    /// The broker.
-    pub url: AmqpUrl,
-    /// The same URL as given, for child processes (the parsed one never shows its password).
-    pub url_text: String,
-    /// Declares, inspects and finally deletes our objects.
-    pub scratch: Scratch,
-    /// The default topology (`topology/notifications.toml`) under the run's prefix.
-    pub main: Topology,
-    /// The retry-path topology (`bench/topology/retry.toml`) under its own prefix.
-    pub retry: Topology,
-    /// `main` as a file, for the child processes' `--topology`.
-    pub main_topology_file: PathBuf,
-    /// Messages per scenario.
-    pub messages: u64,
-    /// Outstanding confirms of every publisher.
-    pub window: usize,
-    /// Prefetch of every consumer.
-    pub prefetch: u16,
-    /// Courier worker concurrency.
-    pub concurrency: usize,
-    /// Give up on a scenario when no message arrives for this long.
-    pub stall: Duration,
-    /// Scratch files (peer script, export files, logs); removed at the end.
-    pub tmp: PathBuf,
-    /// The local broker's process, for its CPU time; `None` when it runs elsewhere.
-    pub broker_pid: Option<u32>,
-}
-
-impl Env {
-    /// The work queue the benchmark uses in `topology`: `<prefix>notifications.email`.
-    pub fn work_queue<'a>(&self, topology: &'a Topology) -> &'a str {
-        let wanted = format!("{}notifications.email", topology.prefix);
-        topology
-            .work_queue(&wanted)
-            .or_else(|| topology.work_queues.first())
-            .map_or("", |q| q.name.as_str())
-    }
-
-    /// The main topology's publishing exchange, `<prefix>notifications`.
-    pub fn main_exchange(&self) -> String {
-        self.main
-            .exchanges
-            .first()
-            .map(|e| e.name.clone())
-            .unwrap_or_default()
-    }
-
-    /// CPU counters now (this process, its children, the broker).
-    pub fn cpu(&self) -> cpu::Sample {
-        cpu::sample(self.broker_pid)
-    }
-
-    /// Empties every queue a failed scenario could have left messages in.
-    async fn reset(&self) {
-        for q in self.main.queues.iter().chain(&self.retry.queues) {
-            let _ = self.scratch.purge(&q.name).await;
-        }
-    }
-}
 
 /// Which scenario groups run, and what is missing for the others.
 pub struct Selection {

@@ -1,58 +1,10 @@
-//! Inspection: look at the head of the queue and leave it exactly as it was.
-//!
-//! How: one exclusive consumer with `prefetch` = the number of messages to look at (at most
-//! `--limit`, at most [`MAX_INSPECT`]), so the broker never hands out more than that; every
-//! delivery is looked at and kept unacknowledged; then the consumer is cancelled and everything
-//! is given back with one `basic.nack(multiple, requeue)`. A classic queue puts requeued
-//! messages back at their original positions, so count, order, bodies and headers are unchanged
-//! (only the `redelivered` flag of those deliveries is set, which is delivery metadata).
-//!
-//! Whatever happens in between (the visitor fails, stdout is closed, the broker cancels us), the
-//! messages are given back before returning; and if the process dies instead, the broker
-//! requeues everything unacknowledged when the connection drops.
+//! Inspection as the tool's commands use it: the library's bounded, order-preserving read
+//! ([`courier::broker::inspect`]) with the tool's error type and its "sampled" note.
 
-use crate::broker::{deadline, Broker, APPLY_HINT};
-use anyhow::Context;
-use futures_util::StreamExt;
+use courier::broker::{Admin, InspectError};
+pub use courier::broker::{Sample, MAX_INSPECT};
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use std::ops::ControlFlow;
-use std::time::Duration;
-
-/// `basic.qos` prefetch is a 16-bit number: no more can be held unacknowledged on one consumer.
-pub const MAX_INSPECT: u64 = u16::MAX as u64;
-
-/// How long without a delivery before checking whether anything is left to come.
-const IDLE: Duration = Duration::from_secs(2);
-
-/// What an inspection looked at.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Sample {
-    /// Messages ready in the queue when it started.
-    pub total: u64,
-    /// Messages looked at.
-    pub examined: u64,
-}
-
-impl Sample {
-    /// True when the queue held more than was looked at.
-    pub fn sampled(&self) -> bool {
-        self.examined < self.total
-    }
-
-    /// "sampled 1,000 of 25,000 messages; ..." or "" when everything was examined.
-    pub fn note(&self, stopped_early: bool) -> String {
-        if !self.sampled() || stopped_early {
-            return String::new();
-        }
-        format!(
-            "sampled {} of {} messages (the first ones in the queue); --limit examines more, up to {}",
-            crate::output::thousands(self.examined),
-            crate::output::thousands(self.total),
-            crate::output::thousands(MAX_INSPECT),
-        )
-    }
-}
 
 /// Shows up to `limit` messages from the head of `queue` to `visit` (which may stop early), then
 /// gives every one back in place.
@@ -61,99 +13,29 @@ impl Sample {
 /// The queue is missing or busy, the connection fails, or `visit` fails (the messages are given
 /// back first in every case).
 pub async fn inspect(
-    broker: &Broker,
+    broker: &Admin,
     queue: &str,
     limit: u64,
-    mut visit: impl FnMut(&Delivery) -> anyhow::Result<ControlFlow<()>>,
+    visit: impl FnMut(&Delivery) -> anyhow::Result<ControlFlow<()>>,
 ) -> anyhow::Result<Sample> {
-    let total = u64::from(broker.count(queue, APPLY_HINT).await?);
-    let target = total.min(limit).min(MAX_INSPECT);
-    let mut sample = Sample { total, examined: 0 };
-    if target == 0 {
-        return Ok(sample);
-    }
-    let prefetch = u16::try_from(target).unwrap_or(u16::MAX);
-    let (channel, mut consumer) = broker.consume(queue, prefetch).await?;
-    let mut last_tag = 0u64;
-    let mut failure: Option<anyhow::Error> = None;
-    let mut idle_rounds = 0;
-    loop {
-        let next = match tokio::time::timeout(IDLE, consumer.next()).await {
-            Ok(n) => {
-                idle_rounds = 0;
-                n
-            }
-            Err(_) => {
-                // Nothing for a while: if no message is ready any more, someone else took
-                // them (the queue shrank since we counted); stop with what we have. A broker
-                // that keeps saying "ready" but sends nothing is not waited for forever either.
-                idle_rounds += 1;
-                match broker.count(queue, APPLY_HINT).await {
-                    Ok(0) => break,
-                    Ok(_) if idle_rounds >= 5 => break,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        failure = Some(e.into());
-                        break;
-                    }
-                }
-            }
-        };
-        match next {
-            Some(Ok(d)) => {
-                last_tag = d.delivery_tag;
-                sample.examined += 1;
-                match visit(&d) {
-                    Ok(ControlFlow::Continue(())) => {}
-                    Ok(ControlFlow::Break(())) => break,
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-                if sample.examined >= target {
-                    break;
-                }
-            }
-            Some(Err(e)) => {
-                failure = Some(anyhow::Error::new(e).context(format!(
-                    "the connection failed while inspecting '{queue}' (every message stays in the queue)"
-                )));
-                break;
-            }
-            None => {
-                failure = Some(anyhow::anyhow!(
-                    "the broker cancelled the consumer on '{queue}' (queue deleted?); every message it held went back to the queue"
-                ));
-                break;
-            }
-        }
-    }
-    // Cancel first so the requeued messages are not delivered to us again, then give them all
-    // back with one frame. Deliveries received after `last_tag` (none when we took exactly the
-    // prefetch) are requeued by the broker when the channel closes.
-    let give_back = async {
-        let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
-        deadline("cancelling the consumer", cancel).await?;
-        if last_tag > 0 {
-            let options = BasicNackOptions {
-                multiple: true,
-                requeue: true,
-            };
-            deadline("requeueing", channel.basic_nack(last_tag, options)).await?;
-        }
-        deadline(
-            "closing the channel",
-            channel.close(200, "inspected".into()),
-        )
+    courier::broker::inspect(broker, queue, limit, visit)
         .await
-    };
-    let given_back = give_back.await.context(
-        "giving the inspected messages back (the broker requeues them when the connection closes)",
-    );
-    if let Some(e) = failure {
-        return Err(e);
+        .map_err(|e| match e {
+            InspectError::Broker(b) => anyhow::Error::new(b),
+            InspectError::Visit(v) => v,
+        })
+}
+
+/// "sampled 1,000 of 25,000 messages; ..." or "" when everything was examined (or the command
+/// stopped early on purpose).
+pub fn note(sample: &Sample, stopped_early: bool) -> String {
+    if !sample.sampled() || stopped_early {
+        return String::new();
     }
-    given_back?;
-    Ok(sample)
+    format!(
+        "sampled {} of {} messages (the first ones in the queue); --limit examines more, up to {}",
+        crate::output::thousands(sample.examined),
+        crate::output::thousands(sample.total),
+        crate::output::thousands(MAX_INSPECT),
+    )
 }

@@ -13,7 +13,6 @@
 //! The dead-letter logic itself (reading `x-courier-*` and `x-death`, filters, replay headers,
 //! aggregates) is the library's [`courier::deadletter`].
 
-mod broker;
 mod cli;
 mod commands;
 mod error;

@@ -23,10 +23,10 @@
 //!   publishes await their confirms at once; acks are coalesced with `multiple` up to the
 //!   highest tag below which every delivery is settled ([`AckFrontier`]).
 
-use crate::broker::{deadline, Broker, APPLY_HINT};
 use crate::cli::Rate;
 use crate::export_file::ExportFile;
 use crate::output::summary;
+use courier::broker::{deadline, Admin, APPLY_HINT};
 use courier::deadletter::{self, AckFrontier, DeadLetter, Destination, Filter, Groups};
 use courier::envelope;
 use courier::publisher::{Outgoing, PublishError, Publisher};
@@ -230,7 +230,7 @@ fn id_of(d: &Delivery) -> String {
 
 /// Runs a pass. The report is returned even when the pass failed midway, with the error.
 pub async fn run(
-    broker: &Broker,
+    broker: &Admin,
     publisher: &Publisher,
     config: PassConfig,
     mut action: Action,
@@ -259,7 +259,7 @@ pub async fn run(
 
 /// The state of a running pass.
 struct Pass<'a> {
-    broker: &'a Broker,
+    broker: &'a Admin,
     publisher: &'a Publisher,
     config: &'a PassConfig,
     action: &'a mut Action,
@@ -277,7 +277,7 @@ struct Pass<'a> {
 impl Pass<'_> {
     async fn run(&mut self) -> anyhow::Result<()> {
         let queue = self.config.queue.clone();
-        let total = u64::from(self.broker.count(&queue, APPLY_HINT).await?);
+        let total = u64::from(self.broker.existing_queue(&queue, APPLY_HINT).await?.ready);
         self.report.total = total;
         if total == 0 {
             return Ok(());
@@ -286,7 +286,7 @@ impl Pass<'_> {
         // Room for the publish window, an export batch and a little slack, so neither waits
         // for the other; the broker never sends more than this unacknowledged.
         let prefetch = u16::try_from(window as u64 + EXPORT_BATCH + 64).unwrap_or(u16::MAX);
-        let (channel, mut consumer) = self.broker.consume(&queue, prefetch).await?;
+        let (channel, mut consumer) = self.broker.consume_exclusive(&queue, prefetch).await?;
 
         let bar = crate::progress::bar(total, self.config.progress);
         let limiter = limiter(self.config.rate);
@@ -398,7 +398,7 @@ impl Pass<'_> {
                 _ = tokio::time::sleep(IDLE), if can_take && self.jobs.is_empty() => {
                     // Fewer messages than counted: someone else removed some. Stop with what
                     // we have rather than wait forever.
-                    if self.broker.count(&queue, APPLY_HINT).await? == 0 {
+                    if self.broker.existing_queue(&queue, APPLY_HINT).await?.ready == 0 {
                         stop = true;
                     }
                 }

@@ -144,7 +144,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
     // Refuse before declaring anything if the prefix is in use: the clean-up deletes every
     // queue of the topology, and queues with consumers or messages are someone's data.
     precheck(&url, &topology, prefix).await?;
-    let report = courier::topology::apply(&url, &topology)
+    let report = courier::broker::apply(&url, &topology)
         .await
         .with_context(|| format!("cannot apply {} with prefix {prefix:?}", topology.source))?;
     let broker = report

@@ -44,7 +44,7 @@ pub async fn run(global: &GlobalArgs, cmd: TopologyCommand) -> anyhow::Result<Ex
     match cmd {
         TopologyCommand::Apply => {
             let url = global.amqp_url()?;
-            let report = topology::apply(&url, &topo).await?;
+            let report = courier::broker::apply(&url, &topo).await?;
             let version = report
                 .broker_version
                 .map_or_else(|| "unknown version".to_owned(), |v| format!("RabbitMQ {v}"));
@@ -71,7 +71,7 @@ pub async fn run(global: &GlobalArgs, cmd: TopologyCommand) -> anyhow::Result<Ex
         TopologyCommand::Check { management_url } => {
             let url = global.amqp_url()?;
             let mgmt = management_url.map(|m| Management::new(&m, &url));
-            let report = topology::check(&url, &topo, mgmt.as_ref()).await?;
+            let report = courier::broker::check(&url, &topo, mgmt.as_ref()).await?;
             for d in &report.drift {
                 println!("{d}");
             }

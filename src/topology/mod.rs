@@ -12,14 +12,13 @@
 //!   fan out to a second queue bound with the same key).
 //! - `Q` itself dead-letters (broker-side rejects, expiry, overflow) to the dead-letter exchange,
 //!   which is bound to the dead-letter queue.
+//!
+//! This module is the file format alone (parse, validate, the model, exports): it opens no
+//! connection. Declaring it on a broker and comparing it with one is [`crate::broker`]'s work.
 
-mod apply;
 mod export;
-mod version;
 
-pub use apply::{apply, check, ApplyError, ApplyReport, CheckReport, Drift};
 pub use export::{definitions_json, mermaid};
-pub use version::{probe_version, BrokerVersion, VersionProbeError};
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};

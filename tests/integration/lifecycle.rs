@@ -72,7 +72,7 @@ async fn a_consumer_cancelled_by_the_broker_is_noticed_and_resubscribed() {
         assert!(Instant::now() < deadline, "cancel not noticed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    courier::topology::apply(&parsed_url(), &t.topology)
+    courier::broker::apply(&parsed_url(), &t.topology)
         .await
         .expect("re-apply");
     w.wait_ready(WAIT).await;

@@ -219,7 +219,7 @@ async fn quorum_priority_is_refused_where_the_broker_lacks_it() {
     std::fs::write(&file, text).expect("write");
     let topo = Topology::load(&file, &prefix).expect("valid");
     let _cleanup = Cleanup::for_topology(&topo);
-    let version = courier::topology::probe_version(&parsed_url())
+    let version = courier::broker::probe_version(&parsed_url())
         .await
         .expect("probe")
         .expect("version");

@@ -91,7 +91,7 @@ pub async fn run(
     let mut out = BufWriter::new(std::io::stdout().lock());
     writeln!(out, "dry run: nothing was changed")?;
     writeln!(out, "{queue}: {} messages", thousands(sample.total))?;
-    let note = sample.note(reached_limit);
+    let note = crate::inspect::note(&sample, reached_limit);
     if !note.is_empty() {
         writeln!(out, "{note}; the counts below cover the examined ones")?;
     }

@@ -18,7 +18,9 @@ pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
     }
     let broker = connect(&url, "export", &queue).await?;
     // Check the queue before creating the file, so a typo does not leave an empty file behind.
-    broker.count(&queue, crate::broker::APPLY_HINT).await?;
+    broker
+        .existing_queue(&queue, courier::broker::APPLY_HINT)
+        .await?;
     let file = ExportFile::open(&a.out, a.append)?;
     let publisher = publisher(&url, "export", &queue, a.pass.window);
     let config = PassConfig {

@@ -130,9 +130,9 @@ pub async fn run(g: &Global, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let hint = if a.to_queue.is_some() {
         "it is the --to-queue; declare it first"
     } else {
-        crate::broker::APPLY_HINT
+        courier::broker::APPLY_HINT
     };
-    let exists = broker.count(&dest, hint).await;
+    let exists = broker.existing_queue(&dest, hint).await;
     broker.close().await;
     exists?;
     let publisher = publisher(&url, "import", &dest, a.window);

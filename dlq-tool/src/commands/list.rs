@@ -81,7 +81,7 @@ pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     eprintln!("{footer}");
-    let note = sample.note(false);
+    let note = crate::inspect::note(&sample, false);
     if !note.is_empty() {
         eprintln!("{note}");
     }

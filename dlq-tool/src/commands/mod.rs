@@ -9,9 +9,9 @@ mod replay;
 mod show;
 mod stats;
 
-use crate::broker::Broker;
 use crate::cli::{Cli, Command, Global};
 use courier::amqp::AmqpUrl;
+use courier::broker::Admin;
 use courier::metrics::Metrics;
 use courier::publisher::{Publisher, PublisherConfig};
 use courier::topology::QueueType;
@@ -36,8 +36,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Connects for `what` (the connection is named after it in the management UI).
-async fn connect(url: &AmqpUrl, what: &str, queue: &str) -> anyhow::Result<Broker> {
-    Ok(Broker::connect(url, &format!("courier-dlq {what} {queue}")).await?)
+async fn connect(url: &AmqpUrl, what: &str, queue: &str) -> anyhow::Result<Admin> {
+    Ok(Admin::connect(url, &format!("courier-dlq {what} {queue}")).await?)
 }
 
 /// The library's confirmed publisher, connecting on first use.

@@ -18,7 +18,7 @@ pub async fn run(g: &Global, a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let broker = connect(&url, "replay", &queue).await?;
     if let Some(q) = &to_queue {
         broker
-            .count(
+            .existing_queue(
                 q,
                 "it is the --to-queue; declare it first (or run `courier topology apply`)",
             )

@@ -85,7 +85,7 @@ fn print_tables(
     now: i64,
 ) -> std::io::Result<()> {
     writeln!(out, "{queue}: {} messages", thousands(sample.total))?;
-    let note = sample.note(false);
+    let note = crate::inspect::note(sample, false);
     if !note.is_empty() {
         writeln!(out, "{note}")?;
     }

@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use courier::amqp::AmqpUrl;
 use courier::envelope::{self, Origin, Reason};
 use courier::publisher::{Outgoing, Publisher, PublisherConfig};
 use courier::topology::Topology;
@@ -12,40 +11,21 @@ use futures_util::StreamExt;
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| courier::amqp::DEFAULT_AMQP_URL.to_owned())
-}
-
-pub fn parsed_url() -> AmqpUrl {
-    amqp_url().parse().expect("AMQP_URL parses")
-}
-
-pub fn management_url() -> String {
-    std::env::var("COURIER_TEST_MANAGEMENT_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())
-}
-
-pub fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
+// Each test binary uses a different part of these.
+#[allow(unused_imports)]
+pub use courier_testkit::process::{output_within, spawn_within, DEFAULT_DEADLINE};
+#[allow(unused_imports)]
+pub use courier_testkit::queues::close_connections;
+#[allow(unused_imports)]
+pub use courier_testkit::{amqp_url, management_url, parsed_url, repo_path};
 
 /// `t.dlq.<name>.<pid>.<counter>.<nanos>.`: no other test or run uses it.
 pub fn unique_prefix(name: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "t.dlq.{name}.{}.{}.{nanos}.",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    courier_testkit::unique_prefix(&format!("dlq.{name}"))
 }
 
 /// A temporary file path, removed on drop.
@@ -78,7 +58,8 @@ impl Drop for TempFile {
 pub struct Env {
     pub prefix: String,
     pub topology: Topology,
-    extra_queues: Vec<String>,
+    /// Deletes the topology and every extra queue on drop, even after a panic.
+    cleanup: courier_testkit::Cleanup,
 }
 
 impl Env {
@@ -86,13 +67,14 @@ impl Env {
         let prefix = unique_prefix(name);
         let topology = Topology::load(&repo_path("topology/notifications.toml"), &prefix)
             .expect("default topology");
-        courier::topology::apply(&parsed_url(), &topology)
+        let cleanup = courier_testkit::Cleanup::for_topology(&topology);
+        courier::broker::apply(&parsed_url(), &topology)
             .await
             .expect("topology applies");
         Self {
             prefix,
             topology,
-            extra_queues: Vec::new(),
+            cleanup,
         }
     }
 
@@ -141,16 +123,13 @@ impl Env {
         .await
         .expect("declare");
         let _ = conn.close(200, "done".into()).await;
-        self.extra_queues.push(name.clone());
+        self.cleanup.add_queue(&name);
         name
     }
 
     /// Runs `courier-dlq` against this topology.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("courier-dlq runs")
+        output_within(&mut self.command(args), DEFAULT_DEADLINE)
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -162,52 +141,6 @@ impl Env {
             .env_remove("COURIER_DLQ")
             .env("RUST_LOG", "warn");
         c
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let mut queues: Vec<String> = self
-            .topology
-            .queues
-            .iter()
-            .map(|q| q.name.clone())
-            .collect();
-        queues.append(&mut self.extra_queues);
-        let exchanges: Vec<String> = self
-            .topology
-            .exchanges
-            .iter()
-            .map(|e| e.name.clone())
-            .collect();
-        // Its own runtime on its own thread, so this also works from inside a tokio test.
-        let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(conn) = parsed_url().connect("dlq test cleanup").await else {
-                    return;
-                };
-                for q in queues {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-                    }
-                }
-                for e in exchanges {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .exchange_delete(e.as_str().into(), Default::default())
-                            .await;
-                    }
-                }
-                let _ = conn.close(200, "cleanup".into()).await;
-            });
-        });
-        let _ = handle.join();
     }
 }
 
@@ -375,24 +308,7 @@ pub async fn drain(queue: &str) -> Vec<Stored> {
 
 /// Ready messages in `queue`.
 pub async fn depth(queue: &str) -> u32 {
-    let conn = parsed_url()
-        .connect("dlq test depth")
-        .await
-        .expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue exists");
-    let _ = conn.close(200, "done".into()).await;
-    q.message_count()
+    courier_testkit::queues::depth(queue).await
 }
 
 /// Waits until `queue` holds exactly `n` ready messages.
@@ -417,42 +333,4 @@ pub fn int_header(m: &Stored, name: &str) -> Option<i64> {
 
 pub fn str_header(m: &Stored, name: &str) -> Option<String> {
     envelope::str_header(m.header(), name)
-}
-
-/// Closes every connection whose name contains `needle` (management API). Only our own,
-/// uniquely named ones are ever matched.
-pub async fn close_connections(needle: &str) -> usize {
-    let client = reqwest::Client::new();
-    let list: serde_json::Value = client
-        .get(format!("{}/api/connections", management_url()))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .expect("management API answers")
-        .json()
-        .await
-        .expect("connections JSON");
-    let mut closed = 0;
-    for c in list.as_array().cloned().unwrap_or_default() {
-        let user_name = c["client_properties"]["connection_name"]
-            .as_str()
-            .unwrap_or_default();
-        if !user_name.contains(needle) {
-            continue;
-        }
-        let name = c["name"].as_str().unwrap_or_default();
-        let encoded: String =
-            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
-                .collect();
-        let r = client
-            .delete(format!("{}/api/connections/{encoded}", management_url()))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .expect("close connection");
-        if r.status().is_success() {
-            closed += 1;
-        }
-    }
-    closed
 }

@@ -8,19 +8,16 @@
 //! - bindings cannot be listed over AMQP, so `check` asks the management API when it answers and
 //!   says plainly when it could not.
 //!
-//! A failed declare closes its channel, so every probe that may fail runs on a fresh one.
+//! A failed declare closes its channel; [`Admin`]'s channel replaces itself on the next call.
 
-use super::{ArgValue, BrokerVersion, ExchangeDef, ExchangeType, QueueDef, QueueType, Topology};
+use super::{classify, Admin, BrokerError, BrokerVersion, Reply};
 use crate::amqp::AmqpUrl;
 use crate::management::Management;
+use crate::topology::{ArgValue, ExchangeDef, ExchangeType, QueueDef, QueueType, Topology};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::ExchangeKind;
 use std::fmt;
-
-/// AMQP reply codes we act on.
-const NOT_FOUND: u16 = 404;
-const PRECONDITION_FAILED: u16 = 406;
 
 /// What `apply` did.
 #[derive(Debug, Default)]
@@ -166,14 +163,6 @@ fn describe_args(q: &QueueDef) -> String {
         .join(", ")
 }
 
-/// The reply code and text of a broker error, if it is one.
-fn broker_reply(e: &lapin::Error) -> Option<(u16, String)> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(p) => Some((p.get_id(), p.get_message().to_string())),
-        _ => None,
-    }
-}
-
 /// Result of probing one object.
 enum Probe {
     Missing,
@@ -181,38 +170,56 @@ enum Probe {
     Different(String),
 }
 
-/// A connection plus a channel that is replaced whenever a probe closes it.
+/// A declare that failed: the broker's refusal, or no channel to ask on.
+#[derive(Debug)]
+enum Failed {
+    Lapin(lapin::Error),
+    Broker(BrokerError),
+}
+
+impl Failed {
+    fn reply(&self) -> Option<(Reply, String)> {
+        match self {
+            Self::Lapin(e) => classify(e),
+            Self::Broker(_) => None,
+        }
+    }
+}
+
+impl From<lapin::Error> for Failed {
+    fn from(e: lapin::Error) -> Self {
+        Self::Lapin(e)
+    }
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lapin(e) => e.fmt(f),
+            Self::Broker(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Declares and probes over an [`Admin`], turning failures into [`ApplyError`]s.
 struct Declarer<'a> {
-    conn: &'a Connection,
-    channel: Option<Channel>,
-    url: &'a AmqpUrl,
+    admin: &'a Admin,
 }
 
 impl Declarer<'_> {
-    async fn channel(&mut self) -> Result<Channel, lapin::Error> {
-        if let Some(ch) = &self.channel {
-            if ch.status().connected() {
-                return Ok(ch.clone());
-            }
-        }
-        let ch = self.conn.create_channel().await?;
-        self.channel = Some(ch.clone());
-        Ok(ch)
+    async fn channel(&self) -> Result<lapin::Channel, Failed> {
+        self.admin.channel().await.map_err(Failed::Broker)
     }
 
-    fn err(&self, object: &str, e: &lapin::Error, done: &[String]) -> ApplyError {
+    fn err(&self, object: &str, e: &Failed, done: &[String]) -> ApplyError {
         ApplyError::Broker {
             object: object.to_owned(),
-            reason: self.url.scrub(&e.to_string()),
+            reason: self.admin.url().scrub(&e.to_string()),
             done: done.to_vec(),
         }
     }
 
-    async fn declare_exchange(
-        &mut self,
-        e: &ExchangeDef,
-        passive: bool,
-    ) -> Result<(), lapin::Error> {
+    async fn declare_exchange(&mut self, e: &ExchangeDef, passive: bool) -> Result<(), Failed> {
         let ch = self.channel().await?;
         ch.exchange_declare(
             e.name.as_str().into(),
@@ -224,10 +231,11 @@ impl Declarer<'_> {
             },
             FieldTable::default(),
         )
-        .await
+        .await?;
+        Ok(())
     }
 
-    async fn declare_queue(&mut self, q: &QueueDef, passive: bool) -> Result<(), lapin::Error> {
+    async fn declare_queue(&mut self, q: &QueueDef, passive: bool) -> Result<(), Failed> {
         let ch = self.channel().await?;
         ch.queue_declare(
             q.name.as_str().into(),
@@ -242,14 +250,14 @@ impl Declarer<'_> {
                 field_table(&q.arguments)
             },
         )
-        .await
-        .map(|_| ())
+        .await?;
+        Ok(())
     }
 
     /// Missing, same, or different, for an exchange.
-    async fn probe_exchange(&mut self, e: &ExchangeDef) -> Result<Probe, lapin::Error> {
+    async fn probe_exchange(&mut self, e: &ExchangeDef) -> Result<Probe, Failed> {
         match self.declare_exchange(e, true).await {
-            Err(err) if broker_reply(&err).is_some_and(|(c, _)| c == NOT_FOUND) => {
+            Err(err) if err.reply().is_some_and(|(r, _)| r == Reply::NotFound) => {
                 return Ok(Probe::Missing)
             }
             Err(err) => return Err(err),
@@ -257,17 +265,17 @@ impl Declarer<'_> {
         }
         match self.declare_exchange(e, false).await {
             Ok(()) => Ok(Probe::Same),
-            Err(err) => match broker_reply(&err) {
-                Some((PRECONDITION_FAILED, text)) => Ok(Probe::Different(text)),
+            Err(err) => match err.reply() {
+                Some((Reply::PreconditionFailed, text)) => Ok(Probe::Different(text)),
                 _ => Err(err),
             },
         }
     }
 
     /// Missing, same, or different, for a queue.
-    async fn probe_queue(&mut self, q: &QueueDef) -> Result<Probe, lapin::Error> {
+    async fn probe_queue(&mut self, q: &QueueDef) -> Result<Probe, Failed> {
         match self.declare_queue(q, true).await {
-            Err(err) if broker_reply(&err).is_some_and(|(c, _)| c == NOT_FOUND) => {
+            Err(err) if err.reply().is_some_and(|(r, _)| r == Reply::NotFound) => {
                 return Ok(Probe::Missing)
             }
             Err(err) => return Err(err),
@@ -275,8 +283,8 @@ impl Declarer<'_> {
         }
         match self.declare_queue(q, false).await {
             Ok(()) => Ok(Probe::Same),
-            Err(err) => match broker_reply(&err) {
-                Some((PRECONDITION_FAILED, text)) => Ok(Probe::Different(text)),
+            Err(err) => match err.reply() {
+                Some((Reply::PreconditionFailed, text)) => Ok(Probe::Different(text)),
                 _ => Err(err),
             },
         }
@@ -317,12 +325,8 @@ fn check_support(topology: &Topology, version: Option<BrokerVersion>) -> Result<
 pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, ApplyError> {
     let version = super::version::probe_version(url).await.ok().flatten();
     check_support(topology, version)?;
-    let conn = url.connect("courier topology apply").await?;
-    let mut d = Declarer {
-        conn: &conn,
-        channel: None,
-        url,
-    };
+    let admin = Admin::connect(url, "courier topology apply").await?;
+    let mut d = Declarer { admin: &admin };
     let mut report = ApplyReport {
         broker_version: version,
         ..Default::default()
@@ -364,8 +368,8 @@ pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, Ap
             Probe::Missing => {
                 d.declare_queue(q, false)
                     .await
-                    .map_err(|err| match broker_reply(&err) {
-                        Some((PRECONDITION_FAILED, text)) => ApplyError::Unsupported {
+                    .map_err(|err| match err.reply() {
+                        Some((Reply::PreconditionFailed, text)) => ApplyError::Unsupported {
                             object: object.clone(),
                             reason: format!(
                                 "the broker refused the arguments {}: {text}",
@@ -406,11 +410,11 @@ pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, Ap
             FieldTable::default(),
         )
         .await
-        .map_err(|err| d.err(&object, &err, &done))?;
+        .map_err(|err| d.err(&object, &Failed::from(err), &done))?;
         report.bindings += 1;
         done.push(object);
     }
-    let _ = conn.close(200, "topology applied".into()).await;
+    admin.close().await;
     Ok(report)
 }
 
@@ -423,12 +427,8 @@ pub async fn check(
     topology: &Topology,
     management: Option<&Management>,
 ) -> Result<CheckReport, ApplyError> {
-    let conn = url.connect("courier topology check").await?;
-    let mut d = Declarer {
-        conn: &conn,
-        channel: None,
-        url,
-    };
+    let admin = Admin::connect(url, "courier topology check").await?;
+    let mut d = Declarer { admin: &admin };
     let mut report = CheckReport::default();
     for e in &topology.exchanges {
         let object = format!("exchange '{}'", e.name);
@@ -456,7 +456,7 @@ pub async fn check(
             Probe::Different(detail) => report.drift.push(Drift::Different { object, detail }),
         }
     }
-    let _ = conn.close(200, "topology checked".into()).await;
+    admin.close().await;
 
     match management {
         None => report.notes.push(
