@@ -1,0 +1,374 @@
+//! Validation: the raw file ([`super::raw`]) into a [`Topology`] that cannot be invalid, every
+//! error naming the file, the key as a TOML path and the rule it breaks.
+
+use super::raw::*;
+use super::*;
+
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a str,
+    pub(super) prefix: &'a str,
+    /// Every queue and exchange name seen so far (prefixed), for the uniqueness rule.
+    pub(super) names: BTreeSet<String>,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> TopologyError {
+        TopologyError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Checks a name and returns it prefixed; names share one namespace so that a queue and an
+    /// exchange of the same name cannot be confused in messages and diagrams.
+    fn name(&mut self, key: &str, name: &str) -> Result<String, TopologyError> {
+        if name.trim().is_empty() {
+            return Err(self.invalid(key, "a name must not be empty"));
+        }
+        if name.starts_with("amq.") {
+            return Err(self.invalid(
+                key,
+                format!("`{name}`: names starting with `amq.` are reserved by RabbitMQ"),
+            ));
+        }
+        let full = format!("{}{name}", self.prefix);
+        if full.len() > MAX_NAME_LEN {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "`{full}` is {} bytes; AMQP names are at most {MAX_NAME_LEN}",
+                    full.len()
+                ),
+            ));
+        }
+        if !self.names.insert(full.clone()) {
+            return Err(self.invalid(
+                key,
+                format!("`{name}` is declared twice; every exchange and queue name must be unique"),
+            ));
+        }
+        Ok(full)
+    }
+
+    fn queue_type(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Option<QueueType>, TopologyError> {
+        match value {
+            None => Ok(None),
+            Some("classic") => Ok(Some(QueueType::Classic)),
+            Some("quorum") => Ok(Some(QueueType::Quorum)),
+            Some(other) => Err(self.invalid(
+                key,
+                format!("unknown queue type `{other}`; use \"classic\" or \"quorum\""),
+            )),
+        }
+    }
+
+    fn priority(&self, key: &str, value: Option<i64>) -> Result<Option<u8>, TopologyError> {
+        match value {
+            None => Ok(None),
+            Some(p) if (1..=MAX_PRIORITY).contains(&p) => Ok(u8::try_from(p).ok()),
+            Some(p) => Err(self.invalid(
+                key,
+                format!("priority {p} is out of range; x-max-priority must be 1 to 255 (10 is the sensible maximum)"),
+            )),
+        }
+    }
+
+    fn positive(&self, key: &str, value: Option<i64>) -> Result<Option<i64>, TopologyError> {
+        match value {
+            Some(v) if v < 1 => Err(self.invalid(key, format!("{v} must be at least 1"))),
+            other => Ok(other),
+        }
+    }
+
+    pub(super) fn validate(mut self, raw: RawTopology) -> Result<Topology, TopologyError> {
+        let mut exchanges = Vec::new();
+        let mut exchange_names = BTreeMap::new();
+        for (i, e) in raw.exchanges.iter().enumerate() {
+            let key = format!("exchanges[{i}]");
+            let name = self.name(&format!("{key}.name"), &e.name)?;
+            let kind = match e.kind.as_str() {
+                "direct" => ExchangeType::Direct,
+                "topic" => ExchangeType::Topic,
+                "fanout" => ExchangeType::Fanout,
+                "headers" => ExchangeType::Headers,
+                other => {
+                    return Err(self.invalid(
+                        format!("{key}.type"),
+                        format!(
+                            "unknown exchange type `{other}`; use direct, topic, fanout or headers"
+                        ),
+                    ))
+                }
+            };
+            exchange_names.insert(e.name.clone(), name.clone());
+            exchanges.push(ExchangeDef { name, kind });
+        }
+
+        let retry = self.retry(raw.retry)?;
+
+        let dl = raw.dead_letter.ok_or_else(|| {
+            self.invalid(
+                "dead_letter",
+                "missing table; declare where dead letters go, e.g. [dead_letter] exchange = \"notifications.dlx\" queue = \"notifications.dlq\"",
+            )
+        })?;
+        let dlx = self.name("dead_letter.exchange", &dl.exchange)?;
+        let dlq = self.name("dead_letter.queue", &dl.queue)?;
+        let dlq_type = self
+            .queue_type("dead_letter.type", dl.queue_type.as_deref())?
+            .unwrap_or(QueueType::Classic);
+        let mut dlq_args = BTreeMap::new();
+        dlq_args.insert(
+            "x-queue-type".to_owned(),
+            ArgValue::Str(dlq_type.as_str().to_owned()),
+        );
+        if let Some(max) = self.positive("dead_letter.max_length", dl.max_length)? {
+            dlq_args.insert("x-max-length".to_owned(), ArgValue::Int(max));
+        }
+        match dl.overflow.as_deref() {
+            None => {}
+            Some(o @ ("drop-head" | "reject-publish" | "reject-publish-dlx")) => {
+                if o == "drop-head" {
+                    return Err(self.invalid(
+                        "dead_letter.overflow",
+                        "\"drop-head\" would silently delete the oldest dead letters; use \"reject-publish\" so the worker keeps the message and retries",
+                    ));
+                }
+                dlq_args.insert("x-overflow".to_owned(), ArgValue::Str(o.to_owned()));
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    "dead_letter.overflow",
+                    format!("unknown overflow `{other}`; use \"reject-publish\""),
+                ))
+            }
+        }
+        exchanges.push(ExchangeDef {
+            name: dlx.clone(),
+            kind: ExchangeType::Fanout,
+        });
+
+        let defaults = &raw.queue_defaults;
+        let default_type = self
+            .queue_type("queue_defaults.type", defaults.queue_type.as_deref())?
+            .unwrap_or(QueueType::Classic);
+        let default_priority =
+            self.priority("queue_defaults.max_priority", defaults.max_priority)?;
+        let default_limit =
+            self.positive("queue_defaults.delivery_limit", defaults.delivery_limit)?;
+
+        if raw.queues.is_empty() {
+            return Err(self.invalid(
+                "queues",
+                "no work queues declared; add at least one [[queues]] table",
+            ));
+        }
+
+        let mut queues = Vec::new();
+        let mut bindings = Vec::new();
+        let mut work_queues = Vec::new();
+        for (i, q) in raw.queues.iter().enumerate() {
+            let key = format!("queues[{i}]");
+            let name = self.name(&format!("{key}.name"), &q.name)?;
+            let queue_type = self
+                .queue_type(&format!("{key}.type"), q.queue_type.as_deref())?
+                .unwrap_or(default_type);
+            let max_priority = self
+                .priority(&format!("{key}.max_priority"), q.max_priority)?
+                .or(default_priority);
+            let delivery_limit = self
+                .positive(&format!("{key}.delivery_limit"), q.delivery_limit)?
+                .or(default_limit);
+            if delivery_limit.is_some() && queue_type == QueueType::Classic {
+                return Err(self.invalid(
+                    format!("{key}.delivery_limit"),
+                    "delivery_limit applies to quorum queues only (classic queues have no delivery limit; the worker's --max-redeliveries guards them)",
+                ));
+            }
+            let mut args = BTreeMap::new();
+            args.insert(
+                "x-queue-type".to_owned(),
+                ArgValue::Str(queue_type.as_str().to_owned()),
+            );
+            args.insert(
+                "x-dead-letter-exchange".to_owned(),
+                ArgValue::Str(dlx.clone()),
+            );
+            // Quorum queues (4.0+) have built-in priorities and refuse x-max-priority.
+            if let (Some(p), QueueType::Classic) = (max_priority, queue_type) {
+                args.insert("x-max-priority".to_owned(), ArgValue::Int(i64::from(p)));
+            }
+            if let Some(limit) = delivery_limit {
+                args.insert("x-delivery-limit".to_owned(), ArgValue::Int(limit));
+            }
+            for (j, b) in q.bindings.iter().enumerate() {
+                let exchange = exchange_names.get(&b.exchange).cloned().ok_or_else(|| {
+                    self.invalid(
+                        format!("{key}.bindings[{j}].exchange"),
+                        format!(
+                            "exchange `{}` is not declared in [[exchanges]] (declared: {})",
+                            b.exchange,
+                            raw.exchanges
+                                .iter()
+                                .map(|e| e.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+                bindings.push(BindingDef {
+                    exchange,
+                    queue: name.clone(),
+                    routing_key: b.routing_key.clone(),
+                });
+            }
+            queues.push(QueueDef {
+                name: name.clone(),
+                role: QueueRole::Work,
+                queue_type,
+                arguments: args,
+            });
+            let mut retry_queues = Vec::new();
+            for (t, delay) in retry.tiers.iter().enumerate() {
+                let tier_name = self.name(
+                    &format!("retry.tiers[{t}]"),
+                    &format!("{}.retry.{}", q.name, tier_label(*delay)),
+                )?;
+                let mut targs = BTreeMap::new();
+                targs.insert(
+                    "x-queue-type".to_owned(),
+                    ArgValue::Str(queue_type.as_str().to_owned()),
+                );
+                let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                targs.insert("x-message-ttl".to_owned(), ArgValue::Int(ttl));
+                targs.insert(
+                    "x-dead-letter-exchange".to_owned(),
+                    ArgValue::Str(String::new()),
+                );
+                targs.insert(
+                    "x-dead-letter-routing-key".to_owned(),
+                    ArgValue::Str(name.clone()),
+                );
+                queues.push(QueueDef {
+                    name: tier_name.clone(),
+                    role: QueueRole::Retry {
+                        work_queue: name.clone(),
+                        delay: *delay,
+                    },
+                    queue_type,
+                    arguments: targs,
+                });
+                retry_queues.push(tier_name);
+            }
+            work_queues.push(WorkQueue {
+                name,
+                max_priority,
+                retry_queues,
+            });
+        }
+
+        queues.push(QueueDef {
+            name: dlq.clone(),
+            role: QueueRole::DeadLetter,
+            queue_type: dlq_type,
+            arguments: dlq_args,
+        });
+        bindings.push(BindingDef {
+            exchange: dlx.clone(),
+            queue: dlq.clone(),
+            routing_key: String::new(),
+        });
+
+        Ok(Topology {
+            source: self.file.to_owned(),
+            prefix: self.prefix.to_owned(),
+            exchanges,
+            queues,
+            bindings,
+            work_queues,
+            dead_letter_exchange: dlx,
+            dead_letter_queue: dlq,
+            retry,
+        })
+    }
+
+    fn retry(&self, raw: Option<RawRetry>) -> Result<RetryPolicy, TopologyError> {
+        let raw = raw.ok_or_else(|| {
+            self.invalid(
+                "retry",
+                "missing table; declare retry tiers, e.g. [retry] tiers = [\"1s\", \"10s\", \"1m\"], or [retry] disabled = true",
+            )
+        })?;
+        if raw.disabled {
+            if !raw.tiers.is_empty() {
+                return Err(self.invalid(
+                    "retry.tiers",
+                    "retry is disabled but tiers are listed; remove one of the two",
+                ));
+            }
+            if let Some(m) = raw.max_attempts.filter(|m| *m != 1) {
+                return Err(self.invalid(
+                    "retry.max_attempts",
+                    format!("{m} attempts need retry tiers; with retry disabled every message gets one attempt"),
+                ));
+            }
+            return Ok(RetryPolicy {
+                tiers: Vec::new(),
+                max_attempts: 1,
+            });
+        }
+        if raw.tiers.is_empty() {
+            return Err(self.invalid(
+                "retry.tiers",
+                "the list is empty; list at least one delay (e.g. [\"1s\", \"10s\"]) or set retry.disabled = true",
+            ));
+        }
+        let mut tiers = Vec::new();
+        for (i, t) in raw.tiers.iter().enumerate() {
+            let key = format!("retry.tiers[{i}]");
+            let d = humantime::parse_duration(t).map_err(|e| {
+                self.invalid(
+                    &key,
+                    format!("`{t}` is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"1m\""),
+                )
+            })?;
+            if d < Duration::from_millis(1) {
+                return Err(self.invalid(&key, format!("`{t}`: a tier must be at least 1ms")));
+            }
+            if d.as_millis() > u128::from(u32::MAX) {
+                return Err(self.invalid(
+                    &key,
+                    format!("`{t}`: RabbitMQ's x-message-ttl is at most 2^32-1 ms (about 49 days)"),
+                ));
+            }
+            if let Some(prev) = tiers.last() {
+                if d <= *prev {
+                    return Err(self.invalid(
+                        &key,
+                        format!("`{t}` is not longer than the tier before it; tiers must grow"),
+                    ));
+                }
+            }
+            tiers.push(d);
+        }
+        let default_attempts = i64::try_from(tiers.len())
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        let max_attempts = raw.max_attempts.unwrap_or(default_attempts);
+        if !(1..=1_000_000).contains(&max_attempts) {
+            return Err(self.invalid(
+                "retry.max_attempts",
+                format!("{max_attempts} is out of range; use 1 to 1000000"),
+            ));
+        }
+        Ok(RetryPolicy {
+            tiers,
+            max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+        })
+    }
+}
