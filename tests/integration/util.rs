@@ -1,6 +1,7 @@
 //! Shared helpers: unique prefixes, the real binaries, the broker's own view of its objects.
 
-#![allow(dead_code)]
+// Shared by the integration and fault binaries, each of which uses a different part.
+#![allow(dead_code, unused_imports)]
 
 use courier::topology::Topology;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ pub use courier_testkit::process::{output_within, DEFAULT_DEADLINE};
 pub use courier_testkit::queues::{
     broker_bindings, broker_queue, depth, percent_encode, wait_depth,
 };
-pub use courier_testkit::sink::{delivered_ids, reconcile, Received, Sink};
+pub use courier_testkit::sink::{delivered_ids, reconcile, Delay, Received, Script, Sink};
 pub use courier_testkit::{amqp_url, management_url, parsed_url, unique_prefix, Cleanup};
 
 pub fn repo_path(rel: &str) -> PathBuf {
