@@ -1,76 +1,21 @@
 //! `courier demo` end to end: the real binary against the real broker, each test under its own
-//! prefix. Self-contained (no `util`), so it also compiles on its own.
+//! prefix, with the shared fixtures of `courier-testkit`.
 
-use courier::amqp::AmqpUrl;
 use courier::topology::Topology;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use courier_testkit::{amqp_url, parsed_url, Cleanup};
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| courier::amqp::DEFAULT_AMQP_URL.to_owned())
-}
-
-fn parsed_url() -> AmqpUrl {
-    amqp_url().parse().expect("AMQP_URL parses")
-}
-
-/// `t.demo.<tag>.<pid>.<nanos>.`: no other test or test run uses it.
+/// `t.demo.<tag>.<pid>.<counter>.<nanos>.`: no other test or test run uses it.
 fn unique_prefix(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("t.demo.{tag}.{}.{nanos}.", std::process::id())
+    courier_testkit::unique_prefix(&format!("demo.{tag}"))
 }
 
 /// The demo topology as the binary sees it (run from the repository root), with `prefix`.
 fn demo_topology(prefix: &str) -> Topology {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/demo.toml");
     Topology::load(&file, prefix).expect("topology/demo.toml is valid")
-}
-
-/// Deletes every queue and exchange of the demo topology under a prefix when dropped, so a
-/// failed assertion leaves nothing behind. Deleting what does not exist is a no-op.
-struct Cleanup(Topology);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let queues: Vec<String> = self.0.queues.iter().map(|q| q.name.clone()).collect();
-        let exchanges: Vec<String> = self.0.exchanges.iter().map(|e| e.name.clone()).collect();
-        // Drop may run inside the test's runtime, which cannot be blocked on: use a thread.
-        let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(conn) = parsed_url().connect("courier demo test cleanup").await else {
-                    return;
-                };
-                for q in queues {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                for e in exchanges {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = conn.close(200, "cleanup".into()).await;
-            });
-        });
-        let _ = handle.join();
-    }
 }
 
 /// Runs `courier demo ARGS` from the repository root (so it reads topology/demo.toml).
@@ -115,22 +60,12 @@ fn must(stdout: &str, label: &str) -> u64 {
 
 /// Messages in `queue`, or None if it does not exist.
 async fn depth(queue: &str) -> Option<u32> {
-    let conn = parsed_url()
-        .connect("courier demo test")
+    let admin = courier::broker::Admin::connect(&parsed_url(), "courier demo test")
         .await
         .expect("broker reachable");
-    let ch = conn.create_channel().await.expect("channel");
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let q = ch
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .ok()
-        .map(|q| q.message_count());
-    let _ = conn.close(200, "done".into()).await;
-    q
+    let state = admin.queue_state(queue).await.expect("broker answers");
+    admin.close().await;
+    state.map(|s| s.ready)
 }
 
 const REASONS: [&str; 6] = [
@@ -146,7 +81,7 @@ const REASONS: [&str; 6] = [
 async fn demo_delivers_retries_dead_letters_loses_nothing_and_cleans_up() {
     let prefix = unique_prefix("run");
     let topology = demo_topology(&prefix);
-    let _cleanup = Cleanup(topology.clone());
+    let _cleanup = Cleanup::for_topology(&topology);
 
     let out = run_demo(&["--messages", "200", "--prefix", &prefix]).await;
     let (stdout, stderr) = text(&out);
@@ -185,7 +120,7 @@ async fn demo_delivers_retries_dead_letters_loses_nothing_and_cleans_up() {
 async fn demo_keep_leaves_the_dead_letters_for_courier_dlq() {
     let prefix = unique_prefix("keep");
     let topology = demo_topology(&prefix);
-    let _cleanup = Cleanup(topology.clone());
+    let _cleanup = Cleanup::for_topology(&topology);
 
     let out = run_demo(&["--messages", "100", "--prefix", &prefix, "--keep"]).await;
     let (stdout, stderr) = text(&out);
