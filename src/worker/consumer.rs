@@ -8,7 +8,7 @@
 
 use super::acker::{self, AckEvent};
 use super::processing::Ctx;
-use super::WorkerConfig;
+use super::WorkerSettings;
 use crate::handler::Handler;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -31,7 +31,7 @@ pub(super) enum SessionEnd {
 /// broker error without the password.
 pub(super) async fn subscribe(
     channel: &Channel,
-    config: &WorkerConfig,
+    config: &WorkerSettings,
     scrub: impl Fn(lapin::Error) -> String,
 ) -> Result<Consumer, String> {
     channel

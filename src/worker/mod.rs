@@ -17,8 +17,9 @@
 //! - Shutdown: stop consuming, let in-flight messages finish within the deadline, flush acks,
 //!   close; anything unfinished returns to the queue when the channel closes.
 //!
-//! This file holds what a caller sees: [`Worker`], its [`WorkerConfig`] and the errors. Where a
-//! message goes next is not decided here but in [`crate::outcome`].
+//! This file holds what a caller sees: [`Worker`], its validated [`WorkerConfig`] (built from
+//! [`WorkerSettings`], so a worker that cannot work is refused before it connects) and the
+//! errors. Where a message goes next is not decided here but in [`crate::outcome`].
 
 use crate::amqp::AmqpUrl;
 use crate::handler::Handler;
@@ -36,14 +37,19 @@ mod consumer;
 mod processing;
 mod supervisor;
 
-/// How a worker behaves. Validated by the CLI; the library trusts it.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
+/// Upper bound of `concurrency` (`courier work` always had it): past it a stray zero is likelier
+/// than a need, and the publisher's confirm window grows with it.
+pub const MAX_CONCURRENCY: usize = 10_000;
+
+/// A worker's settings as given, not yet checked. Start from [`WorkerSettings::new`] (or
+/// [`WorkerConfig::builder`]), change fields, then [`WorkerSettings::build`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
     /// Work queue to consume (full, prefixed name).
     pub queue: String,
-    /// Unacked deliveries the broker may send ahead (`basic.qos`, per consumer).
+    /// Unacked deliveries the broker may send ahead (`basic.qos`, per consumer); at least 1.
     pub prefetch: u16,
-    /// Messages handled at once.
+    /// Messages handled at once; 1 to [`MAX_CONCURRENCY`].
     pub concurrency: usize,
     /// Deadline for one handler attempt; a timeout is a retryable failure. Keep it well below
     /// the broker's `consumer_timeout` (30 min by default).
@@ -55,13 +61,13 @@ pub struct WorkerConfig {
     pub max_redeliveries: u32,
     /// Deadline for a broker confirm of a retry, dead-letter or reply publish.
     pub confirm_timeout: Duration,
-    /// First reconnect delay; doubles up to `reconnect_max`, with jitter.
+    /// First reconnect delay; doubles up to `reconnect_max`, with jitter. Above zero.
     pub reconnect_min: Duration,
-    /// Longest reconnect delay.
+    /// Longest reconnect delay; at least `reconnect_min`.
     pub reconnect_max: Duration,
 }
 
-impl WorkerConfig {
+impl WorkerSettings {
     /// Defaults for `queue`.
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
@@ -76,6 +82,83 @@ impl WorkerConfig {
             reconnect_max: Duration::from_secs(30),
         }
     }
+
+    /// Checks the settings; the worker then trusts them.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first field that cannot work, and why.
+    pub fn build(self) -> Result<WorkerConfig, ConfigError> {
+        let refuse = |field, value: String, why| Err(ConfigError { field, value, why });
+        let span = |d: Duration| humantime::format_duration(d).to_string();
+        if self.queue.is_empty() {
+            return refuse(
+                "queue",
+                "\"\"".into(),
+                "name the work queue to consume (to AMQP an empty name means the last queue declared on the channel)",
+            );
+        }
+        if self.prefetch == 0 {
+            return refuse(
+                "prefetch",
+                "0".into(),
+                "RabbitMQ reads prefetch 0 as unlimited, which defeats flow control and bounded memory; use at least 1",
+            );
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return refuse(
+                "concurrency",
+                self.concurrency.to_string(),
+                "use 1 to 10000",
+            );
+        }
+        if self.reconnect_min.is_zero() {
+            return refuse(
+                "reconnect_min",
+                span(self.reconnect_min),
+                "reconnecting without a pause would hammer a broker that is down; use at least 1ms",
+            );
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return refuse(
+                "reconnect_max",
+                span(self.reconnect_max),
+                "the longest reconnect delay cannot be below reconnect_min",
+            );
+        }
+        Ok(WorkerConfig { settings: self })
+    }
+}
+
+/// Settings of a worker that can work: made only by [`WorkerSettings::build`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Checked by `build`; private so that they stay checked.
+    settings: WorkerSettings,
+}
+
+impl WorkerConfig {
+    /// Default settings for `queue`, to change and then [`WorkerSettings::build`]; the same as
+    /// [`WorkerSettings::new`].
+    pub fn builder(queue: impl Into<String>) -> WorkerSettings {
+        WorkerSettings::new(queue)
+    }
+
+    /// The checked settings, read-only.
+    pub fn settings(&self) -> &WorkerSettings {
+        &self.settings
+    }
+}
+
+/// A worker setting that cannot work, refused before anything connects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("worker setting {field} = {value} cannot work: {why}")]
+pub struct ConfigError {
+    /// The [`WorkerSettings`] field at fault, e.g. `prefetch`.
+    pub field: &'static str,
+    /// The value it had, as given.
+    pub value: String,
+    /// Why it cannot work, and what to use instead.
+    pub why: &'static str,
 }
 
 /// Why a worker could not start.
@@ -117,6 +200,7 @@ impl<H: Handler> Worker<H> {
         metrics: Metrics,
         health: Health,
     ) -> Result<Self, WorkerError> {
+        let config = config.settings;
         let work = topology.work_queue(&config.queue).cloned().ok_or_else(|| {
             WorkerError::UnknownQueue {
                 queue: config.queue.clone(),
@@ -179,5 +263,76 @@ impl<H: Handler> Worker<H> {
         supervisor::Supervisor::new(url, health, Arc::new(ctx))
             .run(shutdown)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = WorkerSettings::new("q").build().expect("defaults build");
+        assert_eq!(config.settings(), &WorkerConfig::builder("q"));
+        assert_eq!(config.settings().prefetch, 200);
+        assert_eq!(config.settings().concurrency, 64);
+    }
+
+    #[test]
+    fn prefetch_zero_is_refused_by_name() {
+        let err = WorkerSettings {
+            prefetch: 0,
+            ..WorkerSettings::new("q")
+        }
+        .build()
+        .expect_err("prefetch 0 means unlimited");
+        assert_eq!(err.field, "prefetch");
+        assert!(err.to_string().contains("prefetch"), "{err}");
+        assert!(err.to_string().contains("unlimited"), "{err}");
+    }
+
+    #[test]
+    fn concurrency_out_of_range_is_refused() {
+        for concurrency in [0, MAX_CONCURRENCY + 1] {
+            let err = WorkerSettings {
+                concurrency,
+                ..WorkerSettings::new("q")
+            }
+            .build()
+            .expect_err("out of range");
+            assert_eq!(err.field, "concurrency");
+            assert_eq!(err.value, concurrency.to_string());
+        }
+        let edge = WorkerSettings {
+            concurrency: MAX_CONCURRENCY,
+            prefetch: 1,
+            ..WorkerSettings::new("q")
+        };
+        assert!(edge.build().is_ok());
+    }
+
+    #[test]
+    fn an_empty_queue_name_is_refused() {
+        let err = WorkerSettings::new("").build().expect_err("empty queue");
+        assert_eq!(err.field, "queue");
+    }
+
+    #[test]
+    fn reconnect_delays_must_pause_and_be_ordered() {
+        let err = WorkerSettings {
+            reconnect_min: Duration::ZERO,
+            ..WorkerSettings::new("q")
+        }
+        .build()
+        .expect_err("no pause");
+        assert_eq!(err.field, "reconnect_min");
+        let err = WorkerSettings {
+            reconnect_min: Duration::from_secs(5),
+            reconnect_max: Duration::from_secs(1),
+            ..WorkerSettings::new("q")
+        }
+        .build()
+        .expect_err("max below min");
+        assert_eq!((err.field, err.value.as_str()), ("reconnect_max", "1s"));
     }
 }

@@ -8,7 +8,7 @@
 //! broker confirmed it; an unconfirmed copy sends the original back to the queue.
 
 use super::acker::Settle;
-use super::WorkerConfig;
+use super::WorkerSettings;
 use crate::envelope::{self, Origin, Reason};
 use crate::handler::{Handler, HandlerError, Job};
 use crate::metrics::Metrics;
@@ -29,8 +29,8 @@ const NO_ID: &str = "(none)";
 
 /// Everything a message task needs, shared by all of them.
 pub(super) struct Ctx<H> {
-    /// How the worker behaves.
-    pub(super) config: WorkerConfig,
+    /// The worker's checked settings.
+    pub(super) config: WorkerSettings,
     /// The consumed queue and its retry tier queues.
     pub(super) work: WorkQueue,
     /// Where dead letters are published.

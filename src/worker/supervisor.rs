@@ -51,7 +51,7 @@ impl<H: Handler> Supervisor<H> {
         let ctx = self.ctx.clone();
         let queue = ctx.config.queue.clone();
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(ctx.config.concurrency.max(1)));
+        let slots = Arc::new(Semaphore::new(ctx.config.concurrency));
         let mut backoff =
             RetryPolicy::new(ctx.config.reconnect_min, ctx.config.reconnect_max).delays();
         let mut sessions = 0u64;

@@ -406,6 +406,34 @@ fn work_help_explains_the_outcome_rules() {
     }
 }
 
+#[test]
+fn work_refuses_prefetch_zero_before_connecting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "work",
+            "--queue",
+            "notifications.email",
+            "--handler",
+            "noop",
+        ])
+        .args(["--prefetch", "0"])
+        // Nobody listens there: the refusal must come before any connection attempt.
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("COURIER_PREFIX", "")
+        .env(
+            "COURIER_TOPOLOGY",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/topology/notifications.toml"),
+        )
+        .output()
+        .expect("courier runs");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--prefetch 0") && err.contains("unlimited"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn a_worker_that_cannot_log_in_keeps_the_password_out_of_its_logs() {
     let t = TestTopology::fast("badpw").await;
