@@ -245,6 +245,7 @@ impl<H: Handler> Worker<H> {
                 handler,
                 publisher,
                 metrics,
+                // `run` replaces it with a child of its token, known only there.
                 stopping: CancellationToken::new(),
             },
         })
@@ -252,14 +253,14 @@ impl<H: Handler> Worker<H> {
 
     /// Consumes until `shutdown` is cancelled, reconnecting as needed; then drains and closes.
     pub async fn run(self, shutdown: CancellationToken) {
-        // Once stopping, a failing copy is not retried for long: the original is requeued.
-        let stopping = self.ctx.stopping.clone();
-        let outer = shutdown.clone();
-        tokio::spawn(async move {
-            outer.cancelled().await;
-            stopping.cancel();
-        });
-        let Self { url, health, ctx } = self;
+        let Self {
+            url,
+            health,
+            mut ctx,
+        } = self;
+        // Cancelled with the caller's token, and alone when the drain deadline passes (which
+        // must not cancel the caller's: its metrics server, say, still runs).
+        ctx.stopping = shutdown.child_token();
         supervisor::Supervisor::new(url, health, Arc::new(ctx))
             .run(shutdown)
             .await;

@@ -45,8 +45,8 @@ pub(super) struct Ctx<H> {
     pub(super) publisher: Publisher,
     /// Counters, gauges and timings.
     pub(super) metrics: Metrics,
-    /// Cancelled once the worker stops or its drain deadline passes: a copy that fails then is
-    /// not retried, its original is requeued.
+    /// Cancelled once the worker stops (a child of the token given to `Worker::run`) or its
+    /// drain deadline passes: a copy that fails then is not retried, its original is requeued.
     pub(super) stopping: CancellationToken,
 }
 
