@@ -65,6 +65,12 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     courier::shutdown::cancel_on_signal(shutdown.clone());
+    // The library never ends the process: exiting on a second Ctrl-C is this program's choice.
+    tokio::spawn(async {
+        courier::shutdown::signal().await;
+        courier::shutdown::signal().await;
+        std::process::exit(130);
+    });
     let config = WorkerSettings {
         concurrency: 16,
         ..WorkerSettings::new(queue)
