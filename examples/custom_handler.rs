@@ -13,7 +13,7 @@ use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
 use courier::handler::{Handler, HandlerError, HandlerResult, Job};
 use courier::metrics::{Health, Metrics};
 use courier::topology::{Topology, DEFAULT_TOPOLOGY_PATH};
-use courier::worker::{Worker, WorkerConfig};
+use courier::worker::{Worker, WorkerSettings};
 use serde::Deserialize;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -65,10 +65,17 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     courier::shutdown::cancel_on_signal(shutdown.clone());
-    let config = WorkerConfig {
+    // The library never ends the process: exiting on a second Ctrl-C is this program's choice.
+    tokio::spawn(async {
+        courier::shutdown::signal().await;
+        courier::shutdown::signal().await;
+        std::process::exit(130);
+    });
+    let config = WorkerSettings {
         concurrency: 16,
-        ..WorkerConfig::new(queue)
-    };
+        ..WorkerSettings::new(queue)
+    }
+    .build()?;
     let worker = Worker::new(
         url,
         &topology,

@@ -10,11 +10,13 @@
 //!   (look-ups, purges, deletes, exclusive consumers), reply-code classification, `apply`,
 //!   `check`, version probing and bounded inspection.
 //! - [`envelope`]: the message contract — header names, reading and writing them.
-//! - [`outcome`]: handler result → ack / retry tier / dead letter, in one pure function.
+//! - [`outcome`]: where a message goes next — malformed, crash loop, handler, then ack / retry
+//!   tier / dead letter — in one pure function.
 //! - [`handler`]: the [`handler::Handler`] trait and the `http` and `noop` handlers.
 //! - [`publisher`]: the confirmed publisher (window, mandatory, returns by message id, deadlines).
 //! - [`retry`]: the one retry policy (exponential backoff, jitter, deadline, what is permanent).
-//! - [`worker`]: the consumer supervisor, per-message outcomes, coalesced acks.
+//! - [`worker`]: the worker and its validated config; inside, the supervisor (connect, reconnect,
+//!   drain), the consume loop, per-delivery processing and coalesced acks.
 //! - [`deadletter`]: dead letters as `courier-dlq` reads them (filters, `x-death`, replay headers).
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
 //! - [`amqp`]: broker URLs (password never displayed) and connections.

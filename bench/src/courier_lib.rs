@@ -20,7 +20,7 @@ use courier::handler::{Handler, HandlerError, HandlerResult, Job};
 use courier::metrics::{Health, Metrics};
 use courier::publisher::{Outgoing, Publisher, PublisherConfig};
 use courier::topology::Topology;
-use courier::worker::{Worker, WorkerConfig};
+use courier::worker::{Worker, WorkerSettings};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,11 +67,12 @@ struct Running {
 impl Running {
     async fn start<H: Handler>(env: &Env, topology: &Topology, handler: H) -> anyhow::Result<Self> {
         let queue = env.work_queue(topology).to_owned();
-        let config = WorkerConfig {
+        let config = WorkerSettings {
             prefetch: env.prefetch,
             concurrency: env.concurrency,
-            ..WorkerConfig::new(queue)
-        };
+            ..WorkerSettings::new(queue)
+        }
+        .build()?;
         let health = Health::default();
         let worker = Worker::new(
             env.url.clone(),

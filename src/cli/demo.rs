@@ -717,15 +717,14 @@ impl Fleet {
         };
         for q in &topology.work_queues {
             for _ in 0..per_queue {
-                let config = WorkerConfig {
-                    prefetch: 64,
-                    concurrency: 32,
-                    handler_timeout: Duration::from_secs(5),
-                    shutdown_timeout: Duration::from_secs(10),
-                    confirm_timeout: Duration::from_secs(10),
-                    reconnect_max: Duration::from_secs(2),
-                    ..WorkerConfig::new(q.name.clone())
-                };
+                let mut settings = WorkerConfig::builder(q.name.clone());
+                settings.prefetch = 64;
+                settings.concurrency = 32;
+                settings.handler_timeout = Duration::from_secs(5);
+                settings.shutdown_timeout = Duration::from_secs(10);
+                settings.confirm_timeout = Duration::from_secs(10);
+                settings.reconnect_max = Duration::from_secs(2);
+                let config = settings.build()?;
                 let health = Health::default();
                 let worker = Worker::new(
                     url.clone(),

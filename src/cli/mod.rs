@@ -69,6 +69,26 @@ enum Command {
     Sink(sink::SinkArgs),
 }
 
+impl Command {
+    /// Whether the command stops gracefully on SIGINT/SIGTERM (it cancels its own token through
+    /// `courier::shutdown`). The others keep the default: a signal ends them at once.
+    fn drains_on_signal(&self) -> bool {
+        matches!(self, Self::Work(_) | Self::Sink(_) | Self::Demo(_))
+    }
+}
+
+/// A second signal is an operator who will not wait for the drain: exit at once, as an
+/// interrupted process (130). Unacked messages return to the queue when the connection drops.
+/// Here and not in the library, which never ends the process; the first signal reaches this
+/// listener and the command's alike.
+async fn exit_on_second_signal() {
+    courier::shutdown::signal().await;
+    tracing::info!("signal received: stopping (send it again to exit at once)");
+    courier::shutdown::signal().await;
+    tracing::warn!("second signal: exiting without waiting; unacked messages return to the queue");
+    std::process::exit(130);
+}
+
 impl GlobalArgs {
     fn amqp_url(&self) -> anyhow::Result<AmqpUrl> {
         Ok(self.amqp_url.parse::<AmqpUrl>()?)
@@ -118,6 +138,9 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if cli.command.drains_on_signal() {
+            tokio::spawn(exit_on_second_signal());
+        }
         match cli.command {
             Command::Topology(cmd) => topology::run(&cli.global, cmd).await,
             Command::Demo(args) => demo::run(&cli.global, args).await,

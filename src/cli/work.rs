@@ -1,12 +1,12 @@
 //! `courier work`: run a worker on one queue.
 
 use super::GlobalArgs;
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
 use courier::handler::http::{HttpConfig, HttpHandler};
 use courier::handler::{Handler, NoopHandler};
 use courier::metrics::{Health, Metrics};
-use courier::worker::{Worker, WorkerConfig};
+use courier::worker::{Worker, WorkerConfig, WorkerSettings};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -90,15 +90,18 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
     } else {
         format!("{}{}", topology.prefix, args.queue)
     };
-    if args.concurrency == 0 || args.concurrency > 10_000 {
-        bail!(
-            "--concurrency {} is out of range: use 1 to 10000",
-            args.concurrency
-        );
+    let config = WorkerSettings {
+        prefetch: args.prefetch,
+        concurrency: args.concurrency,
+        handler_timeout: args.handler_timeout,
+        shutdown_timeout: args.shutdown_timeout,
+        max_redeliveries: args.max_redeliveries,
+        confirm_timeout: args.confirm_timeout,
+        ..WorkerSettings::new(queue)
     }
-    if args.prefetch == 0 {
-        bail!("--prefetch 0 means unlimited to RabbitMQ and would defeat flow control: use at least 1");
-    }
+    .build()
+    // Every setting given here is an option of the same name.
+    .map_err(|e| anyhow!("--{} {}: {}", e.field.replace('_', "-"), e.value, e.why))?;
     if usize::from(args.prefetch) < args.concurrency {
         tracing::warn!(
             prefetch = args.prefetch,
@@ -107,15 +110,6 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
             args.prefetch
         );
     }
-    let config = WorkerConfig {
-        prefetch: args.prefetch,
-        concurrency: args.concurrency,
-        handler_timeout: args.handler_timeout,
-        shutdown_timeout: args.shutdown_timeout,
-        max_redeliveries: args.max_redeliveries,
-        confirm_timeout: args.confirm_timeout,
-        ..WorkerConfig::new(queue)
-    };
     match args.handler {
         HandlerKind::Noop => serve(url, &topology, config, NoopHandler, args.metrics_addr).await,
         HandlerKind::Http => {

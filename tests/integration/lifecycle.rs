@@ -315,6 +315,47 @@ async fn sigterm_under_load_finishes_in_flight_work_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_second_signal_exits_at_once_without_waiting_for_the_drain() {
+    let t = TestTopology::fast("second-signal").await;
+    let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = arrived.clone();
+    let sink = Sink::start_with(
+        std::sync::Arc::new(|_| (200, vec![])),
+        std::sync::Arc::new(move |_| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Duration::from_secs(60)
+        }),
+    )
+    .await;
+    let mut child = spawn_worker_binary(
+        &t,
+        &sink.url,
+        &["--shutdown-timeout", "60s", "--handler-timeout", "120s"],
+    );
+    let p = publisher().await;
+    publish_jobs(&p, &t.exchange(), "email", "slow", 1).await;
+    let deadline = Instant::now() + WAIT;
+    while arrived.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the handler never called the sink"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the first signal drains: the worker waits for its handler"
+    );
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).await;
+    let stderr = take_stderr(&mut child);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("second signal"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_message_published_from_python_is_delivered() {
     let t = TestTopology::fast("python").await;
     let sink = Sink::ok().await;
@@ -404,6 +445,34 @@ fn work_help_explains_the_outcome_rules() {
     ] {
         assert!(text.contains(needle), "--help lacks {needle}: {text}");
     }
+}
+
+#[test]
+fn work_refuses_prefetch_zero_before_connecting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "work",
+            "--queue",
+            "notifications.email",
+            "--handler",
+            "noop",
+        ])
+        .args(["--prefetch", "0"])
+        // Nobody listens there: the refusal must come before any connection attempt.
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("COURIER_PREFIX", "")
+        .env(
+            "COURIER_TOPOLOGY",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/topology/notifications.toml"),
+        )
+        .output()
+        .expect("courier runs");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--prefetch 0") && err.contains("unlimited"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

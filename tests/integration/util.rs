@@ -162,12 +162,13 @@ impl RunningWorker {
         t: &TestTopology,
         queue: &str,
         handler: H,
-        tweak: impl FnOnce(&mut courier::worker::WorkerConfig),
+        tweak: impl FnOnce(&mut courier::worker::WorkerSettings),
     ) -> Self {
-        let mut config = courier::worker::WorkerConfig::new(t.name(queue));
-        config.reconnect_max = Duration::from_secs(1);
-        config.shutdown_timeout = Duration::from_secs(10);
-        tweak(&mut config);
+        let mut settings = courier::worker::WorkerSettings::new(t.name(queue));
+        settings.reconnect_max = Duration::from_secs(1);
+        settings.shutdown_timeout = Duration::from_secs(10);
+        tweak(&mut settings);
+        let config = settings.build().expect("worker settings valid");
         let metrics = courier::metrics::Metrics::new();
         let health = courier::metrics::Health::default();
         let worker = courier::worker::Worker::new(

@@ -1,0 +1,128 @@
+//! The consume loop of one session: subscribe with the prefetch window, take a delivery only
+//! when a handler slot is free, tell the acker about it, and hand it to a message task.
+//!
+//! Why the loop is this small: memory stays bounded only if nothing is taken from the stream
+//! ahead of a free slot (`prefetch` bounds what the broker sends, `concurrency` what runs), and
+//! acks stay correct only if the acker hears of every delivery in tag order before its outcome.
+//! Reconnecting and draining are the supervisor's; what happens to a message is `processing`'s.
+
+use super::acker::{self, AckEvent};
+use super::processing::Ctx;
+use super::WorkerSettings;
+use crate::handler::Handler;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How a consuming session ended.
+pub(super) enum SessionEnd {
+    /// The worker's token was cancelled: drain and close.
+    Shutdown,
+    /// The channel, connection or consumer is gone, for the reason given: reconnect.
+    Lost(String),
+}
+
+/// Sets the prefetch window on `channel` and subscribes to the work queue. `scrub` words a
+/// broker error without the password.
+pub(super) async fn subscribe(
+    channel: &Channel,
+    config: &WorkerSettings,
+    scrub: impl Fn(lapin::Error) -> String,
+) -> Result<Consumer, String> {
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions { global: false })
+        .await
+        .map_err(&scrub)?;
+    channel
+        .basic_consume(
+            config.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            let text = scrub(e);
+            if text.contains("NOT_FOUND") {
+                format!(
+                    "{text} (run `courier topology apply` with the same --topology and --prefix)"
+                )
+            } else {
+                text
+            }
+        })
+}
+
+/// Starts the acker of a session's channel; returns its event sender and task.
+pub(super) fn start_acker<H>(
+    ctx: &Ctx<H>,
+    channel: &Channel,
+) -> (mpsc::UnboundedSender<AckEvent>, tokio::task::JoinHandle<()>) {
+    // One ack frame per quarter of the prefetch window under load.
+    let batch = u64::from(ctx.config.prefetch / 4).max(1);
+    acker::spawn(
+        channel.clone(),
+        ctx.metrics.clone(),
+        ctx.config.queue.clone(),
+        batch,
+    )
+}
+
+/// Takes deliveries while handler slots are free; returns when told to stop or when the
+/// consumer ends.
+pub(super) async fn consume<H: Handler>(
+    ctx: &Arc<Ctx<H>>,
+    mut consumer: Consumer,
+    events: mpsc::UnboundedSender<AckEvent>,
+    slots: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return SessionEnd::Shutdown,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            n = consumer.next() => n,
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
+            None => {
+                ctx.metrics
+                    .consumer_cancels
+                    .with_label_values(&[&ctx.config.queue])
+                    .inc();
+                return SessionEnd::Lost(
+                    "the broker ended the consumer (queue deleted, consumer_timeout, or node shutdown)".to_owned(),
+                );
+            }
+        };
+        if events
+            .send(AckEvent::Delivered(delivery.delivery_tag))
+            .is_err()
+        {
+            return SessionEnd::Lost("acknowledgement task stopped (channel closed)".to_owned());
+        }
+        let ctx = ctx.clone();
+        let events = events.clone();
+        tracker.spawn(async move {
+            let tag = delivery.delivery_tag;
+            let settle = ctx.process(delivery).await;
+            let _ = events.send(AckEvent::Settled(tag, settle));
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,361 @@
+//! One delivery, start to settle: gather its facts, ask [`outcome::next`] where it goes, run the
+//! handler when told to, and carry out the answer — reply, retry copy, redelivery count or dead
+//! letter — before telling the acker how to settle it.
+//!
+//! Why here and not in the consume loop: everything a delivery needs is in [`Ctx`], shared by
+//! every message task, so the loop only hands deliveries out; and nothing here decides where a
+//! message goes (that is [`crate::outcome`]), it only does it. A copy is acked only once the
+//! broker confirmed it; an unconfirmed copy sends the original back to the queue.
+
+use super::acker::Settle;
+use super::WorkerSettings;
+use crate::envelope::{self, Origin, Reason};
+use crate::handler::{Handler, HandlerError, Job};
+use crate::metrics::Metrics;
+use crate::outcome::{self, Action, Facts, Limits, Next};
+use crate::publisher::{Outgoing, Publisher};
+use crate::retry::RetryPolicy;
+use crate::topology::WorkQueue;
+use futures_util::FutureExt;
+use lapin::message::Delivery;
+use lapin::BasicProperties;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Shown for a message without a `message_id` in logs, dead letters and replies; the handler
+/// never sees it, as [`outcome::next`] dead-letters such a message first.
+const NO_ID: &str = "(none)";
+
+/// Everything a message task needs, shared by all of them.
+pub(super) struct Ctx<H> {
+    /// The worker's checked settings.
+    pub(super) config: WorkerSettings,
+    /// The consumed queue and its retry tier queues.
+    pub(super) work: WorkQueue,
+    /// Where dead letters are published.
+    pub(super) dead_letter_exchange: String,
+    /// The rules [`outcome::next`] applies.
+    pub(super) limits: Limits,
+    /// Metric labels of the retry tiers, by tier index.
+    pub(super) tier_labels: Vec<String>,
+    /// The user's handler.
+    pub(super) handler: H,
+    /// Confirmed publisher for retry, redelivery-count, dead-letter and reply copies.
+    pub(super) publisher: Publisher,
+    /// Counters, gauges and timings.
+    pub(super) metrics: Metrics,
+    /// Cancelled once the worker stops (a child of the token given to `Worker::run`) or its
+    /// drain deadline passes: a copy that fails then is not retried, its original is requeued.
+    pub(super) stopping: CancellationToken,
+}
+
+impl<H: Handler> Ctx<H> {
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .messages
+            .with_label_values(&[&self.config.queue, outcome])
+            .inc();
+    }
+
+    /// Handles one delivery and decides how it is settled. Never panics on input.
+    pub(super) async fn process(&self, delivery: Delivery) -> Settle {
+        let queue = self.config.queue.as_str();
+        let gauge = self.metrics.in_flight.with_label_values(&[queue]);
+        gauge.inc();
+        let settle = self.process_inner(&delivery).await;
+        gauge.dec();
+        settle
+    }
+
+    async fn process_inner(&self, d: &Delivery) -> Settle {
+        let props = &d.properties;
+        let headers = props.headers().as_ref();
+        let origin = Origin::of(
+            headers,
+            d.exchange.as_str(),
+            d.routing_key.as_str(),
+            &self.config.queue,
+        );
+        let message_id = envelope::message_id(props);
+        let id = message_id.unwrap_or(NO_ID);
+        let mut facts = Facts {
+            redelivered: d.redelivered,
+            redeliveries: envelope::redeliveries(headers),
+            has_message_id: message_id.is_some(),
+            invalid_body: envelope::validate_body(&d.data).err(),
+            attempts: envelope::attempts(headers),
+            handled: None,
+        };
+        // At most twice round: `next` says `Handle` only while there is no result.
+        loop {
+            // The rare paths are boxed: their publish futures would otherwise make every
+            // per-delivery task several kilobytes, copied on each spawn.
+            match outcome::next(&facts, &self.limits) {
+                Next::Handle => {
+                    facts.handled = Some(self.handle(d, id, &origin, facts.attempts).await);
+                }
+                Next::CountRedelivery { n } => {
+                    return Box::pin(self.count_redelivery(d, id, n)).await;
+                }
+                Next::Settle(Action::Ack) => {
+                    let attempts = facts.attempts.saturating_add(1);
+                    self.reply(d, id, "delivered", None, attempts).await;
+                    self.count("delivered");
+                    return Settle::Ack;
+                }
+                Next::Settle(Action::Retry {
+                    tier,
+                    attempts,
+                    error,
+                }) => {
+                    return Box::pin(self.retry(d, id, &origin, tier, attempts, &error)).await;
+                }
+                Next::Settle(Action::DeadLetter {
+                    reason,
+                    attempts,
+                    error,
+                }) => {
+                    return Box::pin(self.dead_letter(d, id, &origin, attempts, reason, &error))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Runs the handler on a well-formed message and records how long it took.
+    async fn handle(
+        &self,
+        d: &Delivery,
+        message_id: &str,
+        origin: &Origin,
+        prior_attempts: u32,
+    ) -> Result<(), HandlerError> {
+        let queue = self.config.queue.as_str();
+        let props = &d.properties;
+        let job = Job {
+            message_id,
+            attempt: prior_attempts.saturating_add(1),
+            queue,
+            routing_key: &origin.routing_key,
+            content_type: props
+                .content_type()
+                .as_ref()
+                .map_or("application/json", |c| c.as_str()),
+            body: &d.data,
+            priority: props.priority().unwrap_or(0),
+        };
+        let started = Instant::now();
+        let result = self.call_handler(job).await;
+        self.metrics
+            .handler_seconds
+            .with_label_values(&[queue])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Runs the handler with a deadline; a panic or timeout is a retryable failure.
+    async fn call_handler(&self, job: Job<'_>) -> Result<(), HandlerError> {
+        let timeout = self.config.handler_timeout;
+        let fut = AssertUnwindSafe(self.handler.handle(job)).catch_unwind();
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                tracing::error!(message_id = job.message_id, panic = %what, "handler panicked; treated as a retryable failure");
+                Err(HandlerError::retryable(format!("handler panicked: {what}")))
+            }
+            Err(_) => Err(HandlerError::retryable(format!(
+                "handler timed out after {}",
+                humantime::format_duration(timeout)
+            ))),
+        }
+    }
+
+    /// Copies the message to retry tier `tier` with `attempts` recorded; acks once confirmed.
+    async fn retry(
+        &self,
+        d: &Delivery,
+        message_id: &str,
+        origin: &Origin,
+        tier: usize,
+        attempts: u32,
+        error: &str,
+    ) -> Settle {
+        let queue = self.config.queue.as_str();
+        let Some(tier_queue) = self.work.retry_queues.get(tier) else {
+            // `outcome::next` picks only tiers this queue has a queue for. Should that ever
+            // break, the message goes back rather than being lost.
+            tracing::error!(%message_id, tier, "no retry queue for the chosen tier; the original goes back to the queue");
+            self.count("requeued");
+            return Settle::Requeue;
+        };
+        let headers = envelope::retry_headers(
+            d.properties.headers().as_ref(),
+            attempts,
+            error,
+            origin,
+            envelope::now_millis(),
+        );
+        let msg = Outgoing {
+            exchange: String::new(),
+            routing_key: tier_queue.clone(),
+            properties: envelope::with_headers(&d.properties, headers),
+            body: d.data.clone(),
+        };
+        if self.republish(msg, message_id, "retry").await {
+            let label = self.tier_labels.get(tier).map_or("?", String::as_str);
+            self.metrics
+                .retries
+                .with_label_values(&[queue, label])
+                .inc();
+            self.count("retried");
+            tracing::debug!(%message_id, attempts, tier = label, %error, "retry scheduled");
+            Settle::Ack
+        } else {
+            self.count("requeued");
+            Settle::Requeue
+        }
+    }
+
+    /// A redelivered message: the worker that held it died or lost its channel. Counts it in a
+    /// header (classic queues have no delivery limit) by republishing it to its own queue as
+    /// redelivery number `n`.
+    async fn count_redelivery(&self, d: &Delivery, message_id: &str, n: u32) -> Settle {
+        let props = &d.properties;
+        let mut h = envelope::clean_headers(props.headers().as_ref());
+        h.insert(
+            envelope::REDELIVERIES.into(),
+            lapin::types::AMQPValue::LongLongInt(i64::from(n)),
+        );
+        let msg = Outgoing {
+            exchange: String::new(),
+            routing_key: self.config.queue.clone(),
+            properties: envelope::with_headers(props, h),
+            body: d.data.clone(),
+        };
+        if self.republish(msg, message_id, "redelivery count").await {
+            self.count("redelivery-counted");
+            Settle::Ack
+        } else {
+            self.count("requeued");
+            Settle::Requeue
+        }
+    }
+
+    /// Copies the message to the dead-letter exchange with `reason`; acks once confirmed, then
+    /// tells a requester.
+    async fn dead_letter(
+        &self,
+        d: &Delivery,
+        message_id: &str,
+        origin: &Origin,
+        attempts: u32,
+        reason: Reason,
+        error: &str,
+    ) -> Settle {
+        let headers = envelope::dead_letter_headers(
+            d.properties.headers().as_ref(),
+            attempts,
+            reason,
+            error,
+            origin,
+            envelope::now_millis(),
+        );
+        let msg = Outgoing {
+            exchange: self.dead_letter_exchange.clone(),
+            routing_key: origin.routing_key.clone(),
+            properties: envelope::with_headers(&d.properties, headers),
+            body: d.data.clone(),
+        };
+        if self.republish(msg, message_id, "dead letter").await {
+            self.metrics
+                .dead_letters
+                .with_label_values(&[&self.config.queue, reason.as_str()])
+                .inc();
+            self.count("dead-lettered");
+            tracing::info!(%message_id, %reason, attempts, error = %envelope::truncate(error, 200), "dead-lettered");
+            self.reply(
+                d,
+                message_id,
+                "dead-lettered",
+                Some((reason, error)),
+                attempts,
+            )
+            .await;
+            Settle::Ack
+        } else {
+            self.count("requeued");
+            Settle::Requeue
+        }
+    }
+
+    /// Publishes a copy and waits for the confirm, retrying with back-off (250 ms doubling to
+    /// 10 s) for up to a minute. Holding the message meanwhile is deliberate: a full DLQ or a
+    /// broker alarm then slows the worker down (its slots fill) instead of spinning requeues,
+    /// and a requeued message would come back `redelivered` and be mistaken for a crash.
+    /// False means "not confirmed": the caller requeues the original.
+    async fn republish(&self, msg: Outgoing, message_id: &str, what: &str) -> bool {
+        let policy = RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(10))
+            .with_deadline(Duration::from_secs(60));
+        let retried = policy
+            .run(
+                &format!("{what} of {message_id} not confirmed"),
+                Some(&self.stopping),
+                || self.publisher.publish(msg.clone()),
+            )
+            .await;
+        match retried {
+            Ok(()) => true,
+            Err(gave_up) => {
+                let error = gave_up
+                    .into_last()
+                    .map_or_else(|| "shutting down".to_owned(), |e| e.to_string());
+                tracing::error!(%message_id, %error, "{what} not confirmed; the original goes back to the queue");
+                false
+            }
+        }
+    }
+
+    /// Request–reply: publish the final outcome to `reply_to` with the same correlation id.
+    /// Best effort: the outcome itself is already safe, so a missing reply queue is logged.
+    async fn reply(
+        &self,
+        d: &Delivery,
+        message_id: &str,
+        status: &str,
+        failure: Option<(Reason, &str)>,
+        attempts: u32,
+    ) {
+        let props = &d.properties;
+        let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id())
+        else {
+            return;
+        };
+        let body = serde_json::json!({
+            "message_id": message_id,
+            "status": status,
+            "reason": failure.map(|(r, _)| r.as_str()),
+            "error": failure.map(|(_, e)| envelope::truncate(e, envelope::MAX_ERROR_BYTES)),
+            "attempts": attempts,
+            "queue": self.config.queue,
+        });
+        let msg = Outgoing {
+            exchange: String::new(),
+            routing_key: reply_to.as_str().to_owned(),
+            properties: BasicProperties::default()
+                .with_correlation_id(correlation_id.clone())
+                .with_message_id(envelope::new_message_id().as_str().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2),
+            body: body.to_string().into_bytes(),
+        };
+        if let Err(e) = self.publisher.publish(msg).await {
+            tracing::warn!(%message_id, reply_to = reply_to.as_str(), error = %e, "could not publish the outcome to reply_to");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The supervisor: connect, consume, and on any loss reconnect — until told to stop, then drain
+//! and close.
+//!
+//! Why one loop owns all of it: readiness, reconnect back-off and shutdown all depend on which
+//! session is alive, so they change in one place. Any channel or connection loss, or a consumer
+//! cancelled by the broker, marks the worker not ready and reconnects after a delay from the
+//! one [`RetryPolicy`] (exponential, jittered, reset after a good session). Outcomes of a dead
+//! channel are dropped: the broker redelivers those messages. Every broker call that only tidies
+//! up has a deadline, so a half-open broker cannot stall shutdown or reconnection.
+
+use super::consumer::{self, SessionEnd};
+use super::processing::Ctx;
+use crate::amqp::AmqpUrl;
+use crate::handler::Handler;
+use crate::metrics::Health;
+use crate::retry::RetryPolicy;
+use lapin::options::BasicCancelOptions;
+use lapin::{Channel, Connection, Consumer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Deadline for a broker call whose answer only tidies up (cancel, close): a dead connection
+/// must not stall shutdown or reconnection.
+const BROKER_CALL: Duration = Duration::from_secs(5);
+
+/// Deadline for the whole handshake (connection, channel, qos, consume): a half-open broker can
+/// stall any step of it.
+const OPEN: Duration = Duration::from_secs(30);
+
+/// Runs one worker's sessions.
+pub(super) struct Supervisor<H> {
+    /// The broker.
+    url: AmqpUrl,
+    /// Readiness for `/readyz`, true only while a consumer is subscribed.
+    health: Health,
+    /// Shared with every message task.
+    ctx: Arc<Ctx<H>>,
+}
+
+impl<H: Handler> Supervisor<H> {
+    pub(super) fn new(url: AmqpUrl, health: Health, ctx: Arc<Ctx<H>>) -> Self {
+        Self { url, health, ctx }
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting as needed; then drains and closes.
+    pub(super) async fn run(self, shutdown: CancellationToken) {
+        let ctx = self.ctx.clone();
+        let queue = ctx.config.queue.clone();
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(ctx.config.concurrency));
+        let mut backoff =
+            RetryPolicy::new(ctx.config.reconnect_min, ctx.config.reconnect_max).delays();
+        let mut sessions = 0u64;
+        let mut ackers = Vec::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let opened = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = tokio::time::timeout(OPEN, self.open()) => {
+                    r.unwrap_or_else(|_| Err("connecting took longer than 30s".to_owned()))
+                }
+            };
+            let (conn, channel, consumer) = match opened {
+                Ok(s) => s,
+                Err(reason) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(%queue, %reason, retry_in = ?wait, "cannot consume; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            sessions += 1;
+            if sessions > 1 {
+                ctx.metrics
+                    .reconnects
+                    .with_label_values(&["consumer"])
+                    .inc();
+            }
+            backoff.reset();
+            self.set_ready(true);
+            tracing::info!(%queue, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
+            let (events, acker_task) = consumer::start_acker(&ctx, &channel);
+            ackers.push(acker_task);
+            let end =
+                consumer::consume(&ctx, consumer.clone(), events, &slots, &tracker, &shutdown)
+                    .await;
+            self.set_ready(false);
+            match end {
+                SessionEnd::Shutdown => {
+                    tracing::info!(%queue, "shutting down: consumer cancelled, finishing in-flight messages");
+                    let _ = tokio::time::timeout(
+                        BROKER_CALL,
+                        channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+                    )
+                    .await;
+                    self.drain(&tracker, ackers).await;
+                    let _ =
+                        tokio::time::timeout(BROKER_CALL, channel.close(200, "shutdown".into()))
+                            .await;
+                    let _ =
+                        tokio::time::timeout(BROKER_CALL, conn.close(200, "shutdown".into())).await;
+                    ctx.publisher.close().await;
+                    tracing::info!(%queue, "stopped");
+                    return;
+                }
+                SessionEnd::Lost(reason) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(%queue, %reason, reconnect_in = ?wait, "lost the consumer; unacked messages return to the queue");
+                    let _ =
+                        tokio::time::timeout(BROKER_CALL, conn.close(200, "reconnecting".into()))
+                            .await;
+                    ackers.retain(|h| !h.is_finished());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        self.drain(&tracker, ackers).await;
+        ctx.publisher.close().await;
+        tracing::info!(%queue, "stopped");
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.health.set_ready(ready);
+        self.ctx.metrics.ready.set(i64::from(ready));
+    }
+
+    /// Waits for in-flight tasks (bounded by the shutdown deadline) and for the ackers to flush.
+    async fn drain(&self, tracker: &TaskTracker, ackers: Vec<JoinHandle<()>>) {
+        tracker.close();
+        // Tasks see the cancellation only in their publish back-off; handlers run to completion.
+        if tokio::time::timeout(self.ctx.config.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                queue = %self.ctx.config.queue,
+                left = tracker.len(),
+                "shutdown deadline reached; unfinished messages return to the queue"
+            );
+            self.ctx.stopping.cancel();
+        }
+        for a in ackers {
+            let _ = tokio::time::timeout(BROKER_CALL, a).await;
+        }
+    }
+
+    /// Connects, opens a channel and subscribes; errors are worded without the password.
+    async fn open(&self) -> Result<(Connection, Channel, Consumer), String> {
+        let conn = self
+            .url
+            .connect(&format!("courier work {}", self.ctx.config.queue))
+            .await
+            .map_err(|e| e.to_string())?;
+        let scrub = |e: lapin::Error| self.url.scrub(&e.to_string());
+        let channel = conn.create_channel().await.map_err(scrub)?;
+        let consumer = consumer::subscribe(&channel, &self.ctx.config, scrub).await?;
+        Ok((conn, channel, consumer))
+    }
+}
