@@ -11,8 +11,6 @@
 //! - [`replay_headers`] and [`replay_destination`]: how a replayed copy looks and where it goes.
 //! - [`Stats`] and [`Plan`]: what `stats` and `replay --dry-run` print, aggregated with bounded
 //!   memory.
-//! - [`AckFrontier`]: which delivery tag may be acked with `multiple` once deliveries complete
-//!   out of order (the same rule as the worker's acker).
 //! - [`type_name`] and [`display_value`]: AMQP field values named and shown readably, shared by
 //!   `show` and the export format so both call a type the same thing.
 //!
@@ -669,55 +667,6 @@ impl Plan {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Acks
-// ---------------------------------------------------------------------------------------------
-
-/// Which tag may be acked with `multiple = true` now. Deliveries complete out of order
-/// (confirms are pipelined); an ack with `multiple` covers every lower tag, so it may only go up
-/// to the highest tag below which *every* delivery is settled.
-#[derive(Debug, Default)]
-pub struct AckFrontier {
-    /// Delivered, not yet settled.
-    outstanding: BTreeSet<u64>,
-    /// Highest tag delivered.
-    max_delivered: u64,
-    /// Highest tag already acked.
-    acked: u64,
-}
-
-impl AckFrontier {
-    /// Records a delivery (tags arrive in increasing order on one channel).
-    pub fn delivered(&mut self, tag: u64) {
-        self.outstanding.insert(tag);
-        self.max_delivered = self.max_delivered.max(tag);
-    }
-
-    /// Records that a delivery's outcome is safe: it may be acked.
-    pub fn settled(&mut self, tag: u64) {
-        self.outstanding.remove(&tag);
-    }
-
-    /// Deliveries not yet settled.
-    pub fn unsettled(&self) -> usize {
-        self.outstanding.len()
-    }
-
-    /// The tag to ack with `multiple` now, if it moved since the last call.
-    pub fn take_ack(&mut self) -> Option<u64> {
-        let safe = match self.outstanding.first() {
-            Some(lowest) => lowest.saturating_sub(1),
-            None => self.max_delivered,
-        };
-        if safe > self.acked {
-            self.acked = safe;
-            Some(safe)
-        } else {
-            None
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // AMQP values, named and shown
 // ---------------------------------------------------------------------------------------------
 
@@ -1186,27 +1135,6 @@ mod tests {
         p.add_staying();
         assert_eq!((p.moving, p.no_origin, p.staying), (1, 1, 2));
         assert_eq!(p.by_destination.sorted()[0], ("p.notifications / email", 1));
-    }
-
-    #[test]
-    fn frontier_acks_only_a_settled_prefix() {
-        let mut f = AckFrontier::default();
-        for t in 1..=5 {
-            f.delivered(t);
-        }
-        f.settled(2);
-        f.settled(3);
-        assert_eq!(f.take_ack(), None, "1 is still in flight");
-        f.settled(1);
-        assert_eq!(f.take_ack(), Some(3));
-        assert_eq!(f.take_ack(), None, "nothing new");
-        f.settled(5);
-        assert_eq!(f.take_ack(), None, "4 is still in flight");
-        f.settled(4);
-        assert_eq!(f.unsettled(), 0);
-        assert_eq!(f.take_ack(), Some(5));
-        f.delivered(6);
-        assert_eq!(f.take_ack(), None);
     }
 
     #[test]

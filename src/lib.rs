@@ -13,12 +13,15 @@
 //! - [`retry`]: the one retry policy (exponential backoff, jitter, deadline, what is permanent).
 //! - [`worker`]: the consumer supervisor, per-message outcomes, coalesced acks.
 //! - [`deadletter`]: dead letters as `courier-dlq` reads them (filters, `x-death`, replay headers).
+//! - [`ack`]: the ack frontier (which tag `multiple` may ack), shared by the worker and the DLQ
+//!   tool's passes.
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
 //! - [`amqp`]: broker URLs (password never displayed) and connections.
 //! - [`management`]: the optional management-API client (bindings, for `check`).
 
 #![warn(missing_docs)]
 
+pub mod ack;
 pub mod amqp;
 pub mod deadletter;
 pub mod envelope;
