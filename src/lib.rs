@@ -12,7 +12,8 @@
 //! - [`publisher`]: the confirmed publisher (window, mandatory, returns by message id, deadlines).
 //! - [`retry`]: the one retry policy (exponential backoff, jitter, deadline, what is permanent).
 //! - [`worker`]: the consumer supervisor, per-message outcomes, coalesced acks.
-//! - [`deadletter`]: dead letters as `courier-dlq` reads them (filters, `x-death`, replay headers).
+//! - [`deadletter`]: the dead-letter contract (`x-courier-*` and `x-death` read, replay headers
+//!   and destination); `courier-dlq`'s filters, stats and rendering live in its own crate.
 //! - [`ack`]: the ack frontier (which tag `multiple` may ack), shared by the worker and the DLQ
 //!   tool's passes.
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.

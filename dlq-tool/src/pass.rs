@@ -27,9 +27,11 @@
 use crate::broker::{deadline, Broker, APPLY_HINT};
 use crate::cli::Rate;
 use crate::export_file::ExportFile;
+use crate::filter::Filter;
 use crate::output::summary;
+use crate::stats::Groups;
 use courier::ack::{Frontier, Settle};
-use courier::deadletter::{self, DeadLetter, Destination, Filter, Groups};
+use courier::deadletter::{self, DeadLetter, Destination};
 use courier::envelope;
 use courier::publisher::{Outgoing, PublishError, Publisher};
 use courier::retry::RetryPolicy;

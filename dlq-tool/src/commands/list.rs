@@ -5,6 +5,7 @@ use crate::cli::{Global, ListArgs};
 use crate::inspect::inspect;
 use crate::jsonl;
 use crate::output::{age_of, summary, thousands, Table};
+use crate::stats::error_group;
 use courier::deadletter::DeadLetter;
 use courier::envelope::now_millis;
 use std::io::{BufWriter, Write};
@@ -56,7 +57,7 @@ pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
                     dl.attempts
                         .map_or_else(|| "-".to_owned(), |n| n.to_string()),
                     thousands(dl.body_len as u64),
-                    dl.error.clone().unwrap_or_else(|| dl.error_group()),
+                    dl.error.clone().unwrap_or_else(|| error_group(&dl)),
                 ],
             )?;
         }
