@@ -431,7 +431,7 @@ impl Pass<'_> {
                 // FLUSH_EVERY so a slow trickle (--rate) is not held back.
                 let full = file.pending() >= EXPORT_BATCH;
                 if file.pending() > 0 && (full || finishing || tick_fired) {
-                    let tags = tokio::task::block_in_place(|| file.flush())?;
+                    let tags = file.flush().await?;
                     if *remove {
                         self.report.acted += tags.len() as u64;
                     }

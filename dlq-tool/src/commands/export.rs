@@ -7,6 +7,7 @@ use crate::cli::{ExportArgs, Global};
 use crate::export_file::ExportFile;
 use crate::output::thousands;
 use crate::pass::{self, Action, PassConfig};
+use anyhow::Context;
 use std::process::ExitCode;
 
 pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -19,7 +20,11 @@ pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let broker = connect(&url, "export", &queue).await?;
     // Check the queue before creating the file, so a typo does not leave an empty file behind.
     broker.count(&queue, crate::broker::APPLY_HINT).await?;
-    let file = ExportFile::open(&a.out, a.append)?;
+    // Creating the file syncs it and its directory: off the runtime threads, like every sync.
+    let (out, append) = (a.out.clone(), a.append);
+    let file = tokio::task::spawn_blocking(move || ExportFile::open(&out, append))
+        .await
+        .context("opening the export file")??;
     let publisher = publisher(&url, "export", &queue, a.pass.window);
     let config = PassConfig {
         queue: queue.clone(),
