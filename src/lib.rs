@@ -17,13 +17,17 @@
 //! - [`retry`]: the one retry policy (exponential backoff, jitter, deadline, what is permanent).
 //! - [`worker`]: the worker and its validated config; inside, the supervisor (connect, reconnect,
 //!   drain), the consume loop, per-delivery processing and coalesced acks.
-//! - [`deadletter`]: dead letters as `courier-dlq` reads them (filters, `x-death`, replay headers).
+//! - [`deadletter`]: the dead-letter contract (`x-courier-*` and `x-death` read, replay headers
+//!   and destination); `courier-dlq`'s filters, stats and rendering live in its own crate.
+//! - [`ack`]: the ack frontier (which tag `multiple` may ack), shared by the worker and the DLQ
+//!   tool's passes.
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
 //! - [`amqp`]: broker URLs (password never displayed) and connections.
 //! - [`management`]: the optional management-API client (bindings, for `check`).
 
 #![warn(missing_docs)]
 
+pub mod ack;
 pub mod amqp;
 pub mod broker;
 pub mod deadletter;

@@ -5,9 +5,9 @@
 //! (exit code 2) naming the flag, the value and the expected form.
 
 use crate::error::UsageError;
+use crate::filter::{Filter, FilterError, FilterSpec};
 use clap::{Args, Parser, Subcommand};
 use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
-use courier::deadletter::{Filter, FilterSpec};
 use courier::topology::Topology;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -116,8 +116,8 @@ impl FilterArgs {
     /// Validates the flags.
     ///
     /// # Errors
-    /// [`courier::deadletter::FilterError`] naming the flag, the value and the expected form.
-    pub fn build(&self, prefix: &str) -> Result<Filter, courier::deadletter::FilterError> {
+    /// [`FilterError`] naming the flag, the value and the expected form.
+    pub fn build(&self, prefix: &str) -> Result<Filter, FilterError> {
         Filter::parse(
             &FilterSpec {
                 reason: self.reason.clone(),

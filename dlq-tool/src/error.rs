@@ -15,8 +15,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
     let usage = e.chain().any(|c| {
         c.downcast_ref::<UsageError>().is_some()
-            || c.downcast_ref::<courier::deadletter::FilterError>()
-                .is_some()
+            || c.downcast_ref::<crate::filter::FilterError>().is_some()
     });
     if usage {
         2

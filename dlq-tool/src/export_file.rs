@@ -4,10 +4,15 @@
 //! A process killed mid-batch leaves at most one unfinished last line (no newline). Its message
 //! was not acked, so it is still in the queue; `import` skips such a line with a warning, and
 //! `export --append` cuts it off before adding to the file.
+//!
+//! Writes and fsyncs run on tokio's blocking pool ([`ExportFile::flush`] is async; callers open
+//! the file with `spawn_blocking`): an fsync can take long on a busy disk, and on a runtime
+//! thread it would stall the broker connection's heartbeats and the confirms of a pass.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why the export file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +38,8 @@ pub enum ExportFileError {
 /// An export file open for writing.
 pub struct ExportFile {
     path: PathBuf,
-    file: File,
+    /// Shared with the blocking task that writes and syncs a batch.
+    file: Arc<File>,
     /// Lines of the current batch, newline-terminated.
     buf: Vec<u8>,
     /// Delivery tags to ack once the batch is on disk.
@@ -92,7 +98,7 @@ impl ExportFile {
         }
         Ok(Self {
             path: path.to_owned(),
-            file,
+            file: Arc::new(file),
             buf: Vec::with_capacity(1 << 20),
             tags: Vec::new(),
             pending: 0,
@@ -121,11 +127,13 @@ impl ExportFile {
         self.synced
     }
 
-    /// Writes the batch and fsyncs the file; returns the tags that may now be acked.
+    /// Writes the batch and fsyncs the file, on the blocking pool; returns the tags that may now
+    /// be acked. Nothing is handed back before the sync returned, so "acked" always means
+    /// "written and synced".
     ///
     /// # Errors
     /// [`ExportFileError::Io`]; the batch's messages must then not be acked.
-    pub fn flush(&mut self) -> Result<Vec<u64>, ExportFileError> {
+    pub async fn flush(&mut self) -> Result<Vec<u64>, ExportFileError> {
         if self.pending == 0 {
             return Ok(std::mem::take(&mut self.tags));
         }
@@ -134,17 +142,37 @@ impl ExportFile {
             what,
             source,
         };
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| io_err("cannot write", e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| io_err("cannot fsync", e))?;
-        self.buf.clear();
+        let file = Arc::clone(&self.file);
+        let buf = std::mem::take(&mut self.buf);
+        let written = tokio::task::spawn_blocking(move || (write_and_sync(&file, &buf), buf)).await;
+        let (done, mut buf) = match written {
+            Ok(r) => r,
+            Err(e) => {
+                // The batch went with the failed task: forget its tags, so that no later flush
+                // can hand them out as synced (their messages simply stay in the queue).
+                self.tags.clear();
+                self.pending = 0;
+                return Err(io_err("cannot write", io::Error::other(e)));
+            }
+        };
+        // Back in place either way: after a failure the batch is still whole (as before the
+        // flush), after a success its capacity serves the next one.
+        if let Err((what, e)) = done {
+            self.buf = buf;
+            return Err(io_err(what, e));
+        }
+        buf.clear();
+        self.buf = buf;
         self.synced += self.pending;
         self.pending = 0;
         Ok(std::mem::take(&mut self.tags))
     }
+}
+
+/// Appends `buf` to `file` and fsyncs it; on failure, the step that failed.
+fn write_and_sync(mut file: &File, buf: &[u8]) -> Result<(), (&'static str, io::Error)> {
+    file.write_all(buf).map_err(|e| ("cannot write", e))?;
+    file.sync_data().map_err(|e| ("cannot fsync", e))
 }
 
 /// The length of the file up to and including its last newline.
@@ -178,8 +206,8 @@ mod tests {
         p
     }
 
-    #[test]
-    fn batches_reach_the_disk_and_hand_back_their_tags() {
+    #[tokio::test]
+    async fn batches_reach_the_disk_and_hand_back_their_tags() {
         let p = temp("batch");
         let mut f = ExportFile::open(&p, false).expect("create");
         f.push("{\"a\":1}", Some(1));
@@ -189,7 +217,7 @@ mod tests {
             "",
             "nothing before flush"
         );
-        assert_eq!(f.flush().expect("flush"), vec![1]);
+        assert_eq!(f.flush().await.expect("flush"), vec![1]);
         assert_eq!(f.synced(), 2);
         assert_eq!(
             std::fs::read_to_string(&p).expect("read"),
@@ -202,13 +230,13 @@ mod tests {
         let _ = std::fs::remove_file(&p);
     }
 
-    #[test]
-    fn append_cuts_an_unfinished_last_line() {
+    #[tokio::test]
+    async fn append_cuts_an_unfinished_last_line() {
         let p = temp("append");
         std::fs::write(&p, "one\ntwo\nthr").expect("write");
         let mut f = ExportFile::open(&p, true).expect("append");
         f.push("three", None);
-        f.flush().expect("flush");
+        f.flush().await.expect("flush");
         assert_eq!(
             std::fs::read_to_string(&p).expect("read"),
             "one\ntwo\nthree\n"

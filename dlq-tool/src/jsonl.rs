@@ -129,7 +129,7 @@ pub enum TypedValue {
 
 /// A header value with its type.
 pub fn typed(v: &AMQPValue) -> Typed {
-    let ty = courier::deadletter::type_name(v);
+    let ty = crate::render::type_name(v);
     let scalar = |value: Value| Typed {
         ty,
         scale: None,

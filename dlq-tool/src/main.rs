@@ -9,19 +9,27 @@
 //!   confirmed before the original is acked.
 //! - [`jsonl`] and [`export_file`]: the exact export format and its fsynced batches.
 //! - [`broker`]: look-ups and the exclusive consumer, with errors that name the fix.
+//! - [`filter`]: the selection flags, validated; [`stats`]: the bounded aggregates of `stats`
+//!   and `--dry-run`; [`render`] and [`output`]: values, times and tables for people.
 //!
-//! The dead-letter logic itself (reading `x-courier-*` and `x-death`, filters, replay headers,
-//! aggregates) is the library's [`courier::deadletter`].
+//! The dead-letter contract itself (reading `x-courier-*` and `x-death`, replay headers and
+//! destination) is the library's [`courier::deadletter`]; the ack rule of a pass is the
+//! library's [`courier::ack`], shared with the worker.
 
 mod cli;
 mod commands;
 mod error;
 mod export_file;
+mod filter;
 mod inspect;
 mod jsonl;
 mod output;
 mod pass;
 mod progress;
+mod render;
+mod stats;
+#[cfg(test)]
+mod testutil;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,6 +1,8 @@
 //! Formatting for people: thousands separators, ages, aligned tables, the `summary` object.
 
-use courier::deadletter::{format_time_ms, DeadLetter, Source};
+use crate::render::format_time_ms;
+use crate::stats::{error_group, Groups};
+use courier::deadletter::{DeadLetter, Source};
 use serde_json::{json, Value};
 use std::io::{self, Write};
 use std::time::Duration;
@@ -148,11 +150,7 @@ pub fn pretty_json(text: &str) -> String {
 ///
 /// # Errors
 /// The write failed.
-pub fn groups(
-    out: &mut impl Write,
-    title: &str,
-    g: &courier::deadletter::Groups,
-) -> io::Result<()> {
+pub fn groups(out: &mut impl Write, title: &str, g: &Groups) -> io::Result<()> {
     let rows = g.sorted();
     let width = rows
         .iter()
@@ -175,7 +173,7 @@ pub fn summary(dl: &DeadLetter, now_ms: i64) -> Value {
     json!({
         "reason": dl.reason,
         "error": dl.error,
-        "error_group": dl.error_group(),
+        "error_group": error_group(dl),
         "original_queue": dl.original_queue,
         "origin": dl.origin.as_ref().map(|o| json!({"exchange": o.exchange, "routing_key": o.routing_key})),
         "attempts": dl.attempts,

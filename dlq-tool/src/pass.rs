@@ -21,13 +21,17 @@
 //!   the pass stops early and the rest never moves at all.
 //! - **Bounded memory, fast.** `prefetch` bounds what the broker sends; up to `window`
 //!   publishes await their confirms at once; acks are coalesced with `multiple` up to the
-//!   highest tag below which every delivery is settled ([`AckFrontier`]).
+//!   highest tag below which every delivery is settled (the library's [`Frontier`], the rule
+//!   the worker's acker keeps too).
 
 use crate::cli::Rate;
 use crate::export_file::ExportFile;
+use crate::filter::Filter;
 use crate::output::summary;
+use crate::stats::Groups;
+use courier::ack::{Frontier, Settle};
 use courier::broker::{deadline, Admin, APPLY_HINT};
-use courier::deadletter::{self, AckFrontier, DeadLetter, Destination, Filter, Groups};
+use courier::deadletter::{self, DeadLetter, Destination};
 use courier::envelope;
 use courier::publisher::{Outgoing, PublishError, Publisher};
 use courier::retry::RetryPolicy;
@@ -292,7 +296,7 @@ impl Pass<'_> {
         let limiter = limiter(self.config.rate);
         let now_ms = envelope::now_millis();
         let limit = self.config.limit.unwrap_or(u64::MAX);
-        let mut frontier = AckFrontier::default();
+        let mut frontier = Frontier::default();
         let mut pending: Option<Delivery> = None;
         let mut taken = 0u64;
         let mut stop = false;
@@ -427,7 +431,7 @@ impl Pass<'_> {
                 // FLUSH_EVERY so a slow trickle (--rate) is not held back.
                 let full = file.pending() >= EXPORT_BATCH;
                 if file.pending() > 0 && (full || finishing || tick_fired) {
-                    let tags = tokio::task::block_in_place(|| file.flush())?;
+                    let tags = file.flush().await?;
                     if *remove {
                         self.report.acted += tags.len() as u64;
                     }
@@ -437,7 +441,7 @@ impl Pass<'_> {
             if !settled.is_empty() {
                 bar.inc(settled.len() as u64);
                 for t in settled {
-                    frontier.settled(t);
+                    frontier.settled(t, Settle::Ack);
                 }
                 if let Some(upto) = frontier.take_ack() {
                     let ack = channel.basic_ack(upto, BasicAckOptions { multiple: true });

@@ -3,23 +3,18 @@
 //! Handlers finish out of order; acking each delivery costs a frame and, awaited, a round trip.
 //! This task learns every delivery tag in order (`Delivered`) and every outcome (`Settled`),
 //! and acks with `multiple = true` up to the highest tag below which *every* delivery is
-//! settled, so no in-flight message is ever acked early. Requeues are sent at once, one by one.
+//! settled, so no in-flight message is ever acked early (the rule is [`crate::ack::Frontier`],
+//! shared with `courier-dlq`'s passes). Requeues are sent at once, one by one.
 //! It drains whatever is queued before writing, so a burst of outcomes becomes one frame.
 
+use crate::ack::Frontier;
 use crate::metrics::Metrics;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
-use std::collections::BTreeSet;
 use tokio::sync::mpsc;
 
-/// How a delivery is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
-    /// Outcome safe: ack.
-    Ack,
-    /// Outcome not safe (republish unconfirmed): give it back to the queue.
-    Requeue,
-}
+// The worker names outcomes as `acker::Settle`; the type lives with the frontier it feeds.
+pub use crate::ack::Settle;
 
 /// What the acker hears about.
 #[derive(Debug)]
@@ -28,55 +23,6 @@ pub enum AckEvent {
     Delivered(u64),
     /// A delivery's outcome.
     Settled(u64, Settle),
-}
-
-/// Pure bookkeeping: which tag may be acked with `multiple` now.
-#[derive(Debug, Default)]
-pub struct Frontier {
-    /// Delivered, not yet settled.
-    outstanding: BTreeSet<u64>,
-    /// Highest tag delivered.
-    max_delivered: u64,
-    /// Settled as Ack, not yet covered by an ack frame.
-    acks: BTreeSet<u64>,
-}
-
-impl Frontier {
-    /// Records a delivery.
-    pub fn delivered(&mut self, tag: u64) {
-        self.outstanding.insert(tag);
-        self.max_delivered = self.max_delivered.max(tag);
-    }
-
-    /// Records an outcome.
-    pub fn settled(&mut self, tag: u64, how: Settle) {
-        self.outstanding.remove(&tag);
-        if how == Settle::Ack {
-            self.acks.insert(tag);
-        }
-    }
-
-    /// The tag [`Frontier::take_ack`] would return, without taking it.
-    pub fn ready(&self) -> Option<u64> {
-        let safe = match self.outstanding.first() {
-            Some(lowest) => lowest - 1,
-            None => self.max_delivered,
-        };
-        self.acks.range(..=safe).next_back().copied()
-    }
-
-    /// The tag to ack with `multiple` now, if any: every delivery up to it is settled, and it
-    /// is itself an unacked ack-settled delivery (acking a requeued tag would be an unknown
-    /// tag to the broker, which closes the channel).
-    pub fn take_ack(&mut self) -> Option<u64> {
-        let safe = match self.outstanding.first() {
-            Some(lowest) => lowest - 1,
-            None => self.max_delivered,
-        };
-        let upto = *self.acks.range(..=safe).next_back()?;
-        self.acks = self.acks.split_off(&(upto + 1));
-        Some(upto)
-    }
 }
 
 /// How long the acker waits for more outcomes before it sends a pending ack anyway.
@@ -169,61 +115,4 @@ pub fn spawn(
         }
     });
     (tx, handle)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn never_acks_past_an_unsettled_delivery() {
-        let mut f = Frontier::default();
-        for t in 1..=5 {
-            f.delivered(t);
-        }
-        f.settled(2, Settle::Ack);
-        f.settled(3, Settle::Ack);
-        assert_eq!(f.take_ack(), None, "1 is still in flight");
-        f.settled(1, Settle::Ack);
-        assert_eq!(f.ready(), Some(3));
-        assert_eq!(f.take_ack(), Some(3));
-        assert_eq!(f.take_ack(), None);
-        assert_eq!(f.ready(), None);
-        f.settled(5, Settle::Ack);
-        assert_eq!(f.take_ack(), None, "4 is still in flight");
-        f.settled(4, Settle::Ack);
-        assert_eq!(f.take_ack(), Some(5));
-    }
-
-    #[test]
-    fn requeued_tags_alone_are_not_acked() {
-        let mut f = Frontier::default();
-        f.delivered(1);
-        f.delivered(2);
-        f.settled(1, Settle::Requeue);
-        assert_eq!(f.take_ack(), None);
-        f.settled(2, Settle::Ack);
-        assert_eq!(f.take_ack(), Some(2));
-    }
-
-    #[test]
-    fn ack_covers_requeued_neighbours_harmlessly() {
-        let mut f = Frontier::default();
-        for t in 1..=3 {
-            f.delivered(t);
-        }
-        f.settled(1, Settle::Ack);
-        f.settled(2, Settle::Requeue);
-        f.settled(3, Settle::Ack);
-        assert_eq!(f.take_ack(), Some(3));
-    }
-
-    #[test]
-    fn later_deliveries_do_not_block_settled_prefix() {
-        let mut f = Frontier::default();
-        f.delivered(1);
-        f.settled(1, Settle::Ack);
-        f.delivered(2);
-        assert_eq!(f.take_ack(), Some(1));
-    }
 }

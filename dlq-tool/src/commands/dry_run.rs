@@ -2,10 +2,12 @@
 
 use super::{connect, warn_if_quorum};
 use crate::cli::Global;
+use crate::filter::Filter;
 use crate::inspect::{inspect, MAX_INSPECT};
 use crate::output::{groups, thousands};
+use crate::stats::{Groups, Plan};
 use courier::amqp::AmqpUrl;
-use courier::deadletter::{replay_destination, DeadLetter, Filter, Groups, Plan};
+use courier::deadletter::{replay_destination, DeadLetter};
 use courier::envelope::now_millis;
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};

@@ -7,6 +7,7 @@ use crate::cli::{ExportArgs, Global};
 use crate::export_file::ExportFile;
 use crate::output::thousands;
 use crate::pass::{self, Action, PassConfig};
+use anyhow::Context;
 use std::process::ExitCode;
 
 pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -21,7 +22,11 @@ pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
     broker
         .existing_queue(&queue, courier::broker::APPLY_HINT)
         .await?;
-    let file = ExportFile::open(&a.out, a.append)?;
+    // Creating the file syncs it and its directory: off the runtime threads, like every sync.
+    let (out, append) = (a.out.clone(), a.append);
+    let file = tokio::task::spawn_blocking(move || ExportFile::open(&out, append))
+        .await
+        .context("opening the export file")??;
     let publisher = publisher(&url, "export", &queue, a.pass.window);
     let config = PassConfig {
         queue: queue.clone(),

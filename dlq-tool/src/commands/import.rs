@@ -3,6 +3,9 @@
 //! The whole file is checked first, so a bad line 90,000 does not leave a half-imported file;
 //! an unfinished last line (an export killed mid-write; its message was never acked, so it is
 //! still in the queue it came from) is skipped with a warning.
+//!
+//! The file is read with `tokio::fs`, whose reads run on the blocking pool: a slow disk or a
+//! network mount must not stall the runtime threads that keep the broker connection alive.
 
 use super::{close_publisher, connect, publisher};
 use crate::cli::{Global, ImportArgs};
@@ -12,11 +15,11 @@ use crate::pass::{limiter, publish_retrying, wait_rate};
 use anyhow::Context;
 use courier::publisher::{Outgoing, PublishError};
 use futures_util::StreamExt;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
+use tokio::fs::File;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Most errors printed one by one (all are counted).
 const MAX_LISTED: usize = 20;
@@ -38,23 +41,22 @@ struct Lines {
 }
 
 impl Lines {
-    fn open(path: &Path) -> anyhow::Result<Self> {
-        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    async fn open(path: &Path) -> anyhow::Result<Self> {
+        let f = File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Self {
             reader: BufReader::with_capacity(1 << 20, f),
             n: 0,
             buf: Vec::new(),
         })
     }
-}
 
-impl Iterator for Lines {
-    type Item = std::io::Result<Line>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next non-blank line; `None` at the end of the file.
+    async fn next(&mut self) -> Option<std::io::Result<Line>> {
         loop {
             self.buf.clear();
-            match self.reader.read_until(b'\n', &mut self.buf) {
+            match self.reader.read_until(b'\n', &mut self.buf).await {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) => return Some(Err(e)),
@@ -85,7 +87,8 @@ pub async fn run(g: &Global, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let mut bad: Vec<(u64, String)> = Vec::new();
     let mut bad_count = 0u64;
     let mut unfinished = None;
-    for line in Lines::open(path)? {
+    let mut lines = Lines::open(path).await?;
+    while let Some(line) = lines.next().await {
         match line.with_context(|| format!("cannot read {shown}"))? {
             Line::Record(..) => records += 1,
             Line::Bad(n, why) => {
@@ -139,8 +142,12 @@ pub async fn run(g: &Global, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let limiter = limiter(a.rate);
     let bar = crate::progress::bar(records, true);
     let started = Instant::now();
-    let lines = Lines::open(path)?;
-    let mut results = futures_util::stream::iter(lines)
+    let lines = Lines::open(path).await?;
+    let lines = Box::pin(futures_util::stream::unfold(
+        lines,
+        |mut lines| async move { lines.next().await.map(|line| (line, lines)) },
+    ));
+    let mut results = lines
         .then(|line| {
             let limiter = limiter.as_ref();
             Box::pin(async move {

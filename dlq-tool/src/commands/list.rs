@@ -1,15 +1,35 @@
 //! `courier-dlq list`: one row (or one JSON line) a message, streamed as the messages are seen.
+//!
+//! Rows are formatted into a buffer of our own and written out in chunks, each under its own
+//! short stdout lock: the inspection awaits the broker while it holds messages unacknowledged,
+//! and a lock held across those awaits would block any other writer to stdout meanwhile.
 
 use super::{connect, warn_if_quorum};
 use crate::cli::{Global, ListArgs};
 use crate::inspect::inspect;
 use crate::jsonl;
 use crate::output::{age_of, summary, thousands, Table};
+use crate::stats::error_group;
 use courier::deadletter::DeadLetter;
 use courier::envelope::now_millis;
-use std::io::{BufWriter, Write};
+use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::process::ExitCode;
+
+/// Rows are written to stdout once this many bytes are waiting (what a `BufWriter` would do).
+const CHUNK: usize = 8 * 1024;
+
+/// Writes what `rows` holds to stdout and empties it, locking stdout only for the write.
+fn write_out(rows: &mut Vec<u8>) -> io::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    out.write_all(rows)?;
+    out.flush()?;
+    rows.clear();
+    Ok(())
+}
 
 pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
     let filter = a.filters.build(&g.prefix)?;
@@ -18,7 +38,7 @@ pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
     warn_if_quorum(g, &queue);
     let broker = connect(&url, "list", &queue).await?;
     let now = now_millis();
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut out: Vec<u8> = Vec::with_capacity(2 * CHUNK);
     let table = Table::new(&[32, 8, 12, 28, 8, 9, 70]);
     if !a.json {
         table.row(
@@ -56,17 +76,21 @@ pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
                     dl.attempts
                         .map_or_else(|| "-".to_owned(), |n| n.to_string()),
                     thousands(dl.body_len as u64),
-                    dl.error.clone().unwrap_or_else(|| dl.error_group()),
+                    dl.error.clone().unwrap_or_else(|| error_group(&dl)),
                 ],
             )?;
+        }
+        if out.len() >= CHUNK {
+            write_out(&mut out)?;
         }
         Ok(ControlFlow::Continue(()))
     })
     .await;
     broker.close().await;
+    // Rows already seen are printed even when the inspection failed later, as before.
+    let written = write_out(&mut out);
     let sample = sample?;
-    out.flush()?;
-    drop(out);
+    written?;
     // The footer goes to stderr: stdout stays a clean table or JSONL stream for pipes.
     let mut footer = format!(
         "{} of {} messages listed",

@@ -2,10 +2,12 @@
 
 use super::{connect, warn_if_quorum};
 use crate::cli::{Global, ShowArgs};
+use crate::filter::Filter;
 use crate::inspect::inspect;
 use crate::jsonl;
 use crate::output::{age_of, pretty_json, summary, thousands};
-use courier::deadletter::{display_value, format_time_ms, type_name, DeadLetter, Filter, Source};
+use crate::render::{display_value, format_time_ms, type_name};
+use courier::deadletter::{DeadLetter, Source};
 use courier::envelope::now_millis;
 use lapin::BasicProperties;
 use std::io::{BufWriter, Write};

@@ -1,0 +1,173 @@
+//! The ack frontier: which delivery tag may be acked with `multiple = true` now.
+//!
+//! Deliveries on a channel complete out of order (handlers finish when they finish; confirms
+//! are pipelined), but an ack with `multiple` covers every lower tag. So it may only go up to
+//! the highest tag below which *every* delivery is settled, never past one still in flight.
+//! The worker's acker and every `courier-dlq` pass keep exactly this rule, so it lives here
+//! once, as pure bookkeeping with no I/O: the callers decide when to send the frame.
+
+use std::collections::BTreeSet;
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Outcome safe: ack.
+    Ack,
+    /// Outcome not safe (republish unconfirmed): give it back to the queue. The caller sends
+    /// that nack itself; the frontier only stops treating the tag as in flight.
+    Requeue,
+}
+
+/// Which tag may be acked with `multiple` now, given the deliveries seen and settled so far.
+#[derive(Debug, Default)]
+pub struct Frontier {
+    /// Delivered, not yet settled: the lowest of them bounds every ack.
+    outstanding: BTreeSet<u64>,
+    /// Highest tag delivered: the bound when nothing is outstanding.
+    max_delivered: u64,
+    /// Settled as [`Settle::Ack`], not yet covered by an ack frame: an ack must name one of
+    /// them (a requeued tag is unknown to the broker once nacked, and acking it closes the
+    /// channel).
+    acks: BTreeSet<u64>,
+}
+
+impl Frontier {
+    /// Records a delivery (tags arrive in increasing order on one channel).
+    pub fn delivered(&mut self, tag: u64) {
+        self.outstanding.insert(tag);
+        self.max_delivered = self.max_delivered.max(tag);
+    }
+
+    /// Records a delivery's outcome. A tag that is not in flight (never delivered, or settled
+    /// already) is ignored: counting it could make a later ack name a tag the broker has
+    /// already forgotten, which closes the channel.
+    pub fn settled(&mut self, tag: u64, how: Settle) {
+        if self.outstanding.remove(&tag) && how == Settle::Ack {
+            self.acks.insert(tag);
+        }
+    }
+
+    /// Deliveries not yet settled.
+    pub fn unsettled(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The tag [`Frontier::take_ack`] would return, without taking it.
+    pub fn ready(&self) -> Option<u64> {
+        self.acks.range(..=self.safe()).next_back().copied()
+    }
+
+    /// The tag to ack with `multiple` now, if any: every delivery up to it is settled, and it
+    /// is itself an ack-settled delivery not yet covered by an earlier ack (acking a requeued
+    /// tag would be an unknown tag to the broker, which closes the channel).
+    pub fn take_ack(&mut self) -> Option<u64> {
+        let upto = self.ready()?;
+        self.acks = self.acks.split_off(&(upto + 1));
+        Some(upto)
+    }
+
+    /// The highest tag below which nothing is in flight.
+    fn safe(&self) -> u64 {
+        match self.outstanding.first() {
+            // Tags start at 1; saturating keeps a hostile 0 from underflowing.
+            Some(lowest) => lowest.saturating_sub(1),
+            None => self.max_delivered,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_acks_past_an_unsettled_delivery() {
+        let mut f = Frontier::default();
+        for t in 1..=5 {
+            f.delivered(t);
+        }
+        f.settled(2, Settle::Ack);
+        f.settled(3, Settle::Ack);
+        assert_eq!(f.take_ack(), None, "1 is still in flight");
+        f.settled(1, Settle::Ack);
+        assert_eq!(f.ready(), Some(3));
+        assert_eq!(f.take_ack(), Some(3));
+        assert_eq!(f.take_ack(), None);
+        assert_eq!(f.ready(), None);
+        f.settled(5, Settle::Ack);
+        assert_eq!(f.take_ack(), None, "4 is still in flight");
+        f.settled(4, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(5));
+    }
+
+    #[test]
+    fn requeued_tags_alone_are_not_acked() {
+        let mut f = Frontier::default();
+        f.delivered(1);
+        f.delivered(2);
+        f.settled(1, Settle::Requeue);
+        assert_eq!(f.take_ack(), None);
+        f.settled(2, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(2));
+    }
+
+    #[test]
+    fn ack_covers_requeued_neighbours_harmlessly() {
+        let mut f = Frontier::default();
+        for t in 1..=3 {
+            f.delivered(t);
+        }
+        f.settled(1, Settle::Ack);
+        f.settled(2, Settle::Requeue);
+        f.settled(3, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(3));
+    }
+
+    #[test]
+    fn later_deliveries_do_not_block_settled_prefix() {
+        let mut f = Frontier::default();
+        f.delivered(1);
+        f.settled(1, Settle::Ack);
+        f.delivered(2);
+        assert_eq!(f.take_ack(), Some(1));
+    }
+
+    #[test]
+    fn frontier_acks_only_a_settled_prefix() {
+        let mut f = Frontier::default();
+        for t in 1..=5 {
+            f.delivered(t);
+        }
+        f.settled(2, Settle::Ack);
+        f.settled(3, Settle::Ack);
+        assert_eq!(f.take_ack(), None, "1 is still in flight");
+        f.settled(1, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(3));
+        assert_eq!(f.take_ack(), None, "nothing new");
+        f.settled(5, Settle::Ack);
+        assert_eq!(f.take_ack(), None, "4 is still in flight");
+        f.settled(4, Settle::Ack);
+        assert_eq!(f.unsettled(), 0);
+        assert_eq!(f.take_ack(), Some(5));
+        f.delivered(6);
+        assert_eq!(f.take_ack(), None);
+    }
+
+    #[test]
+    fn a_tag_not_in_flight_is_ignored() {
+        let mut f = Frontier::default();
+        f.delivered(1);
+        f.delivered(2);
+        f.settled(1, Settle::Ack);
+        f.settled(2, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(2));
+        f.settled(1, Settle::Ack);
+        f.settled(7, Settle::Ack);
+        assert_eq!(
+            f.ready(),
+            None,
+            "an acked or unknown tag is never acked again"
+        );
+        assert_eq!(f.unsettled(), 0);
+    }
+}
