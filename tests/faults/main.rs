@@ -4,12 +4,15 @@
 //! `cargo test --test faults -- --test-threads=1` (scripts/test does this after the rest).
 //! Each case appends a row to target/tmp/reliability.jsonl; docs/reliability.md shows a run.
 
+// Shared with the integration tests; this binary uses only part of it.
+#[allow(unused_imports)]
 #[path = "../integration/util.rs"]
 mod util;
 
 mod harness;
 
 use courier::envelope;
+use courier_testkit::sink::Script;
 use harness::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
