@@ -5,9 +5,12 @@
 
 mod compose;
 mod demo;
+mod deploy;
 mod http_handler;
 mod lifecycle;
+mod monitoring;
 mod sink;
+mod stack;
 mod topology;
 mod util;
 mod worker;

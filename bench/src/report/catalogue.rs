@@ -1,0 +1,190 @@
+//! The scenarios the benchmark knows (id, label, who it measures) and the ratios it reports, with
+//! their targets: one table each, in the order the tables print them.
+
+use serde::{Deserialize, Serialize};
+
+/// Who a scenario measures (the chart colours bars by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Plain lapin: the broker's limit.
+    Baseline,
+    /// Courier's library or binaries.
+    Courier,
+    /// A client users would pick instead.
+    Peer,
+}
+
+/// A scenario the benchmark knows.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Stable id, used in the JSON and in `--only`.
+    pub id: &'static str,
+    /// What it measures, for tables and the chart.
+    pub label: &'static str,
+    /// Who it measures.
+    pub kind: Kind,
+}
+
+/// Every throughput scenario, in table order.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        id: "baseline.publish",
+        label: "raw lapin: confirmed publish",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "courier.publish",
+        label: "Courier Publisher: confirmed publish",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "baseline.drain",
+        label: "raw lapin: drain backlog",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "courier.drain",
+        label: "Courier worker (noop): drain backlog",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "baseline.e2e",
+        label: "raw lapin: end to end",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "courier.e2e",
+        label: "Courier Publisher + worker: end to end",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "baseline.retry",
+        label: "raw lapin: fail once, retry (drain)",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "courier.retry",
+        label: "Courier worker: fail once, retry (drain)",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "courier.http",
+        label: "Courier worker (http -> local 200): drain",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "baseline.move",
+        label: "raw lapin: move queue to queue (confirmed)",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "dlq.replay",
+        label: "courier-dlq replay",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "dlq.export",
+        label: "courier-dlq export --remove",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "peer.pika",
+        label: "Python pika (ack each): drain backlog",
+        kind: Kind::Peer,
+    },
+];
+
+/// The scenario called `id`.
+pub fn scenario(id: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.id == id)
+}
+
+/// A ratio the issue asks for: numerator / denominator, both measured in the same round.
+#[derive(Debug, Clone, Copy)]
+pub struct RatioSpec {
+    /// Stable id.
+    pub id: &'static str,
+    /// What it compares.
+    pub label: &'static str,
+    /// Scenario id on top.
+    pub numerator: &'static str,
+    /// Scenario id below.
+    pub denominator: &'static str,
+    /// The target (at least), if the issue sets one.
+    pub target: Option<f64>,
+}
+
+/// The ratios, in table order.
+pub const RATIOS: &[RatioSpec] = &[
+    RatioSpec {
+        id: "e2e",
+        label: "Courier end to end / raw lapin end to end",
+        numerator: "courier.e2e",
+        denominator: "baseline.e2e",
+        target: Some(0.9),
+    },
+    RatioSpec {
+        id: "drain",
+        label: "Courier drain / raw lapin drain",
+        numerator: "courier.drain",
+        denominator: "baseline.drain",
+        target: Some(0.9),
+    },
+    RatioSpec {
+        id: "publish",
+        label: "Courier Publisher / raw confirmed publish",
+        numerator: "courier.publish",
+        denominator: "baseline.publish",
+        target: None,
+    },
+    RatioSpec {
+        id: "retry",
+        label: "retry path / success path (drain)",
+        numerator: "courier.retry",
+        denominator: "courier.drain",
+        target: Some(0.45),
+    },
+    RatioSpec {
+        id: "retry-raw",
+        label: "Courier retry path / raw lapin doing the same hops",
+        numerator: "courier.retry",
+        denominator: "baseline.retry",
+        target: None,
+    },
+    RatioSpec {
+        id: "http",
+        label: "HTTP handler / noop handler (drain)",
+        numerator: "courier.http",
+        denominator: "courier.drain",
+        target: None,
+    },
+    RatioSpec {
+        id: "replay",
+        label: "courier-dlq replay / raw confirmed publish",
+        numerator: "dlq.replay",
+        denominator: "baseline.publish",
+        target: Some(0.7),
+    },
+    RatioSpec {
+        id: "replay-raw",
+        label: "courier-dlq replay / raw lapin moving queue to queue",
+        numerator: "dlq.replay",
+        denominator: "baseline.move",
+        target: None,
+    },
+    RatioSpec {
+        id: "export",
+        label: "courier-dlq export / raw confirmed publish",
+        numerator: "dlq.export",
+        denominator: "baseline.publish",
+        target: None,
+    },
+    RatioSpec {
+        id: "peer",
+        label: "Courier drain / Python pika drain",
+        numerator: "courier.drain",
+        denominator: "peer.pika",
+        target: Some(10.0),
+    },
+];

@@ -1,0 +1,148 @@
+//! `courier-dlq` under faults: a replay killed with SIGKILL halfway, an `export --remove` whose
+//! connection the broker closes.
+
+use crate::harness::*;
+use crate::util::*;
+use crate::{report, LONG};
+use courier::envelope;
+use std::time::{Duration, Instant};
+
+/// The `courier-dlq` binary of this workspace (built by the workspace test run before this one).
+fn dlq_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("courier-dlq");
+    if !bin.exists() {
+        let ok = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "dlq-tool", "--bin", "courier-dlq"])
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "cannot build courier-dlq");
+    }
+    bin
+}
+
+/// Fills the DLQ with `n` worker-style dead letters whose origin is the email queue.
+async fn seed_dead_letters(t: &TestTopology, tag: &str, n: usize) -> Vec<String> {
+    let p = publisher().await;
+    let origin = envelope::Origin {
+        exchange: t.exchange(),
+        routing_key: "email".into(),
+        queue: t.name("notifications.email"),
+    };
+    let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    let futs = ids.iter().map(|id| {
+        let mut m = job("", &t.dlq(), id, 0);
+        let h = envelope::dead_letter_headers(
+            None,
+            5,
+            envelope::Reason::MaxAttempts,
+            "HTTP 503",
+            &origin,
+            envelope::now_millis(),
+        );
+        m.properties = m.properties.with_headers(h);
+        p.publish(m)
+    });
+    for r in futures_util::future::join_all(futs).await {
+        r.expect("seeded");
+    }
+    ids
+}
+
+fn ids_of(msgs: &[lapin::message::BasicGetMessage]) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| envelope::message_id(&m.delivery.properties).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn dlq_replay_killed_with_sigkill_halfway_loses_nothing() {
+    let t = TestTopology::fast("f.replaykill").await;
+    let ids = seed_dead_letters(&t, "rk", 3000).await;
+    let mut replay = std::process::Command::new(dlq_bin())
+        .args(["replay", "--rate", "1000/s"])
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", &t.prefix)
+        .env("COURIER_TOPOLOGY", &t.file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("replay starts");
+    let queue = t.name("notifications.email");
+    wait_depth(&queue, 500, LONG).await;
+    let _ = replay.kill();
+    let _ = replay.wait();
+    let killed = Instant::now();
+    // The broker returns the tool's unacked deliveries to the DLQ once its connection is gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = ids_of(&drain(&queue).await);
+    seen.extend(ids_of(&drain(&t.dlq()).await));
+    let (lost, _) = report(
+        "`courier-dlq replay` killed with SIGKILL halfway",
+        "SIGKILL after ~500 of 3000 replayed (--rate 1000/s)",
+        &ids,
+        &seen,
+        killed.elapsed(),
+    );
+    assert_eq!(
+        lost, 0,
+        "every dead letter is in the DLQ or at its destination"
+    );
+}
+
+#[tokio::test]
+async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
+    let t = TestTopology::fast("f.exportcut").await;
+    let ids = seed_dead_letters(&t, "ec", 3000).await;
+    let out = std::env::temp_dir().join(format!("{}export.jsonl", t.prefix));
+    let _ = std::fs::remove_file(&out);
+    let export = std::process::Command::new(dlq_bin())
+        .args(["export", "--remove", "--rate", "1000/s", "--out"])
+        .arg(&out)
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", &t.prefix)
+        .env("COURIER_TOPOLOGY", &t.file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("export starts");
+    let deadline = Instant::now() + LONG;
+    while std::fs::read_to_string(&out)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 500
+    {
+        assert!(Instant::now() < deadline, "export made no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rabbitmqctl(&["close_all_connections", "fault test"]);
+    let cut = Instant::now();
+    let _ = tokio::task::spawn_blocking(move || export.wait_with_output())
+        .await
+        .expect("join");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let mut seen: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["properties"]["message_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !seen.is_empty(),
+        "export file lines carry properties.message_id"
+    );
+    seen.extend(ids_of(&drain(&t.dlq()).await));
+    let (lost, _) = report(
+        "`courier-dlq export --remove` loses its connection",
+        "rabbitmqctl close_all_connections after ~500 of 3000 written",
+        &ids,
+        &seen,
+        cut.elapsed(),
+    );
+    assert_eq!(
+        lost, 0,
+        "every dead letter is in the file or still in the DLQ"
+    );
+}
