@@ -17,9 +17,8 @@
 //! [`decide`](courier::outcome::decide) with the topology's retry policy, so the summary stays
 //! right if the tiers change.
 //!
-//! Files, by concern: [`plan`] what is published and what each message should become;
-//! [`sink`] the local HTTP endpoint that fails on purpose; [`fleet`] the in-process workers and
-//! their counters; [`progress`] publishing while watching the outcomes; [`summary`] the report;
+//! Files, by concern: [`plan`] what is published and what each message should become; [`fleet`]
+//! the in-process workers and their counters; [`progress`] publishing while watching the outcomes; [`summary`] the report;
 //! [`clean`] the pre-check and the clean-up; [`broker`] the demo's own broker calls (inspecting
 //! and deleting its queues, reading the DLQ back), in one place.
 
@@ -28,9 +27,9 @@ mod clean;
 mod fleet;
 mod plan;
 mod progress;
-mod sink;
 mod summary;
 
+use super::sink::{parse_percent, Fate as SinkFate, Rules, Sink};
 use super::GlobalArgs;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -38,8 +37,7 @@ use courier::amqp::AmqpUrl;
 use courier::metrics::Metrics;
 use courier::topology::{tier_label, Topology, DEFAULT_TOPOLOGY_PATH};
 use fleet::{Counts, Fleet};
-use plan::{plan, Batch, Expected, Fate, Rules};
-use sink::Sink;
+use plan::{plan, Batch, Expected, Fate};
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::ExitCode;
@@ -102,18 +100,6 @@ pub struct DemoArgs {
     timeout: Option<Duration>,
 }
 
-fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
-    if !(0.0..=100.0).contains(&v) {
-        return Err(format!("{v} is not a percentage between 0 and 100"));
-    }
-    Ok(v)
-}
-
 pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let url = global.amqp_url()?;
     // An empty prefix is never used: the demo must not mix with the real, unprefixed fleet.
@@ -126,7 +112,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
     if args.clean {
         return clean::clean(&url, &topology, prefix).await;
     }
-    let rules = Rules::new(&args)?;
+    let rules = plan::rules(&args)?;
     let routes = routes(&topology);
     if routes.is_empty() {
         bail!(
@@ -257,16 +243,23 @@ impl Demo<'_> {
             Duration::from_secs(90).max(expected.longest_wait * 2 + Duration::from_secs(30))
         });
 
-        let sink = Sink::start(self.rules).await?;
+        // The sink on its own token: Ctrl-C stops the workers first, then the sink.
+        let sink = Sink::builder()
+            .rules(self.rules)
+            .counting(true)
+            .start(CancellationToken::new())
+            .await
+            .context("cannot start the demo HTTP sink on 127.0.0.1")?;
+        let endpoint = sink.deliver_url();
         let metrics = Metrics::new();
         let fleet = Fleet::start(
             &self.url,
             self.topology,
-            &sink.url,
+            &endpoint,
             &metrics,
             self.args.workers,
         )?;
-        self.print_intro(&batch, &sink.url, fleet.handles.len());
+        self.print_intro(&batch, &endpoint, fleet.handles.len());
 
         let result = self.drive(&batch, &sink, &fleet, &metrics, timeout).await;
         // Stop in order: workers first (they finish in-flight deliveries against the sink).
@@ -313,13 +306,13 @@ impl Demo<'_> {
             t.retry.max_attempts,
             t.dead_letter_queue
         );
-        let pct = |bp: u32| format!("{}%", f64::from(bp) / 100.0);
+        let pct = |fate: SinkFate| format!("{}%", f64::from(self.rules.basis_points(fate)) / 100.0);
         println!(
             "  sink      {sink_url} fails on purpose: {} first try 503, {} first try 429 Retry-After: 1, {} always 400, {} always 503",
-            pct(self.rules.transient),
-            pct(self.rules.rate_limited),
-            pct(self.rules.permanent),
-            pct(self.rules.always),
+            pct(SinkFate::Transient),
+            pct(SinkFate::RateLimited),
+            pct(SinkFate::Permanent),
+            pct(SinkFate::AlwaysFails),
         );
         println!(
             "  workers   {workers} ({} per channel, real HTTP handler, each on its own connection)",

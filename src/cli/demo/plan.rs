@@ -6,7 +6,7 @@
 //! the run so the prediction is pure and unit-tested.
 
 use super::DemoArgs;
-use crate::cli::sink::bucket;
+use crate::cli::sink::{answer, Fate as SinkFate, Rules};
 use anyhow::bail;
 use courier::envelope::{self, Reason};
 use courier::handler::http::{classify, parse_retry_after};
@@ -21,130 +21,36 @@ use std::time::Duration;
 
 /// Basis points (1/100 of a percent) of the batch published as non-JSON bodies: 0.5 %.
 const MALFORMED_BP: u64 = 50;
-/// Basis points answered `429` with `Retry-After: 1` on the first attempt: 1 %.
-const RATE_LIMITED_BP: u32 = 100;
+/// Percent answered `429` with `Retry-After: 1` on the first attempt.
+const RATE_LIMITED_PERCENT: f64 = 1.0;
 /// Share of messages (in percent) published with priority 9, the rest 0-8.
 const URGENT_PERCENT: u32 = 10;
 
-// ---------------------------------------------------------------------------------------------
-// The sink's rules: what happens to each message, decided by its id
-// ---------------------------------------------------------------------------------------------
-
-/// What the sink does with one message, for all its attempts.
+/// What becomes of one message of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) enum Fate {
-    /// 200 at once.
-    Ok,
-    /// 503 on the first attempt, then 200.
-    Transient,
-    /// 429 with `Retry-After: 1` on the first attempt, then 200.
-    RateLimited,
-    /// 400 every time.
-    Permanent,
-    /// 503 every time.
-    AlwaysFails,
+    /// Well-formed: the sink answers every attempt by its rules.
+    Sink(SinkFate),
     /// Published with a non-JSON body; the worker dead-letters it without calling the sink.
     Malformed,
 }
 
-/// The sink's shares, in basis points (1/100 %), applied to a hash of the message id.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Rules {
-    pub(super) permanent: u32,
-    pub(super) always: u32,
-    pub(super) transient: u32,
-    pub(super) rate_limited: u32,
-}
-
-impl Rules {
-    pub(super) fn new(args: &DemoArgs) -> anyhow::Result<Self> {
-        // parse_percent bounds each value to 0..=100, so the casts cannot overflow.
-        let bp = |pct: f64| (pct * 100.0).round() as u32;
-        let permanent = bp(args.fail_permanent);
-        let always = bp(args.fail_always);
-        let transient = bp(args.fail_transient);
-        let failing = permanent + always + transient;
-        if failing > 10_000 {
-            bail!(
-                "--fail-transient {} + --fail-permanent {} + --fail-always {} add up to more than 100 %",
-                args.fail_transient,
-                args.fail_permanent,
-                args.fail_always
-            );
-        }
-        Ok(Self {
-            permanent,
-            always,
-            transient,
-            // The 429 share shows Retry-After at work; it shrinks rather than break the sum.
-            rate_limited: RATE_LIMITED_BP.min(10_000 - failing),
-        })
-    }
-
-    /// The fate of a (well-formed) message: a stable function of its id, so the same id gets
-    /// the same answers on every attempt, whichever worker delivers it.
-    pub(super) fn fate(&self, message_id: &str) -> Fate {
-        let b = bucket(message_id);
-        let mut edge = self.permanent;
-        if b < edge {
-            return Fate::Permanent;
-        }
-        edge += self.always;
-        if b < edge {
-            return Fate::AlwaysFails;
-        }
-        edge += self.transient;
-        if b < edge {
-            return Fate::Transient;
-        }
-        edge += self.rate_limited;
-        if b < edge {
-            return Fate::RateLimited;
-        }
-        Fate::Ok
-    }
-}
-
-/// One HTTP answer of the sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Answer {
-    pub(super) status: u16,
-    pub(super) retry_after: Option<&'static str>,
-    pub(super) body: &'static str,
-}
-
-/// What the sink answers to attempt `attempt` (1-based) of a message with `fate`.
-pub(super) fn answer(fate: Fate, attempt: u32) -> Answer {
-    let ok = Answer {
-        status: 200,
-        retry_after: None,
-        body: "delivered",
+/// The sink's rules for the demo's shares, plus 1 % answered `429 Retry-After: 1` on the first
+/// attempt (shrunk if the other shares leave less room).
+///
+/// # Errors
+/// When `--fail-transient`, `--fail-permanent` and `--fail-always` add up to more than 100 %.
+pub(super) fn rules(args: &DemoArgs) -> anyhow::Result<Rules> {
+    let Some(rules) = Rules::new(args.fail_transient, args.fail_permanent, args.fail_always) else {
+        bail!(
+            "--fail-transient {} + --fail-permanent {} + --fail-always {} add up to more than 100 %",
+            args.fail_transient,
+            args.fail_permanent,
+            args.fail_always
+        );
     };
-    match fate {
-        Fate::Ok => ok,
-        Fate::Transient if attempt > 1 => ok,
-        Fate::Transient => Answer {
-            status: 503,
-            retry_after: None,
-            body: "demo sink: provider briefly unavailable (fails the first attempt on purpose)",
-        },
-        Fate::RateLimited if attempt > 1 => ok,
-        Fate::RateLimited => Answer {
-            status: 429,
-            retry_after: Some("1"),
-            body: "demo sink: rate limited, retry after 1 second (on purpose)",
-        },
-        Fate::Permanent | Fate::Malformed => Answer {
-            status: 400,
-            retry_after: None,
-            body: "demo sink: invalid recipient (fails every attempt on purpose)",
-        },
-        Fate::AlwaysFails => Answer {
-            status: 503,
-            retry_after: None,
-            body: "demo sink: provider down (fails every attempt on purpose)",
-        },
-    }
+    // The 429 share shows Retry-After at work; it shrinks rather than break the sum.
+    Ok(rules.with_rate_limited(RATE_LIMITED_PERCENT))
 }
 
 /// How one message travels, predicted by running the sink's answers through the worker's own
@@ -163,10 +69,13 @@ struct Journey {
 
 fn predict(fate: Fate, policy: &RetryPolicy) -> Journey {
     let mut path = Journey::default();
-    if fate == Fate::Malformed {
-        path.dead_letter = Some(Reason::Malformed);
-        return path;
-    }
+    let fate = match fate {
+        Fate::Sink(f) => f,
+        Fate::Malformed => {
+            path.dead_letter = Some(Reason::Malformed);
+            return path;
+        }
+    };
     let mut prior = 0u32;
     loop {
         let a = answer(fate, prior.saturating_add(1));
@@ -280,7 +189,7 @@ pub(super) fn plan(n: u64, rules: &Rules, routes: &[(String, String)]) -> Batch 
         let fate = if is_malformed {
             Fate::Malformed
         } else {
-            rules.fate(&id)
+            Fate::Sink(rules.fate(&id))
         };
         let (exchange, channel) = &routes[rng.random_range(0..routes.len())];
         let priority: u8 = if rng.random_range(0..100) < URGENT_PERCENT {
@@ -342,12 +251,13 @@ fn job_body(channel: &str, i: u64, priority: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::demo::routes;
     use crate::cli::demo::tests::demo_topology;
-    use crate::cli::demo::{parse_percent, routes};
+    use crate::cli::sink::parse_percent;
     use std::collections::HashMap;
 
-    fn rules(transient: f64, permanent: f64, always: f64) -> Rules {
-        Rules::new(&DemoArgs {
+    fn shares(transient: f64, permanent: f64, always: f64) -> Rules {
+        rules(&DemoArgs {
             messages: 1000,
             workers: 1,
             fail_transient: transient,
@@ -362,18 +272,27 @@ mod tests {
 
     #[test]
     fn fates_are_stable_and_close_to_the_shares() {
-        let r = rules(15.0, 3.0, 2.0);
-        let mut counts: HashMap<Fate, u32> = HashMap::new();
+        let r = shares(15.0, 3.0, 2.0);
+        let mut counts: HashMap<SinkFate, u32> = HashMap::new();
         for i in 0..100_000 {
             let id = format!("demo-{i}");
             assert_eq!(r.fate(&id), r.fate(&id));
             *counts.entry(r.fate(&id)).or_insert(0) += 1;
         }
-        let share = |f: Fate| f64::from(counts.get(&f).copied().unwrap_or(0)) / 1000.0;
-        assert!((share(Fate::Transient) - 15.0).abs() < 0.7, "{counts:?}");
-        assert!((share(Fate::Permanent) - 3.0).abs() < 0.3, "{counts:?}");
-        assert!((share(Fate::AlwaysFails) - 2.0).abs() < 0.3, "{counts:?}");
-        assert!((share(Fate::RateLimited) - 1.0).abs() < 0.3, "{counts:?}");
+        let share = |f: SinkFate| f64::from(counts.get(&f).copied().unwrap_or(0)) / 1000.0;
+        assert!(
+            (share(SinkFate::Transient) - 15.0).abs() < 0.7,
+            "{counts:?}"
+        );
+        assert!((share(SinkFate::Permanent) - 3.0).abs() < 0.3, "{counts:?}");
+        assert!(
+            (share(SinkFate::AlwaysFails) - 2.0).abs() < 0.3,
+            "{counts:?}"
+        );
+        assert!(
+            (share(SinkFate::RateLimited) - 1.0).abs() < 0.3,
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -388,8 +307,11 @@ mod tests {
             clean: false,
             timeout: None,
         };
-        assert!(Rules::new(&args).is_err());
-        assert_eq!(rules(90.0, 10.0, 0.0).rate_limited, 0);
+        assert!(rules(&args).is_err());
+        assert_eq!(
+            shares(90.0, 10.0, 0.0).basis_points(SinkFate::RateLimited),
+            0
+        );
         assert!(parse_percent("101").is_err());
         assert!(parse_percent("x").is_err());
         assert_eq!(parse_percent("2.5%").ok(), Some(2.5));
@@ -398,17 +320,17 @@ mod tests {
     #[test]
     fn predicted_paths_follow_the_worker_rules() {
         let policy = demo_topology().retry;
-        let ok = predict(Fate::Ok, &policy);
+        let ok = predict(Fate::Sink(SinkFate::Deliver), &policy);
         assert_eq!((ok.delivered_on, ok.tiers.len()), (Some(1), 0));
-        let t = predict(Fate::Transient, &policy);
+        let t = predict(Fate::Sink(SinkFate::Transient), &policy);
         assert_eq!((t.delivered_on, t.tiers.clone()), (Some(2), vec![0]));
         // Retry-After: 1 picks the first tier of at least 1s (2s), not the 500ms one.
-        let rl = predict(Fate::RateLimited, &policy);
+        let rl = predict(Fate::Sink(SinkFate::RateLimited), &policy);
         assert_eq!((rl.delivered_on, rl.tiers.clone()), (Some(2), vec![1]));
-        let p = predict(Fate::Permanent, &policy);
+        let p = predict(Fate::Sink(SinkFate::Permanent), &policy);
         assert_eq!(p.dead_letter, Some(Reason::Permanent));
         assert!(p.tiers.is_empty());
-        let a = predict(Fate::AlwaysFails, &policy);
+        let a = predict(Fate::Sink(SinkFate::AlwaysFails), &policy);
         assert_eq!(a.dead_letter, Some(Reason::MaxAttempts));
         assert_eq!(a.tiers, vec![0, 1, 2]);
         assert_eq!(a.waiting, Duration::from_millis(7_500));
@@ -421,7 +343,7 @@ mod tests {
     #[test]
     fn plan_spreads_malformed_messages_and_uses_demo_ids() {
         let t = demo_topology();
-        let r = rules(15.0, 3.0, 2.0);
+        let r = shares(15.0, 3.0, 2.0);
         let b = plan(1000, &r, &routes(&t));
         assert_eq!(b.ids.len(), 1000);
         assert_eq!(b.ids[7], "demo-7");
@@ -438,14 +360,5 @@ mod tests {
         let e = Expected::of(&b.fates, &t.retry);
         assert_eq!(e.delivered + e.dead_total(), 1000);
         assert_eq!(e.first_try + e.after_retry, e.delivered);
-    }
-
-    #[test]
-    fn sink_answers_by_attempt() {
-        assert_eq!(answer(Fate::Transient, 1).status, 503);
-        assert_eq!(answer(Fate::Transient, 2).status, 200);
-        assert_eq!(answer(Fate::RateLimited, 1).retry_after, Some("1"));
-        assert_eq!(answer(Fate::AlwaysFails, 9).status, 503);
-        assert_eq!(answer(Fate::Permanent, 1).status, 400);
     }
 }

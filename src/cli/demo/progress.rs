@@ -3,8 +3,8 @@
 
 use super::fleet::{Counts, Fleet};
 use super::plan::Batch;
-use super::sink::Sink;
 use super::Demo;
+use crate::cli::sink::Sink;
 use anyhow::{bail, Context};
 use courier::envelope::Reason;
 use courier::metrics::Metrics;
