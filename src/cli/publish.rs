@@ -1,5 +1,6 @@
 //! `courier publish`: one message, or a JSONL file, each confirmed by the broker.
 
+use super::out::{self, outln};
 use super::GlobalArgs;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -231,7 +232,7 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
         let target = format!("{}/{}", msg.exchange, msg.routing_key);
         publish_retrying(&publisher, msg, args.retry_for).await?;
         publisher.close().await;
-        println!("published {id} to {target} (confirmed)");
+        outln!("published {id} to {target} (confirmed)")?;
         return Ok(ExitCode::SUCCESS);
     };
 
@@ -315,7 +316,7 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
     bar.finish_and_clear();
     publisher.close().await;
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    let printed = outln!(
         "published {ok} of {total} messages from {} (confirmed) in {secs:.1}s ({:.0}/s)",
         path.display(),
         ok as f64 / secs.max(1e-9)
@@ -326,11 +327,12 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
     if failures > failed.len() {
         eprintln!("... and {} more failures", failures - failed.len());
     }
-    Ok(if failures == 0 && ok == total {
+    let code = if failures == 0 && ok == total {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    };
+    out::verdict(printed, code)
 }
 
 /// The lines of a JSONL file, read without blocking the runtime.

@@ -5,9 +5,11 @@
 
 use super::broker::{self, Cleaned};
 use super::Demo;
+use crate::cli::out::{self, outln};
 use anyhow::bail;
 use courier::amqp::AmqpUrl;
 use courier::topology::Topology;
+use std::io;
 use std::process::ExitCode;
 
 /// Refuses a prefix whose queues hold messages or have consumers: the demo would mix its batch
@@ -53,44 +55,49 @@ pub(super) async fn clean(
         .await?
         .len();
     if existing == 0 {
-        println!("nothing to clean: no demo queue exists under prefix {prefix:?}");
+        outln!("nothing to clean: no demo queue exists under prefix {prefix:?}")?;
         return Ok(ExitCode::SUCCESS);
     }
     let c = broker::delete_topology(url, topology).await;
-    println!(
+    let printed = outln!(
         "deleted {existing} queues ({} messages) and the exchanges of {} under prefix {prefix:?}",
-        c.messages, topology.source
+        c.messages,
+        topology.source
     );
-    if c.failed.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for f in &c.failed {
-            eprintln!("could not delete {f}");
-        }
-        Ok(ExitCode::FAILURE)
+    for f in &c.failed {
+        eprintln!("could not delete {f}");
     }
+    let code = if c.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    out::verdict(printed, code)
 }
 
 /// What the clean-up removed, or what it could not, with the command that retries it.
-pub(super) fn print_cleanup(demo: &Demo<'_>, cleaned: Option<&Cleaned>) {
+pub(super) fn print_cleanup(demo: &Demo<'_>, cleaned: Option<&Cleaned>) -> io::Result<()> {
     match cleaned {
-        None => {}
-        Some(c) if c.failed.is_empty() => println!(
+        None => Ok(()),
+        Some(c) if c.failed.is_empty() => outln!(
             "Cleaned up: deleted {} queues and {} exchanges with prefix {:?}.",
-            c.queues, c.exchanges, demo.prefix
+            c.queues,
+            c.exchanges,
+            demo.prefix
         ),
         Some(c) => {
-            println!(
+            outln!(
                 "Clean-up incomplete: deleted {} queues and {} exchanges; could not delete:",
-                c.queues, c.exchanges
-            );
+                c.queues,
+                c.exchanges
+            )?;
             for f in &c.failed {
-                println!("  {f}");
+                outln!("  {f}")?;
             }
-            println!(
+            outln!(
                 "  retry with `courier demo --prefix {} --clean`",
                 demo.prefix
-            );
+            )
         }
     }
 }

@@ -29,6 +29,7 @@ mod plan;
 mod progress;
 mod summary;
 
+use super::out::{self, outln};
 use super::sink::{parse_percent, Fate as SinkFate, Rules, Sink};
 use super::GlobalArgs;
 use anyhow::{bail, Context};
@@ -130,7 +131,8 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
     let broker = report
         .broker_version
         .map_or_else(|| "RabbitMQ".to_owned(), |v| format!("RabbitMQ {v}"));
-    println!("courier demo: {broker} at {url}, prefix {prefix:?}");
+    // Printing can fail (stdout closed); the topology is applied by now, so it is cleaned up below.
+    let greeted = outln!("courier demo: {broker} at {url}, prefix {prefix:?}");
 
     let interrupted = CancellationToken::new();
     courier::shutdown::cancel_on_signal(interrupted.clone());
@@ -143,7 +145,10 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
         prefix,
         interrupted: interrupted.clone(),
     };
-    let outcome = ctx.run().await;
+    let outcome = match greeted {
+        Ok(()) => ctx.run().await,
+        Err(e) => Err(e.into()),
+    };
 
     // Clean up whatever happened above (error, timeout, Ctrl-C), unless asked to keep.
     let cleaned = if args.keep {
@@ -151,23 +156,24 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
     } else {
         Some(broker::delete_topology(&url, &topology).await)
     };
-    let code = match outcome {
+    match outcome {
         Ok(RunEnd::Finished(summary)) => {
-            summary.print(&ctx);
-            summary::print_next(&ctx, &summary, cleaned.as_ref(), custom_topology);
-            summary.exit_code()
+            let printed = summary.print(&ctx).and_then(|()| {
+                summary::print_next(&ctx, &summary, cleaned.as_ref(), custom_topology)
+            });
+            out::verdict(printed, summary.exit_code())
         }
         Ok(RunEnd::Interrupted) => {
-            println!("interrupted: workers stopped");
-            clean::print_cleanup(&ctx, cleaned.as_ref());
-            ExitCode::from(EXIT_INTERRUPTED)
+            let printed = outln!("interrupted: workers stopped")
+                .and_then(|()| clean::print_cleanup(&ctx, cleaned.as_ref()));
+            out::verdict(printed, ExitCode::from(EXIT_INTERRUPTED))
         }
         Err(e) => {
-            clean::print_cleanup(&ctx, cleaned.as_ref());
-            return Err(e);
+            // The run's own error is the one to report, even if stdout is gone too.
+            let _ = clean::print_cleanup(&ctx, cleaned.as_ref());
+            Err(e)
         }
-    };
-    Ok(code)
+    }
 }
 
 /// The demo topology unless `--topology` (or `COURIER_TOPOLOGY`) names another file; the bool
@@ -259,9 +265,11 @@ impl Demo<'_> {
             &metrics,
             self.args.workers,
         )?;
-        self.print_intro(&batch, &endpoint, fleet.handles.len());
-
-        let result = self.drive(&batch, &sink, &fleet, &metrics, timeout).await;
+        // A failed print (stdout closed) must still stop the workers and the sink below.
+        let result = match self.print_intro(&batch, &endpoint, fleet.handles.len()) {
+            Ok(()) => self.drive(&batch, &sink, &fleet, &metrics, timeout).await,
+            Err(e) => Err(e.into()),
+        };
         // Stop in order: workers first (they finish in-flight deliveries against the sink).
         fleet.stop().await;
         let sink_counts = sink.counts();
@@ -296,40 +304,40 @@ impl Demo<'_> {
         })))
     }
 
-    fn print_intro(&self, batch: &Batch, sink_url: &str, workers: usize) {
+    fn print_intro(&self, batch: &Batch, sink_url: &str, workers: usize) -> std::io::Result<()> {
         let t = self.topology;
         let tiers = self.tier_labels().join(", ");
-        println!(
+        outln!(
             "  topology  {}: channels {}, retry tiers {tiers}, {} attempts, DLQ {}",
             t.source,
             self.channels().join(", "),
             t.retry.max_attempts,
             t.dead_letter_queue
-        );
+        )?;
         let pct = |fate: SinkFate| format!("{}%", f64::from(self.rules.basis_points(fate)) / 100.0);
-        println!(
+        outln!(
             "  sink      {sink_url} fails on purpose: {} first try 503, {} first try 429 Retry-After: 1, {} always 400, {} always 503",
             pct(SinkFate::Transient),
             pct(SinkFate::RateLimited),
             pct(SinkFate::Permanent),
             pct(SinkFate::AlwaysFails),
-        );
-        println!(
+        )?;
+        outln!(
             "  workers   {workers} ({} per channel, real HTTP handler, each on its own connection)",
             self.args.workers
-        );
+        )?;
         let spread: Vec<String> = batch
             .by_route
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
-        println!(
+        outln!(
             "  batch     {} messages ({}), {} at priority 9, {} not JSON on purpose",
             self.args.messages,
             spread.join(", "),
             batch.urgent,
             batch.fates.get(&Fate::Malformed).copied().unwrap_or(0)
-        );
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 use super::fleet::{Counts, Fleet};
 use super::plan::Batch;
 use super::Demo;
+use crate::cli::out::outln;
 use crate::cli::sink::Sink;
 use anyhow::{bail, Context};
 use courier::envelope::Reason;
@@ -114,7 +115,7 @@ impl Demo<'_> {
                 None => format!("publishing · {status}"),
             });
             if !tty && Instant::now() >= next_line {
-                println!("  … {}/{total} settled: {status}", settled.min(total));
+                outln!("  … {}/{total} settled: {status}", settled.min(total))?;
                 next_line += Duration::from_secs(5);
             }
             // Every message has had its first attempt once the sink heard of every well-formed

@@ -7,8 +7,10 @@ use super::fleet::Counts;
 use super::plan::Expected;
 use super::progress::{Timing, Wait};
 use super::Demo;
+use crate::cli::out::outln;
 use crate::cli::sink::SinkCounts;
 use courier::envelope::Reason;
+use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,13 +30,13 @@ pub(super) struct Summary {
     pub(super) tier_labels: Vec<String>,
 }
 
-fn row(label: &str, count: u64, expected: Option<u64>, note: &str) {
+fn row(label: &str, count: u64, expected: Option<u64>, note: &str) -> io::Result<()> {
     let exp = expected.map_or_else(String::new, |e| format!("{e:>10}"));
     let line = format!("  {label:<24}{count:>8}{exp}");
     if note.is_empty() {
-        println!("{line}");
+        outln!("{line}")
     } else {
-        println!("{line:<44}  {note}");
+        outln!("{line:<44}  {note}")
     }
 }
 
@@ -43,19 +45,19 @@ impl Summary {
         self.timing.wait == Wait::Settled
     }
 
-    pub(super) fn print(&self, demo: &Demo<'_>) {
+    pub(super) fn print(&self, demo: &Demo<'_>) -> io::Result<()> {
         let e = &self.expected;
         let c = &self.counts;
-        println!();
+        outln!()?;
         if self.settled() {
-            println!("Summary");
+            outln!("Summary")?;
         } else {
-            println!(
+            outln!(
                 "Summary: NOT every message settled within {} (--timeout)",
                 humantime::format_duration(self.timeout)
-            );
+            )?;
         }
-        println!("  {:<24}{:>8}{:>10}", "", "count", "expected");
+        outln!("  {:<24}{:>8}{:>10}", "", "count", "expected")?;
         row(
             "published",
             self.published,
@@ -64,40 +66,40 @@ impl Summary {
                 "confirmed; {} at priority 9, {} not JSON",
                 self.urgent, self.malformed
             ),
-        );
+        )?;
         row(
             "delivered",
             c.delivered,
             Some(e.delivered),
             "HTTP 2xx, then acked",
-        );
-        row("first try", self.sink.first_try, Some(e.first_try), "");
+        )?;
+        row("first try", self.sink.first_try, Some(e.first_try), "")?;
         row(
             "after a retry",
             self.sink.after_retry,
             Some(e.after_retry),
             "",
-        );
+        )?;
         row(
             "retried",
             c.retries_total(),
             Some(e.retries.iter().sum()),
             "retry copies confirmed, by tier:",
-        );
+        )?;
         for (i, label) in self.tier_labels.iter().enumerate() {
             row(
                 &format!("tier {label}"),
                 c.retries.get(i).copied().unwrap_or(0),
                 Some(e.retries.get(i).copied().unwrap_or(0)),
                 "",
-            );
+            )?;
         }
         row(
             "dead-lettered",
             c.dead_total(),
             Some(e.dead_total()),
             "by reason:",
-        );
+        )?;
         let mut reasons: Vec<Reason> = e.dead.keys().chain(c.dead.keys()).copied().collect();
         reasons.sort();
         reasons.dedup();
@@ -113,20 +115,20 @@ impl Summary {
                 c.dead.get(&r).copied().unwrap_or(0),
                 Some(e.dead.get(&r).copied().unwrap_or(0)),
                 note,
-            );
+            )?;
         }
         row(
             "in the DLQ",
             self.in_dlq,
             Some(e.dead_total()),
             &format!("read back from {}", demo.topology.dead_letter_queue),
-        );
+        )?;
         row(
             "duplicates",
             self.sink.duplicates,
             Some(0),
             "ids the sink accepted more than once",
-        );
+        )?;
         let lost_label = if self.settled() {
             "lost"
         } else {
@@ -137,36 +139,36 @@ impl Summary {
             self.missing.len() as u64,
             Some(0),
             "neither delivered nor in the DLQ",
-        );
+        )?;
         let t = &self.timing;
         let rate = |d: Duration| self.published as f64 / d.as_secs_f64().max(1e-3);
-        println!(
+        outln!(
             "  {:<24}{:>8}            first publish to last outcome; {} HTTP requests to the sink",
             "elapsed",
             format!("{:.1}s", t.elapsed.as_secs_f64()),
             self.sink.requests
-        );
+        )?;
         if self.settled() {
-            println!(
+            outln!(
                 "  {:<24}{:>8}            msg/s overall, including up to {:.1}s of deliberate retry waits",
                 "throughput",
                 format!("{:.0}", rate(t.elapsed)),
                 self.expected.longest_wait.as_secs_f64(),
-            );
+            )?;
         }
         if let Some(first) = t.first_pass {
-            println!(
+            outln!(
                 "  {:<24}{:>8}            msg/s until every message had its first attempt ({:.2}s); published at {:.0} msg/s",
                 "first pass",
                 format!("{:.0}", rate(first)),
                 first.as_secs_f64(),
                 rate(t.publishing),
-            );
+            )?;
         }
         if !self.missing.is_empty() {
             let shown: Vec<&str> = self.missing.iter().take(10).map(String::as_str).collect();
             let more = self.missing.len().saturating_sub(shown.len());
-            println!(
+            outln!(
                 "  missing: {}{}",
                 shown.join(", "),
                 if more > 0 {
@@ -174,14 +176,15 @@ impl Summary {
                 } else {
                     String::new()
                 }
-            );
+            )?;
             if !self.settled() {
-                println!("  (they may still be queued or waiting in a retry tier: is the broker slow, or are the retry tiers long?)");
+                outln!("  (they may still be queued or waiting in a retry tier: is the broker slow, or are the retry tiers long?)")?;
             }
         }
         if self.settled() && !self.matches_expectation() {
-            println!("  note: the outcomes differ from what the sink's rules predict (see the expected column); a worker may have been redelivered a message");
+            outln!("  note: the outcomes differ from what the sink's rules predict (see the expected column); a worker may have been redelivered a message")?;
         }
+        Ok(())
     }
 
     fn matches_expectation(&self) -> bool {
@@ -207,7 +210,7 @@ pub(super) fn print_next(
     summary: &Summary,
     cleaned: Option<&Cleaned>,
     custom: bool,
-) {
+) -> io::Result<()> {
     let p = demo.prefix;
     // The demo topology uses the default names, so `--prefix` alone finds its DLQ; a custom
     // topology file must be named too.
@@ -216,29 +219,31 @@ pub(super) fn print_next(
     } else {
         String::new()
     };
-    println!();
+    outln!()?;
     match cleaned {
         None => {
-            println!(
+            outln!(
                 "Kept: the demo's queues and {} dead letters in {}. Next:",
-                summary.in_dlq, demo.topology.dead_letter_queue
-            );
-            println!("  courier-dlq stats --prefix {p}{topo}");
-            println!("  courier-dlq list --prefix {p}{topo} --reason permanent");
+                summary.in_dlq,
+                demo.topology.dead_letter_queue
+            )?;
+            outln!("  courier-dlq stats --prefix {p}{topo}")?;
+            outln!("  courier-dlq list --prefix {p}{topo} --reason permanent")?;
             if let Some(id) = &summary.sample_dead {
-                println!("  courier-dlq show {id} --prefix {p}{topo}");
+                outln!("  courier-dlq show {id} --prefix {p}{topo}")?;
             }
-            println!("  courier-dlq replay --prefix {p}{topo} --reason max-attempts --dry-run");
-            println!("  courier demo --prefix {p}{topo} --clean     # delete the demo's queues and exchanges");
+            outln!("  courier-dlq replay --prefix {p}{topo} --reason max-attempts --dry-run")?;
+            outln!("  courier demo --prefix {p}{topo} --clean     # delete the demo's queues and exchanges")?;
         }
         Some(_) => {
-            print_cleanup(demo, cleaned);
+            print_cleanup(demo, cleaned)?;
             if !summary.settled() {
-                return;
+                return Ok(());
             }
-            println!(
+            outln!(
                 "Run `courier demo --keep` to keep the dead letters and explore them with `courier-dlq stats --prefix {p}`."
-            );
+            )?;
         }
     }
+    Ok(())
 }
