@@ -8,7 +8,8 @@
 //! - [`topology`]: the declared topology file, its validation, `apply`, `check`, `export`.
 //! - [`envelope`]: the message contract — header names, reading and writing them.
 //! - [`outcome`]: handler result → ack / retry tier / dead letter, in one pure function.
-//! - [`handler`]: the [`handler::Handler`] trait and the `http` and `noop` handlers.
+//! - [`handler`]: the [`handler::Handler`] trait and the `http` and `noop` handlers (and the
+//!   HTTP header names `http` sends, for endpoints and stand-ins).
 //! - [`publisher`]: the confirmed publisher (window, mandatory, returns by message id, deadlines).
 //! - [`retry`]: the one retry policy (exponential backoff, jitter, deadline, what is permanent).
 //! - [`worker`]: the consumer supervisor, per-message outcomes, coalesced acks.

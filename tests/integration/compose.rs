@@ -5,7 +5,8 @@
 //! its condition needs, every file it mounts exists, and the workers get time to drain on stop.
 //! `monitoring/`: the Prometheus config scrapes every worker service and the broker, every alert
 //! rule is complete, and the Grafana dashboard (like the rules) only queries metrics that
-//! `src/metrics.rs` (or the sink, `src/cli/sink.rs`) defines, or RabbitMQ's own `rabbitmq_*`.
+//! `src/metrics.rs` (or the sink, `src/cli/sink/server.rs`) defines, or RabbitMQ's own
+//! `rabbitmq_*`.
 //! `deploy/`: every Kubernetes document parses, the workers' probes, grace period and secrets
 //! are right, and KEDA scales on the management API (HTTP mode), which counts unacked messages.
 
@@ -351,10 +352,10 @@ fn flag_value<'a>(words: &'a [String], flag: &str) -> Option<&'a str> {
 }
 
 /// Metric names the code defines: every `"courier_..."` string literal of `src/metrics.rs`
-/// (the workers) and `src/cli/sink.rs` (the stand-in endpoint), read as text.
+/// (the workers) and `src/cli/sink/server.rs` (the stand-in endpoint), read as text.
 fn defined_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for file in ["src/metrics.rs", "src/cli/sink.rs"] {
+    for file in ["src/metrics.rs", "src/cli/sink/server.rs"] {
         let text = read(file);
         let mut rest = text.as_str();
         while let Some(start) = rest.find("\"courier_") {
