@@ -14,9 +14,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The running workers.
 pub(super) struct Fleet {
+    /// Cancelled to stop every worker gracefully.
     stop: CancellationToken,
+    /// One task per worker.
     pub(super) handles: Vec<tokio::task::JoinHandle<()>>,
+    /// One readiness flag per worker: the batch is published once all are consuming.
     pub(super) health: Vec<Health>,
 }
 
@@ -83,8 +87,11 @@ impl Fleet {
 /// Live counts from the workers' metrics.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Counts {
+    /// Messages acked after a 2xx.
     pub(super) delivered: u64,
+    /// Retry copies confirmed, by tier index.
     pub(super) retries: Vec<u64>,
+    /// Dead letters confirmed, by reason.
     pub(super) dead: BTreeMap<Reason, u64>,
 }
 

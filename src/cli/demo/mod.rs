@@ -210,18 +210,29 @@ fn routes(topology: &Topology) -> Vec<(String, String)> {
 // The run
 // ---------------------------------------------------------------------------------------------
 
+/// One run's settings, shared by the files of the demo.
 struct Demo<'a> {
+    /// The broker.
     url: AmqpUrl,
+    /// The demo topology, prefixed and applied.
     topology: &'a Topology,
+    /// The sink's failure shares.
     rules: Rules,
+    /// (exchange, routing key) of every channel the batch is spread over.
     routes: Vec<(String, String)>,
+    /// The command line.
     args: &'a DemoArgs,
+    /// The prefix of every queue and exchange of the demo.
     prefix: &'a str,
+    /// Cancelled by Ctrl-C or SIGTERM.
     interrupted: CancellationToken,
 }
 
+/// How a run ended, when it did not fail.
 enum RunEnd {
+    /// Every message settled, or the timeout passed: the summary says which.
     Finished(Box<Summary>),
+    /// Ctrl-C or SIGTERM.
     Interrupted,
 }
 

@@ -112,10 +112,15 @@ fn predict(fate: Fate, policy: &RetryPolicy) -> Journey {
 /// What the whole batch should produce.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Expected {
+    /// Messages answered 2xx in the end.
     pub(super) delivered: u64,
+    /// Of those, on the first attempt.
     pub(super) first_try: u64,
+    /// Of those, on a later attempt.
     pub(super) after_retry: u64,
+    /// Retry copies, by tier index.
     pub(super) retries: Vec<u64>,
+    /// Dead letters, by reason.
     pub(super) dead: BTreeMap<Reason, u64>,
     /// The longest wait in retry tiers of any message.
     pub(super) longest_wait: Duration,
@@ -157,15 +162,22 @@ impl Expected {
         self.dead.values().sum()
     }
 }
+
 // ---------------------------------------------------------------------------------------------
 // The batch
 // ---------------------------------------------------------------------------------------------
 
+/// The messages to publish, with what the intro and the summary say about them.
 pub(super) struct Batch {
+    /// Ready to publish, in id order.
     pub(super) messages: Vec<Outgoing>,
+    /// Every message id, to find the ones neither delivered nor dead-lettered.
     pub(super) ids: Vec<String>,
+    /// How many messages have each fate: the basis of the expected column.
     pub(super) fates: BTreeMap<Fate, u64>,
+    /// Messages per channel (routing key).
     pub(super) by_route: BTreeMap<String, u64>,
+    /// Messages at priority 9.
     pub(super) urgent: u64,
 }
 

@@ -18,13 +18,16 @@ use std::time::{Duration, Instant};
 /// How the wait for outcomes ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wait {
+    /// Every message was delivered or dead-lettered.
     Settled,
+    /// `--timeout` passed first.
     TimedOut,
 }
 
 /// When things happened, from the first publish.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timing {
+    /// Whether everything settled.
     pub(super) wait: Wait,
     /// To the last outcome (or the timeout).
     pub(super) elapsed: Duration,

@@ -14,22 +14,35 @@ use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Everything the report shows, gathered once the workers and the sink have stopped.
 pub(super) struct Summary {
+    /// How and when the wait ended.
     pub(super) timing: Timing,
+    /// Messages published (all confirmed).
     pub(super) published: u64,
+    /// Of those, at priority 9.
     pub(super) urgent: u64,
+    /// Of those, with a non-JSON body.
     pub(super) malformed: u64,
+    /// What the sink's rules predict.
     pub(super) expected: Expected,
+    /// What the workers counted.
     pub(super) counts: Counts,
+    /// What the sink counted, per distinct id.
     pub(super) sink: SinkCounts,
+    /// Messages read back from the dead-letter queue.
     pub(super) in_dlq: u64,
+    /// One dead letter's id, for the `courier-dlq show` hint.
     pub(super) sample_dead: Option<String>,
     /// Ids neither delivered nor in the DLQ.
     pub(super) missing: Vec<String>,
+    /// The wait's limit, named when it was reached.
     pub(super) timeout: Duration,
+    /// The retry tiers' labels (`500ms`, `2s`, ...), by index.
     pub(super) tier_labels: Vec<String>,
 }
 
+/// One line of the table: label, count, expected count, note.
 fn row(label: &str, count: u64, expected: Option<u64>, note: &str) -> io::Result<()> {
     let exp = expected.map_or_else(String::new, |e| format!("{e:>10}"));
     let line = format!("  {label:<24}{count:>8}{exp}");
