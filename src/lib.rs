@@ -12,7 +12,8 @@
 //! - [`envelope`]: the message contract — header names, reading and writing them.
 //! - [`outcome`]: where a message goes next — malformed, crash loop, handler, then ack / retry
 //!   tier / dead letter — in one pure function.
-//! - [`handler`]: the [`handler::Handler`] trait and the `http` and `noop` handlers.
+//! - [`handler`]: the [`handler::Handler`] trait and the `http` and `noop` handlers (and the
+//!   HTTP header names `http` sends, for endpoints and stand-ins).
 //! - [`publisher`]: the confirmed publisher (window, mandatory, returns by message id, deadlines).
 //! - [`retry`]: the one retry policy (exponential backoff, jitter, deadline, what is permanent).
 //! - [`worker`]: the worker and its validated config; inside, the supervisor (connect, reconnect,

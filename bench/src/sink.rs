@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
+use courier::handler::http::IDEMPOTENCY_KEY;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -27,7 +28,7 @@ pub struct HttpSink {
 
 async fn receive(State(seen): State<Arc<Tally>>, headers: HeaderMap, _body: Bytes) -> StatusCode {
     // The body is extracted (read) so that the connection stays reusable, as a real server's.
-    match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+    match headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()) {
         Some(id) => seen.record_id(id),
         None => seen.record(u64::MAX, None),
     }

@@ -2,6 +2,7 @@
 //! the global options, logging set-up and the mapping of outcomes to exit codes.
 
 mod demo;
+mod out;
 mod publish;
 mod sink;
 mod topology;
@@ -151,6 +152,8 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // The reader of stdout has all it wanted (`| head`): success, and nothing to say.
+        Err(e) if out::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // Errors from the library are already redacted; redact again in case a URL slipped
             // into a context string.

@@ -1,5 +1,6 @@
 //! `courier publish`: one message, or a JSONL file, each confirmed by the broker.
 
+use super::out::{self, outln};
 use super::GlobalArgs;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -11,10 +12,11 @@ use futures_util::StreamExt;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use serde::Deserialize;
-use std::io::{BufRead, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use tokio::fs::File;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 
 /// Publish notification jobs with publisher confirms (persistent, mandatory).
 ///
@@ -191,16 +193,19 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
             Some(b) => b.clone(),
             None => {
                 let mut s = String::new();
-                std::io::stdin()
+                tokio::io::stdin()
                     .read_to_string(&mut s)
+                    .await
                     .context("reading the body from stdin")?;
                 s
             }
         };
         let body = body.trim_end_matches(['\n', '\r']).to_owned();
         if !args.allow_non_json {
-            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
-                bail!("the body is not JSON ({e}); the contract requires JSON bodies (--allow-non-json to send it anyway)");
+            if let Err(e) = envelope::validate_body(body.as_bytes()) {
+                bail!(
+                    "{e}; the contract requires JSON bodies (--allow-non-json to send it anyway)"
+                );
             }
         }
         let mut headers = serde_json::Map::new();
@@ -227,31 +232,32 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
         let target = format!("{}/{}", msg.exchange, msg.routing_key);
         publish_retrying(&publisher, msg, args.retry_for).await?;
         publisher.close().await;
-        println!("published {id} to {target} (confirmed)");
+        outln!("published {id} to {target} (confirmed)")?;
         return Ok(ExitCode::SUCCESS);
     };
 
     // A file: validate every line first, so a typo on line 90,000 does not leave a half-sent
     // file; then stream it again to publish, so memory stays flat whatever the file's size.
-    let read_lines = || -> anyhow::Result<_> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(std::io::BufReader::new(file).lines().enumerate())
-    };
-    let parse = |n: usize, line: std::io::Result<String>| -> anyhow::Result<Option<Outgoing>> {
-        let line = line.with_context(|| format!("{}:{n}: cannot read", path.display()))?;
+    // Both passes read asynchronously: a slow disk must not stall the runtime's workers.
+    let parse = |n: usize, line: &str| -> anyhow::Result<Option<Outgoing>> {
         if line.trim().is_empty() {
             return Ok(None);
         }
-        let parsed: Line = serde_json::from_str(&line)
+        let parsed: Line = serde_json::from_str(line)
             .with_context(|| format!("{}:{n}: not a valid message line", path.display()))?;
         let msg =
             build(parsed, &defaults).map_err(|e| anyhow::anyhow!("{}:{n}: {e}", path.display()))?;
         Ok(Some(msg))
     };
     let mut total = 0usize;
-    for (i, line) in read_lines()? {
-        if parse(i + 1, line)?.is_some() {
+    let mut lines = open_lines(path).await?;
+    for n in 1usize.. {
+        let next = lines
+            .next_line()
+            .await
+            .with_context(|| format!("{}:{n}: cannot read", path.display()))?;
+        let Some(line) = next else { break };
+        if parse(n, &line)?.is_some() {
             total += 1;
         }
     }
@@ -265,12 +271,24 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
     let started = Instant::now();
     let mut failed: Vec<(usize, PublishError)> = Vec::new();
     let mut failures = 0usize;
-    let messages = read_lines()?.filter_map(|(i, line)| match parse(i + 1, line) {
-        Ok(Some(msg)) => Some((i + 1, msg)),
-        // Validated above; a file changed meanwhile is skipped here and shows in the count.
-        _ => None,
-    });
-    let mut results = futures_util::stream::iter(messages)
+    let parse = &parse;
+    let messages = futures_util::stream::unfold(
+        (open_lines(path).await?, 0usize),
+        move |(mut lines, mut n)| async move {
+            loop {
+                n += 1;
+                // Validated above; a line of a file changed meanwhile that no longer parses is
+                // skipped, and one that no longer reads ends the pass: the count shows either.
+                let Ok(Some(line)) = lines.next_line().await else {
+                    return None;
+                };
+                if let Ok(Some(msg)) = parse(n, &line) {
+                    return Some(((n, msg), (lines, n)));
+                }
+            }
+        },
+    );
+    let results = messages
         .map(|(n, msg)| {
             let p = publisher.clone();
             let bar = bar.clone();
@@ -282,6 +300,7 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
             }
         })
         .buffer_unordered(args.window.max(1));
+    tokio::pin!(results);
     let mut ok = 0usize;
     while let Some((n, r)) = results.next().await {
         match r {
@@ -297,7 +316,7 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
     bar.finish_and_clear();
     publisher.close().await;
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    let printed = outln!(
         "published {ok} of {total} messages from {} (confirmed) in {secs:.1}s ({:.0}/s)",
         path.display(),
         ok as f64 / secs.max(1e-9)
@@ -308,11 +327,20 @@ pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitC
     if failures > failed.len() {
         eprintln!("... and {} more failures", failures - failed.len());
     }
-    Ok(if failures == 0 && ok == total {
+    let code = if failures == 0 && ok == total {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    };
+    out::verdict(printed, code)
+}
+
+/// The lines of a JSONL file, read without blocking the runtime.
+async fn open_lines(path: &Path) -> anyhow::Result<Lines<BufReader<File>>> {
+    let file = File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(BufReader::new(file).lines())
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! `courier topology apply | check | export`.
 
+use super::out::{self, out, outln};
 use super::{GlobalArgs, EXIT_DRIFT};
 use clap::{Subcommand, ValueEnum};
+use courier::broker::CheckReport;
 use courier::management::Management;
 use courier::topology;
+use courier::topology::Topology;
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -49,22 +52,22 @@ pub async fn run(global: &GlobalArgs, cmd: TopologyCommand) -> anyhow::Result<Ex
                 .broker_version
                 .map_or_else(|| "unknown version".to_owned(), |v| format!("RabbitMQ {v}"));
             if report.nothing_changed() {
-                println!(
+                outln!(
                     "nothing to change: all {} exchanges and queues already in place, {} bindings ensured ({version} at {url})",
                     report.unchanged.len(),
                     report.bindings
-                );
+                )?;
             } else {
                 for object in &report.created {
-                    println!("created   {object}");
+                    outln!("created   {object}")?;
                 }
-                println!(
+                outln!(
                     "applied {}: {} created, {} already in place, {} bindings ensured ({version} at {url})",
                     topo.source,
                     report.created.len(),
                     report.unchanged.len(),
                     report.bindings
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -72,34 +75,42 @@ pub async fn run(global: &GlobalArgs, cmd: TopologyCommand) -> anyhow::Result<Ex
             let url = global.amqp_url()?;
             let mgmt = management_url.map(|m| Management::new(&m, &url));
             let report = courier::broker::check(&url, &topo, mgmt.as_ref()).await?;
-            for d in &report.drift {
-                println!("{d}");
-            }
-            for n in &report.notes {
-                println!("note: {n}");
-            }
-            if report.drift.is_empty() {
-                println!("in sync: {} objects match {}", report.checked, topo.source);
-                Ok(ExitCode::SUCCESS)
+            let code = if report.drift.is_empty() {
+                ExitCode::SUCCESS
             } else {
-                println!(
-                    "drift: {} of {} objects differ from {}; run `courier topology apply` for missing objects",
-                    report.drift.len(),
-                    report.checked,
-                    topo.source
-                );
-                Ok(ExitCode::from(EXIT_DRIFT))
-            }
+                ExitCode::from(EXIT_DRIFT)
+            };
+            out::verdict(print_check(&report, &topo), code)
         }
         TopologyCommand::Export { format, vhost } => {
             match format {
                 ExportFormat::Definitions => {
                     let json = topology::definitions_json(&topo, &vhost);
-                    println!("{}", serde_json::to_string_pretty(&json)?);
+                    outln!("{}", serde_json::to_string_pretty(&json)?)?;
                 }
-                ExportFormat::Mermaid => print!("{}", topology::mermaid(&topo)),
+                ExportFormat::Mermaid => out!("{}", topology::mermaid(&topo))?,
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `topology check`'s report: every drift, the notes, and the verdict in words.
+fn print_check(report: &CheckReport, topo: &Topology) -> std::io::Result<()> {
+    for d in &report.drift {
+        outln!("{d}")?;
+    }
+    for n in &report.notes {
+        outln!("note: {n}")?;
+    }
+    if report.drift.is_empty() {
+        outln!("in sync: {} objects match {}", report.checked, topo.source)
+    } else {
+        outln!(
+            "drift: {} of {} objects differ from {}; run `courier topology apply` for missing objects",
+            report.drift.len(),
+            report.checked,
+            topo.source
+        )
     }
 }

@@ -40,10 +40,18 @@ const DRAIN_LIMIT_BYTES: usize = 64 * 1024;
 /// `Content-Type` sent when a message has none.
 const DEFAULT_CONTENT_TYPE: &str = "application/json";
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const X_COURIER_ATTEMPT: &str = "x-courier-attempt";
-const X_COURIER_MESSAGE_ID: &str = "x-courier-message-id";
-const X_COURIER_QUEUE: &str = "x-courier-queue";
+// Header names are lower case because `HeaderName::from_static` accepts nothing else; HTTP
+// header names are case-insensitive, so endpoints may spell them as they like.
+
+/// Request header holding the `message_id`, the same on every attempt, so the endpoint can
+/// drop a duplicate delivery.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Request header holding this delivery's 1-based attempt number (`x-courier-attempts` + 1).
+pub const X_COURIER_ATTEMPT: &str = "x-courier-attempt";
+/// Request header holding the `message_id` again, under Courier's own name.
+pub const X_COURIER_MESSAGE_ID: &str = "x-courier-message-id";
+/// Request header naming the work queue the message was consumed from.
+pub const X_COURIER_QUEUE: &str = "x-courier-queue";
 
 /// Headers the handler sets itself (or the HTTP stack owns); configuration may not set them.
 const RESERVED_HEADERS: &[&str] = &[

@@ -1,6 +1,6 @@
 //! Checks `monitoring/` without a running Prometheus or Grafana: the Prometheus config scrapes
 //! every worker service and the broker, every alert rule is complete, and the Grafana dashboard
-//! (like the rules) only queries metrics that `src/metrics.rs` (or the sink, `src/cli/sink.rs`)
+//! (like the rules) only queries metrics that `src/metrics.rs` (or the sink, `src/cli/sink/server.rs`)
 //! defines, or RabbitMQ's own `rabbitmq_*`; docs/operations.md has a runbook for every alert and
 //! explains every metric.
 
@@ -13,10 +13,10 @@ fn yaml_file(rel: &str) -> Value {
 }
 
 /// Metric names the code defines: every `"courier_..."` string literal of `src/metrics.rs`
-/// (the workers) and `src/cli/sink.rs` (the stand-in endpoint), read as text.
+/// (the workers) and `src/cli/sink/server.rs` (the stand-in endpoint), read as text.
 fn defined_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for file in ["src/metrics.rs", "src/cli/sink.rs"] {
+    for file in ["src/metrics.rs", "src/cli/sink/server.rs"] {
         let text = read(file);
         let mut rest = text.as_str();
         while let Some(start) = rest.find("\"courier_") {

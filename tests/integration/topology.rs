@@ -4,6 +4,8 @@ use crate::util::*;
 use courier::topology::{ArgValue, Topology};
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 fn load(prefix: &str) -> Topology {
     Topology::load(&default_topology_path(), prefix).expect("default topology is valid")
@@ -436,4 +438,57 @@ fn readme_diagram_is_the_current_export() {
         readme.contains(stdout(&out).trim_end()),
         "README's mermaid diagram is stale: paste `courier topology export --format mermaid`"
     );
+}
+
+/// `courier topology export | head -n 1`: the reader closes the pipe after one line while the
+/// export is still being written. The write fails with EPIPE, which must end the command quietly
+/// with exit 0 (as ripgrep does), not panic.
+#[test]
+fn export_into_a_pipe_closed_after_one_line_exits_0_without_a_panic() {
+    // 200 extra work queues make each export several hundred KiB, far more than a pipe holds
+    // (64 KiB on Linux), so the writer is still writing when the reader goes away.
+    let base = std::fs::read_to_string(default_topology_path()).expect("default topology");
+    let extra: String = (0..200)
+        .map(|i| {
+            format!(
+                "\n[[queues]]\nname = \"notifications.extra{i}\"\n\
+                 bindings = [{{ exchange = \"notifications\", routing_key = \"extra{i}\" }}]\n"
+            )
+        })
+        .collect();
+    let big = base.replacen("\n[retry]", &format!("{extra}\n[retry]"), 1);
+    assert_ne!(big, base, "the default topology has a [retry] table");
+    let dir = tempdir();
+    let file = dir.join("big.toml");
+    std::fs::write(&file, big).expect("write the topology");
+
+    for format in ["definitions", "mermaid"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .arg("--topology")
+            .arg(&file)
+            .args(["topology", "export", "--format", format])
+            .env_remove("COURIER_PREFIX")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("courier runs");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("one line");
+        assert!(!first.trim().is_empty(), "{format}: an empty first line");
+        drop(reader);
+        let out = child.wait_with_output().expect("courier exits");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{format}: exit {:?} after stdout closed:\n{err}",
+            out.status
+        );
+        assert!(!err.contains("panicked"), "{format}: {err}");
+        assert!(
+            err.trim().is_empty(),
+            "{format}: nothing to say, got:\n{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
