@@ -28,7 +28,7 @@ use crate::amqp::{AmqpError, AmqpUrl};
 use crate::topology::Topology;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, ExchangeKind};
@@ -161,9 +161,13 @@ pub struct QueueState {
 /// What [`Admin::delete`] did.
 #[derive(Debug, Default)]
 pub struct DeleteReport {
-    /// Objects deleted (`queue 'x'`, `exchange 'y'`).
-    pub deleted: Vec<String>,
-    /// Objects that could not be deleted, with the reason.
+    /// Queues deleted (or already absent: deleting a missing queue succeeds).
+    pub queues: usize,
+    /// Exchanges deleted (or already absent).
+    pub exchanges: usize,
+    /// Messages that were in the deleted queues.
+    pub messages: u64,
+    /// Objects that could not be deleted (`queue 'x'`), with the reason.
     pub failed: Vec<(String, String)>,
 }
 
@@ -342,19 +346,28 @@ impl Admin {
         .await
     }
 
-    /// Deletes one queue, messages and all (a missing queue is not an error: AMQP's
-    /// `queue.delete` is idempotent).
+    /// Deletes one queue, messages and all; returns how many messages it held. A missing queue
+    /// is not an error (AMQP's `queue.delete` is idempotent).
     ///
     /// # Errors
     /// [`BrokerError`] when the broker refuses or does not answer.
-    pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
+    pub async fn delete_queue(&self, queue: &str) -> Result<u32, BrokerError> {
+        self.delete_queue_with(queue, false).await
+    }
+
+    async fn delete_queue_with(&self, queue: &str, if_unused: bool) -> Result<u32, BrokerError> {
         let ch = self.channel().await?;
         deadline(
             &format!("deleting queue '{queue}'"),
-            ch.queue_delete(queue.into(), Default::default()),
+            ch.queue_delete(
+                queue.into(),
+                QueueDeleteOptions {
+                    if_unused,
+                    ..Default::default()
+                },
+            ),
         )
         .await
-        .map(|_| ())
     }
 
     /// Deletes one exchange (idempotent, like [`Admin::delete_queue`]).
@@ -371,21 +384,27 @@ impl Admin {
     }
 
     /// Deletes every queue and exchange of `topology` (messages included), carrying on past
-    /// failures and reporting them.
+    /// failures and reporting them. A queue that has consumers is left alone (`if-unused`): it is
+    /// someone's live work, and the report names it.
     pub async fn delete(&self, topology: &Topology) -> DeleteReport {
         let mut report = DeleteReport::default();
         for q in &topology.queues {
-            let object = format!("queue '{}'", q.name);
-            match self.delete_queue(&q.name).await {
-                Ok(()) => report.deleted.push(object),
-                Err(e) => report.failed.push((object, e.to_string())),
+            match self.delete_queue_with(&q.name, true).await {
+                Ok(n) => {
+                    report.queues += 1;
+                    report.messages += u64::from(n);
+                }
+                Err(e) => report
+                    .failed
+                    .push((format!("queue '{}'", q.name), e.to_string())),
             }
         }
         for e in &topology.exchanges {
-            let object = format!("exchange '{}'", e.name);
             match self.delete_exchange(&e.name).await {
-                Ok(()) => report.deleted.push(object),
-                Err(err) => report.failed.push((object, err.to_string())),
+                Ok(()) => report.exchanges += 1,
+                Err(err) => report
+                    .failed
+                    .push((format!("exchange '{}'", e.name), err.to_string())),
             }
         }
         report
