@@ -8,8 +8,7 @@
 //! result rows) is `harness.rs`; what every case shares (the timeout, a sink answering 200,
 //! reconciling and recording a row) is here.
 
-// Shared with the integration tests; this binary uses only part of it.
-#[allow(unused_imports)]
+// Shared with the integration tests; this binary uses only part of it (util allows that).
 #[path = "../integration/util.rs"]
 mod util;
 
