@@ -6,9 +6,9 @@
 //!
 //! # Layout
 //! - [`topology`]: the declared topology file: parsing, validation, the model, exports (no I/O).
-//! - [`broker`]: every broker conversation outside the consume loop and the publisher: [`broker::Admin`]
-//!   (look-ups, purges, deletes, exclusive consumers), reply-code classification, `apply`,
-//!   `check`, version probing and bounded inspection.
+//! - [`broker`]: every broker conversation outside the consume loop and the publisher:
+//!   [`broker::Admin`] (look-ups, purges, deletes, exclusive consumers), reply-code
+//!   classification, `apply`, `check`, version probing and bounded inspection.
 //! - [`envelope`]: the message contract — header names, reading and writing them.
 //! - [`outcome`]: where a message goes next — malformed, crash loop, handler, then ack / retry
 //!   tier / dead letter — in one pure function.
@@ -25,6 +25,11 @@
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
 //! - [`amqp`]: broker URLs (password never displayed) and connections.
 //! - [`management`]: the optional management-API client (bindings, for `check`).
+//!
+//! The workspace's other crates: `src/main.rs` + `src/cli/` the thin `courier` binary (one module
+//! a command); `dlq-tool/` the `courier-dlq` binary (its filters, stats, rendering and export
+//! format); `bench/` `courier-bench`; `testkit/` `courier-testkit`, the fixtures every test suite
+//! shares (not published).
 
 #![warn(missing_docs)]
 

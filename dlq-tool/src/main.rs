@@ -27,6 +27,7 @@ mod output;
 mod pass;
 mod progress;
 mod render;
+mod send;
 mod stats;
 #[cfg(test)]
 mod testutil;

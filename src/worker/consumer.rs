@@ -9,6 +9,7 @@
 use super::acker::{self, AckEvent};
 use super::processing::Ctx;
 use super::WorkerSettings;
+use crate::broker;
 use crate::handler::Handler;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -47,8 +48,9 @@ pub(super) async fn subscribe(
         )
         .await
         .map_err(|e| {
+            let missing = broker::classify(&e).is_some_and(|(r, _)| r == broker::Reply::NotFound);
             let text = scrub(e);
-            if text.contains("NOT_FOUND") {
+            if missing {
                 format!(
                     "{text} (run `courier topology apply` with the same --topology and --prefix)"
                 )

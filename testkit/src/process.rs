@@ -12,6 +12,22 @@ use std::time::{Duration, Instant};
 /// Deadline for a command a test runs to completion, unless it says otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 
+/// Deadline for a child a test drives (a worker, a pass it interrupts), unless it says otherwise:
+/// longer than any test keeps one running, far shorter than the CI budget.
+pub const CHILD_DEADLINE: Duration = Duration::from_secs(300);
+
+/// `cmd.spawn_within(deadline)` for builder chains: [`spawn_within`] as a method.
+pub trait SpawnWithin {
+    /// Spawns the command; the child is killed at `deadline` or when dropped.
+    fn spawn_within(&mut self, deadline: Duration) -> DeadlineChild;
+}
+
+impl SpawnWithin for Command {
+    fn spawn_within(&mut self, deadline: Duration) -> DeadlineChild {
+        spawn_within(self, deadline)
+    }
+}
+
 /// Runs `cmd` to completion with stdin closed (as `Command::output` does), capturing its output; if it
 /// is still running after `deadline`, kills it and panics with what it printed.
 pub fn output_within(cmd: &mut Command, deadline: Duration) -> Output {

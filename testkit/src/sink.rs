@@ -5,6 +5,7 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use courier::handler::http::{IDEMPOTENCY_KEY, X_COURIER_ATTEMPT};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,8 +56,8 @@ async fn sink_handler(
             .to_owned()
     };
     let r = Received {
-        message_id: h("idempotency-key"),
-        attempt: h("x-courier-attempt").parse().unwrap_or(0),
+        message_id: h(IDEMPOTENCY_KEY),
+        attempt: h(X_COURIER_ATTEMPT).parse().unwrap_or(0),
         body: body.to_vec(),
         content_type: h("content-type"),
         at: Instant::now(),

@@ -69,8 +69,7 @@ async fn broker_restart_under_load_for_workers_and_a_file_publisher() {
         .env("COURIER_TOPOLOGY", &t.file)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("publish starts");
+        .spawn_within(CHILD_DEADLINE);
     sink.wait_for(LONG, "progress", |r| r.len() >= 300).await;
     rabbitmqctl(&["stop_app"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -152,8 +151,7 @@ async fn connection_reset_mid_publish_is_republished() {
         .env("COURIER_TOPOLOGY", &t.file)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("publish starts");
+        .spawn_within(CHILD_DEADLINE);
     let queue = t.name("notifications.email");
     wait_depth(&queue, 500, LONG).await;
     proxy.reset_existing();

@@ -68,8 +68,7 @@ async fn dlq_replay_killed_with_sigkill_halfway_loses_nothing() {
         .env("COURIER_TOPOLOGY", &t.file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("replay starts");
+        .spawn_within(CHILD_DEADLINE);
     let queue = t.name("notifications.email");
     wait_depth(&queue, 500, LONG).await;
     let _ = replay.kill();
@@ -106,8 +105,7 @@ async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
         .env("COURIER_TOPOLOGY", &t.file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("export starts");
+        .spawn_within(CHILD_DEADLINE);
     let deadline = Instant::now() + LONG;
     while std::fs::read_to_string(&out)
         .map(|s| s.lines().count())

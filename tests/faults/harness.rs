@@ -2,7 +2,7 @@
 
 use crate::util::*;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A `courier work` child process whose stderr goes to a file (readable after a kill -9).
 pub struct WorkerProc {
-    pub child: Child,
+    pub child: DeadlineChild,
     pub log: PathBuf,
 }
 
@@ -37,8 +37,7 @@ impl WorkerProc {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
-            .spawn()
-            .expect("courier work starts");
+            .spawn_within(CHILD_DEADLINE);
         Self { child, log }
     }
 

@@ -1,5 +1,6 @@
 //! Lifecycle and traps: returns under a large confirm window, cancelled consumers, cut
-//! connections, SIGTERM of the real binary, publishing from Python, `courier publish --file`.
+//! connections, SIGTERM of the real binary, the worker's flags, metrics and secrets.
+//! Publishing from other languages and from files is in `publishers.rs`.
 
 use crate::util::*;
 use courier::publisher::PublishError;
@@ -194,45 +195,7 @@ fn take_stderr(child: &mut Child) -> String {
     stderr
 }
 
-/// Runs a publisher example (`cmd` plus `email ID`) against the test topology and checks the
-/// worker delivered its message once, with the example's own body naming `language`.
-async fn assert_foreign_publisher_delivers(
-    t: &TestTopology,
-    sink: &Sink,
-    mut cmd: Command,
-    id: &str,
-    language: &str,
-) {
-    let out = cmd
-        .args(["email", id])
-        .env("AMQP_URL", amqp_url())
-        .env("COURIER_EXCHANGE", t.exchange())
-        .output()
-        .unwrap_or_else(|e| panic!("{language} publisher runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{language} publisher failed: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    sink.wait_for(WAIT, "the foreign message", |r| {
-        r.iter().any(|x| x.message_id == id)
-    })
-    .await;
-    let r = sink
-        .all()
-        .into_iter()
-        .find(|x| x.message_id == id)
-        .expect("received");
-    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body");
-    assert!(
-        body["text"].as_str().unwrap_or_default().contains(language),
-        "{body}"
-    );
-    assert_eq!(reconcile(&[id.to_owned()], &delivered_ids(sink)), (0, 0));
-}
-
-fn spawn_worker_binary(t: &TestTopology, endpoint: &str, extra: &[&str]) -> Child {
+fn spawn_worker_binary(t: &TestTopology, endpoint: &str, extra: &[&str]) -> DeadlineChild {
     Command::new(env!("CARGO_BIN_EXE_courier"))
         .args([
             "work",
@@ -250,8 +213,7 @@ fn spawn_worker_binary(t: &TestTopology, endpoint: &str, extra: &[&str]) -> Chil
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("courier work starts")
+        .spawn_within(CHILD_DEADLINE)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -355,81 +317,6 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_drain() {
     assert!(stderr.contains("second signal"), "{stderr}");
 }
 
-#[tokio::test]
-async fn a_message_published_from_python_is_delivered() {
-    let t = TestTopology::fast("python").await;
-    let sink = Sink::ok().await;
-    let w = RunningWorker::http(&t, "notifications.email", &sink);
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo_path("examples/publishers/python/publish.py"))
-        .env("COURIER_PRIORITY", "7");
-    assert_foreign_publisher_delivers(&t, &sink, cmd, "from-python-1", "Python").await;
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn publish_file_confirms_every_line_and_reports_bad_lines() {
-    let t = TestTopology::fast("pubfile").await;
-    let dir = crate::topology::tempdir();
-    let file = dir.join("jobs.jsonl");
-    let mut text = String::new();
-    for i in 0..100 {
-        let key = if i % 2 == 0 { "email" } else { "sms" };
-        text.push_str(&format!(
-            "{{\"routing_key\":\"{key}\",\"message_id\":\"f-{i}\",\"priority\":{},\"body\":{{\"n\":{i}}}}}\n",
-            i % 10
-        ));
-    }
-    std::fs::write(&file, &text).expect("write");
-    let topo = t.file.to_str().expect("utf8");
-    let out = courier(
-        &t.prefix,
-        &[
-            "--topology",
-            topo,
-            "publish",
-            "--file",
-            file.to_str().expect("utf8"),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("published 100 of 100"),
-        "{}",
-        stdout(&out)
-    );
-    assert_eq!(depth(&t.name("notifications.email")).await, 50);
-    assert_eq!(depth(&t.name("notifications.sms")).await, 50);
-
-    std::fs::write(&file, "{\"body\":{}}\n{\"bdy\":1}\n").expect("write");
-    let out = courier(
-        &t.prefix,
-        &[
-            "--topology",
-            topo,
-            "publish",
-            "--routing-key",
-            "email",
-            "--file",
-            file.to_str().expect("utf8"),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("jobs.jsonl:2"), "{}", stderr(&out));
-    assert_eq!(
-        depth(&t.name("notifications.email")).await,
-        50,
-        "nothing sent from an invalid file"
-    );
-
-    let out = courier(
-        &t.prefix,
-        &["--topology", topo, "publish", "--routing-key", "nope", "{}"],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("unroutable"), "{}", stderr(&out));
-}
-
 #[test]
 fn work_help_explains_the_outcome_rules() {
     let out = courier("", &["work", "--help"]);
@@ -491,8 +378,7 @@ async fn a_worker_that_cannot_log_in_keeps_the_password_out_of_its_logs() {
         .env("COURIER_TOPOLOGY", &t.file)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
-        .spawn()
-        .expect("starts");
+        .spawn_within(CHILD_DEADLINE);
     tokio::time::sleep(Duration::from_secs(2)).await;
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(10)).await;
@@ -528,8 +414,7 @@ async fn metrics_health_and_readiness_are_served() {
         .env("COURIER_TOPOLOGY", &t.file)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
-        .spawn()
-        .expect("starts");
+        .spawn_within(CHILD_DEADLINE);
     let client = reqwest::Client::new();
     let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
     let deadline = Instant::now() + WAIT;
@@ -643,20 +528,4 @@ async fn bodies_are_not_logged_and_endpoints_never_come_from_messages() {
         elsewhere.all().is_empty(),
         "a URL from the message was called"
     );
-}
-
-#[tokio::test]
-async fn a_message_published_from_node_is_delivered() {
-    let node_modules = repo_path("examples/publishers/node/node_modules/amqplib");
-    if !node_modules.exists() {
-        eprintln!("skipped: run `npm ci --prefix examples/publishers/node` (scripts/test does) to test the Node publisher");
-        return;
-    }
-    let t = TestTopology::fast("node").await;
-    let sink = Sink::ok().await;
-    let w = RunningWorker::http(&t, "notifications.email", &sink);
-    let mut cmd = Command::new("node");
-    cmd.arg(repo_path("examples/publishers/node/publish.js"));
-    assert_foreign_publisher_delivers(&t, &sink, cmd, "from-node-1", "Node").await;
-    w.stop().await;
 }

@@ -9,6 +9,7 @@ mod deploy;
 mod http_handler;
 mod lifecycle;
 mod monitoring;
+mod publishers;
 mod sink;
 mod stack;
 mod topology;

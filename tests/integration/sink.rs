@@ -3,13 +3,14 @@
 //! share, 200 otherwise), `/healthz`, `/metrics` counting by status, `--latency`, and a clean
 //! exit on SIGTERM. Needs no broker.
 
+use courier_testkit::process::{DeadlineChild, SpawnWithin, CHILD_DEADLINE};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running `courier sink`, killed when dropped (a failed test leaves no process behind).
 struct SinkProcess {
-    child: Child,
+    child: DeadlineChild,
     base: String,
 }
 
@@ -37,8 +38,7 @@ async fn start(args: &[&str]) -> SinkProcess {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .expect("courier sink starts");
+        .spawn_within(CHILD_DEADLINE);
     let sink = SinkProcess {
         child,
         base: format!("http://{addr}"),

@@ -470,8 +470,7 @@ fn export_into_a_pipe_closed_after_one_line_exits_0_without_a_panic() {
             .env_remove("COURIER_PREFIX")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
-            .expect("courier runs");
+            .spawn_within(CHILD_DEADLINE);
         let mut reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
         let mut first = String::new();
         reader.read_line(&mut first).expect("one line");

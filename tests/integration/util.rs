@@ -7,7 +7,9 @@ use courier::topology::Topology;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub use courier_testkit::process::{output_within, DEFAULT_DEADLINE};
+pub use courier_testkit::process::{
+    output_within, spawn_within, DeadlineChild, SpawnWithin, CHILD_DEADLINE, DEFAULT_DEADLINE,
+};
 pub use courier_testkit::queues::{
     broker_bindings, broker_queue, depth, percent_encode, wait_depth,
 };

@@ -11,7 +11,7 @@ use super::{close_publisher, connect, publisher};
 use crate::cli::{Global, ImportArgs};
 use crate::jsonl::{self, Record};
 use crate::output::thousands;
-use crate::pass::{limiter, publish_retrying, wait_rate};
+use crate::send::{limiter, publish_retrying, wait_rate};
 use anyhow::Context;
 use courier::publisher::{Outgoing, PublishError};
 use futures_util::StreamExt;

@@ -120,8 +120,7 @@ async fn passes_are_exclusive_and_a_lost_connection_loses_nothing() {
         .command(&["replay", "--rate", "150/s"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn replay");
+        .spawn_within(CHILD_DEADLINE);
     let email = env.queue("notifications.email");
     let deadline = Instant::now() + Duration::from_secs(20);
     while depth(&email).await < 50 {

@@ -194,8 +194,7 @@ async fn export_remove_killed_midway_loses_nothing() {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn export");
+        .spawn_within(CHILD_DEADLINE);
     // Wait until some lines are on disk, then kill -9 in the middle of the pass.
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::metadata(&file.0).map(|m| m.len()).unwrap_or(0) < 200_000 {

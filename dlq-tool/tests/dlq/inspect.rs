@@ -193,8 +193,7 @@ async fn inspection_leaves_the_queue_exactly_as_it_was() {
         .command(&["list"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+        .spawn_within(CHILD_DEADLINE);
     let mut first = String::new();
     let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
     reader.read_line(&mut first).expect("one line");

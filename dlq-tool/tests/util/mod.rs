@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 // Each test binary uses a different part of these.
 #[allow(unused_imports)]
-pub use courier_testkit::process::{output_within, spawn_within, DEFAULT_DEADLINE};
+pub use courier_testkit::process::{
+    output_within, spawn_within, DeadlineChild, SpawnWithin, CHILD_DEADLINE, DEFAULT_DEADLINE,
+};
 #[allow(unused_imports)]
 pub use courier_testkit::queues::close_connections;
 #[allow(unused_imports)]
