@@ -6,6 +6,7 @@
 mod compose;
 mod demo;
 mod deploy;
+mod guarantees;
 mod http_handler;
 mod lifecycle;
 mod monitoring;

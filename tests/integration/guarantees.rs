@@ -1,0 +1,193 @@
+//! Guarantees that had no test able to fail: each test here breaks when the guarantee does
+//! (checked by breaking the code once, see the note of the commit that added it).
+//! - A retry-tier copy the broker does not confirm never lets the original be acked.
+//! - `/readyz` answers 503 while the worker is not consuming and while it drains, 200 while it
+//!   consumes.
+
+use crate::util::*;
+use courier::envelope;
+use courier::handler::{Handler, HandlerError, HandlerResult, Job};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Fails every attempt with a retryable error.
+struct AlwaysRetry;
+
+impl Handler for AlwaysRetry {
+    async fn handle(&self, _job: Job<'_>) -> HandlerResult {
+        Err(HandlerError::retryable("HTTP 503 from the endpoint"))
+    }
+}
+
+#[tokio::test]
+async fn a_retry_copy_that_is_not_confirmed_leaves_the_original_unacked() {
+    let t = TestTopology::fast("unconfirmed-retry").await;
+    let queue = t.name("notifications.email");
+    // Without its first tier queue, the retry copy is unroutable: the mandatory publish comes
+    // back (never confirmed as delivered), so the worker must requeue the original.
+    let tier = format!("{queue}.retry.100ms");
+    let admin = courier::broker::Admin::connect(&parsed_url(), "test: delete tier")
+        .await
+        .expect("connect");
+    admin.delete_queue(&tier).await.expect("tier deleted");
+    admin.close().await;
+
+    let w = RunningWorker::spawn(&t, "notifications.email", AlwaysRetry, |s| {
+        s.max_redeliveries = 2;
+    });
+    let p = publisher().await;
+    let ids = publish_jobs(&p, &t.exchange(), "email", "unconf", 5).await;
+
+    // Each original is requeued (not acked) when its retry copy comes back; the redelivery
+    // count then carries it to the DLQ as a crash loop: every id ends up there, none is lost.
+    wait_depth(&t.dlq(), 5, WAIT).await;
+    let requeued = w
+        .metrics
+        .messages
+        .with_label_values(&[&queue, "requeued"])
+        .get();
+    w.stop().await;
+    assert!(
+        requeued >= 5,
+        "the fault landed: every original was requeued at least once ({requeued})"
+    );
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in drain(&t.dlq()).await {
+        let id = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            header_str(&m, envelope::REASON).as_deref(),
+            Some("crash-loop"),
+            "{id}"
+        );
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    let delivered: Vec<String> = seen.keys().cloned().collect();
+    let (lost, dup) = reconcile(&ids, &delivered);
+    let extra = seen.values().map(|n| n - 1).sum::<usize>();
+    assert_eq!(
+        (lost, dup + extra),
+        (0, 0),
+        "lost, duplicated in the DLQ: {seen:?}"
+    );
+    assert_eq!(depth(&queue).await, 0, "nothing left behind");
+}
+
+/// Holds every attempt until released; says when one has started.
+struct Held {
+    started: Arc<Notify>,
+    release: Arc<Notify>,
+    released: Arc<AtomicBool>,
+}
+
+impl Handler for Held {
+    async fn handle(&self, _job: Job<'_>) -> HandlerResult {
+        self.started.notify_one();
+        if !self.released.load(Ordering::SeqCst) {
+            self.release.notified().await;
+        }
+        Ok(())
+    }
+}
+
+async fn readyz(client: &reqwest::Client, addr: std::net::SocketAddr) -> u16 {
+    client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .expect("readyz answers")
+        .status()
+        .as_u16()
+}
+
+async fn wait_status(client: &reqwest::Client, addr: std::net::SocketAddr, want: u16, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if readyz(client, addr).await == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/readyz never {want}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_is_503_unless_consuming_and_during_the_drain() {
+    let t = TestTopology::fast("readyz").await;
+    let queue = t.name("notifications.email");
+    // Not consuming: the work queue is missing, so the worker cannot subscribe.
+    let admin = courier::broker::Admin::connect(&parsed_url(), "test: readyz")
+        .await
+        .expect("connect");
+    admin.delete_queue(&queue).await.expect("queue deleted");
+
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let released = Arc::new(AtomicBool::new(false));
+    let handler = Held {
+        started: started.clone(),
+        release: release.clone(),
+        released: released.clone(),
+    };
+    let w = RunningWorker::spawn(&t, "notifications.email", handler, |s| {
+        s.shutdown_timeout = Duration::from_secs(20);
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop_http = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(courier::metrics::serve(
+        listener,
+        w.metrics.clone(),
+        w.health.clone(),
+        stop_http.clone(),
+    ));
+    let client = reqwest::Client::new();
+
+    // The worker keeps trying to subscribe for these two seconds; it must never look ready.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(readyz(&client, addr).await, 503, "ready without a consumer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Consuming once the queue exists again.
+    courier::broker::apply(&parsed_url(), &t.topology)
+        .await
+        .expect("re-apply");
+    wait_status(&client, addr, 200, "after the queue came back").await;
+
+    // Draining: a message is in the handler when shutdown begins.
+    let p = publisher().await;
+    publish_jobs(&p, &t.exchange(), "email", "drain", 1).await;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the handler started");
+    w.shutdown.cancel();
+    wait_status(&client, addr, 503, "while draining").await;
+    assert!(
+        !w.handle.is_finished(),
+        "the fault landed: the worker was still draining when /readyz said 503"
+    );
+    released.store(true, Ordering::SeqCst);
+    release.notify_one();
+    tokio::time::timeout(Duration::from_secs(20), w.handle)
+        .await
+        .expect("the worker stops once the handler returns")
+        .expect("no panic");
+    assert_eq!(depth(&queue).await, 0, "the drained message was acked");
+    stop_http.cancel();
+    let _ = server.await;
+    admin.close().await;
+}
