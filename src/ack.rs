@@ -66,6 +66,23 @@ impl Frontier {
         Some(upto)
     }
 
+    /// Ack-settled deliveries a `multiple` ack cannot reach yet, because a lower delivery is
+    /// still in flight.
+    pub fn stranded(&self) -> usize {
+        self.acks.range(self.safe().saturating_add(1)..).count()
+    }
+
+    /// Takes the stranded deliveries (see [`Frontier::stranded`]) to be acked one by one. One
+    /// slow message must not hold back the acks of everything delivered after it: those
+    /// unacked deliveries count against the prefetch window (the broker stops delivering once
+    /// it is full) and would all be redelivered after a crash. Once taken, a tag is never named
+    /// by a later ack (naming an acked tag is an unknown tag to the broker, which closes the
+    /// channel); a later `multiple` ack covering it is harmless.
+    pub fn take_stranded(&mut self) -> Vec<u64> {
+        let above = self.acks.split_off(&self.safe().saturating_add(1));
+        above.into_iter().collect()
+    }
+
     /// The highest tag below which nothing is in flight.
     fn safe(&self) -> u64 {
         match self.outstanding.first() {
@@ -79,6 +96,25 @@ impl Frontier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stranded_acks_are_taken_once_and_never_named_again() {
+        let mut f = Frontier::default();
+        for t in 1..=5 {
+            f.delivered(t);
+        }
+        f.settled(2, Settle::Ack);
+        f.settled(4, Settle::Ack);
+        f.settled(5, Settle::Requeue);
+        assert_eq!(f.stranded(), 2, "2 and 4 wait behind 1 and 3");
+        assert_eq!(f.take_stranded(), vec![2, 4]);
+        assert_eq!(f.stranded(), 0);
+        f.settled(1, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(1), "2 was acked alone: the ack names 1");
+        f.settled(3, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(3), "the ack names 3, never 4");
+        assert_eq!(f.take_ack(), None);
+    }
 
     #[test]
     fn never_acks_past_an_unsettled_delivery() {

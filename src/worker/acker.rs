@@ -4,7 +4,9 @@
 //! This task learns every delivery tag in order (`Delivered`) and every outcome (`Settled`),
 //! and acks with `multiple = true` up to the highest tag below which *every* delivery is
 //! settled, so no in-flight message is ever acked early (the rule is [`crate::ack::Frontier`],
-//! shared with `courier-dlq`'s passes). Requeues are sent at once, one by one.
+//! shared with `courier-dlq`'s passes). Requeues are sent at once, one by one. Deliveries
+//! settled behind a slow one are acked one by one once it has held them for a while, so a slow
+//! handler neither stalls the prefetch window nor leaves settled work to be redelivered.
 //! It drains whatever is queued before writing, so a burst of outcomes becomes one frame.
 
 use crate::ack::Frontier;
@@ -28,12 +30,20 @@ pub enum AckEvent {
 /// How long the acker waits for more outcomes before it sends a pending ack anyway.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// How long deliveries settled behind a slow one wait for it before they are acked one by one
+/// (see [`Frontier::take_stranded`]): long enough that ordinary out-of-order completion still
+/// coalesces into one `multiple` ack, short enough that a stuck handler does not hold the
+/// prefetch window.
+const STRANDED_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Starts the acker for `channel`; returns its event sender and task handle. The task ends when
 /// every sender is dropped (after flushing) or when the channel fails.
 ///
 /// Acks are sent once the frontier has moved `batch` tags past the last ack, or when no outcome
 /// arrived for [`IDLE_FLUSH`]: each ack frame costs the broker CPU, so under load one frame
 /// covers many messages, while a quiet queue still sees its acks within a millisecond.
+/// Deliveries settled behind a slow one are acked one by one after [`STRANDED_FLUSH`] without
+/// progress, or once there are `2 × batch` of them, so one slow handler never stalls the window.
 pub fn spawn(
     channel: Channel,
     metrics: Metrics,
@@ -46,8 +56,15 @@ pub fn spawn(
         let mut acked_to = 0u64;
         let mut closed = false;
         while !closed {
-            let first = if frontier.ready().is_some() {
-                match tokio::time::timeout(IDLE_FLUSH, rx.recv()).await {
+            let wait = if frontier.ready().is_some() {
+                Some(IDLE_FLUSH)
+            } else if frontier.stranded() > 0 {
+                Some(STRANDED_FLUSH)
+            } else {
+                None
+            };
+            let first = if let Some(wait) = wait {
+                match tokio::time::timeout(wait, rx.recv()).await {
                     Ok(Some(ev)) => Some(ev),
                     Ok(None) => {
                         closed = true;
@@ -110,6 +127,27 @@ pub fn spawn(
                         return;
                     }
                     acked_to = upto;
+                }
+            }
+            // Under load the frontier catches up by itself; acks one by one only when a slow
+            // delivery has held the others for a while, or they fill half the window.
+            let stranded_due = (idle && wait == Some(STRANDED_FLUSH))
+                || closed
+                || u64::try_from(frontier.stranded()).unwrap_or(u64::MAX)
+                    >= batch.saturating_mul(2);
+            if stranded_due {
+                for tag in frontier.take_stranded() {
+                    if let Err(e) = channel
+                        .basic_ack(tag, BasicAckOptions { multiple: false })
+                        .await
+                    {
+                        tracing::warn!(%queue, error = %e, "ack failed; the channel is gone and the broker will redeliver");
+                        metrics
+                            .messages
+                            .with_label_values(&[&queue, "ack-lost"])
+                            .inc();
+                        return;
+                    }
                 }
             }
         }

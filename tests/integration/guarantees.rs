@@ -3,6 +3,7 @@
 //! - A retry-tier copy the broker does not confirm never lets the original be acked.
 //! - `/readyz` answers 503 while the worker is not consuming and while it drains, 200 while it
 //!   consumes.
+//! - The acker never acks past a delivery whose outcome is still pending.
 
 use crate::util::*;
 use courier::envelope;
@@ -190,4 +191,73 @@ async fn readyz_is_503_unless_consuming_and_during_the_drain() {
     stop_http.cancel();
     let _ = server.await;
     admin.close().await;
+}
+
+/// Never finishes the message whose id ends in `-0`; succeeds at once for every other.
+struct FirstNeverEnds;
+
+impl Handler for FirstNeverEnds {
+    async fn handle(&self, job: Job<'_>) -> HandlerResult {
+        if job.message_id.ends_with("-0") {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn acks_never_pass_a_delivery_whose_outcome_is_pending() {
+    let t = TestTopology::fast("ackfrontier").await;
+    let queue = t.name("notifications.email");
+    let w = RunningWorker::spawn(&t, "notifications.email", FirstNeverEnds, |s| {
+        s.shutdown_timeout = Duration::from_secs(1);
+    });
+    w.wait_ready(WAIT).await;
+    let p = publisher().await;
+    // One at a time, so the held message has the lowest delivery tag and every later one is
+    // settled above it: exactly where an `ack(multiple)` past it would take it along.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = format!("held-{i}");
+        p.publish(job(&t.exchange(), "email", &id, 0))
+            .await
+            .expect("confirmed");
+        ids.push(id);
+    }
+    let delivered = |w: &RunningWorker| {
+        w.metrics
+            .messages
+            .with_label_values(&[&queue, "delivered"])
+            .get()
+    };
+    let deadline = Instant::now() + WAIT;
+    while delivered(&w) < 19 {
+        assert!(Instant::now() < deadline, "19 deliveries never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give the acker time to flush everything it may (its idle flush is 1 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight = w.metrics.in_flight.with_label_values(&[&queue]).get();
+    assert_eq!(in_flight, 1, "the fault landed: held-0 was in the handler");
+    // The shutdown deadline abandons held-0: its delivery must return to the queue, and only it
+    // (the 19 settled behind it were acked one by one, not held back for a multiple ack that
+    // could never come: before that fix all 20 came back, 19 as duplicates).
+    w.stop().await;
+    let deadline = Instant::now() + WAIT;
+    while depth(&queue).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "held-0 did not come back: an ack passed it ({} in the queue)",
+            depth(&queue).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = drain(&queue).await;
+    let id = back[0]
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string());
+    assert_eq!(id.as_deref(), Some("held-0"));
 }
