@@ -10,6 +10,7 @@ mod work;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
+use courier::topology::{Topology, TopologySource, BUILT_IN_NOTICE};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,8 +37,12 @@ pub struct GlobalArgs {
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true, hide_default_value = true)]
     amqp_url: String,
     /// Topology file declaring exchanges, queues, retry tiers and the dead-letter queue.
-    #[arg(long, env = "COURIER_TOPOLOGY", default_value = courier::topology::DEFAULT_TOPOLOGY_PATH, global = true)]
-    topology: PathBuf,
+    /// Default: topology/notifications.toml in the working directory if it is there, else the
+    /// copy of it built into this binary (`courier demo` uses topology/demo.toml instead).
+    // No clap default: "not given" must stay distinguishable from "given", so that a file the
+    // user names is never replaced by the built-in copy.
+    #[arg(long, env = "COURIER_TOPOLOGY", value_name = "FILE", global = true)]
+    topology: Option<PathBuf>,
     /// Prefix for every exchange and queue name (e.g. `staging.`), so several copies of the
     /// topology can share one broker. Routing keys are not prefixed.
     #[arg(
@@ -95,11 +100,14 @@ impl GlobalArgs {
         Ok(self.amqp_url.parse::<AmqpUrl>()?)
     }
 
-    fn load_topology(&self) -> anyhow::Result<courier::topology::Topology> {
-        Ok(courier::topology::Topology::load(
-            &self.topology,
-            &self.prefix,
-        )?)
+    /// The topology named by `--topology`, else the default file, else the built-in default
+    /// (said in the log, so nobody mistakes it for a file they edited).
+    fn load_topology(&self) -> anyhow::Result<Topology> {
+        let source = TopologySource::resolve(self.topology.as_deref());
+        if source.is_built_in() {
+            tracing::info!("{BUILT_IN_NOTICE}");
+        }
+        Ok(source.load(&self.prefix)?)
     }
 }
 

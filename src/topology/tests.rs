@@ -1,6 +1,6 @@
 use super::*;
 
-const DEFAULT: &str = include_str!("../../topology/notifications.toml");
+const DEFAULT: &str = BUILT_IN_DEFAULT;
 
 fn err(text: &str) -> String {
     Topology::parse(text, "t.toml", "")
@@ -201,4 +201,40 @@ fn mermaid_shows_every_path() {
     assert!(m.contains("after 10m"));
     assert!(m.contains("dead-letter"));
     assert!(m.contains("\"email\""));
+}
+
+#[test]
+fn a_named_file_is_used_else_the_default_file_else_the_built_in_copy() {
+    let named = Path::new("/elsewhere/mine.toml");
+    assert_eq!(
+        TopologySource::resolve_with(Some(named), || true),
+        TopologySource::File(named.to_path_buf())
+    );
+    // Named but missing stays the named file: loading it fails and says so.
+    let missing = TopologySource::resolve_with(Some(named), || false);
+    let e = missing.load("").expect_err("missing file").to_string();
+    assert!(e.starts_with("/elsewhere/mine.toml: cannot read"), "{e}");
+    assert_eq!(
+        TopologySource::resolve_with(None, || true),
+        TopologySource::File(PathBuf::from(DEFAULT_TOPOLOGY_PATH))
+    );
+    let built_in = TopologySource::resolve_with(None, || false);
+    assert!(built_in.is_built_in());
+    let t = built_in.load("p.").expect("the built-in default is valid");
+    assert_eq!(t.source, BUILT_IN_SOURCE);
+    assert_eq!(t.dead_letter_queue, "p.notifications.dlq");
+}
+
+#[test]
+fn an_unreadable_file_names_its_cause_once_even_in_an_error_chain() {
+    let e = Topology::load(Path::new("/nonexistent/t.toml"), "").expect_err("missing");
+    // `{:#}` of an anyhow error prints the message, then every source(): the I/O error must be
+    // in exactly one of them.
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert_eq!(chain.matches("os error").count(), 1, "{chain}");
 }

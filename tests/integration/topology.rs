@@ -417,17 +417,62 @@ fn invalid_reference() {
 }
 
 #[test]
-fn missing_file_is_named() {
+fn missing_file_is_named_and_its_cause_said_once() {
     let out = courier(
         "",
         &["--topology", "/nonexistent/topo.toml", "topology", "export"],
     );
     assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("/nonexistent/topo.toml: cannot read"), "{err}");
+    assert_eq!(
+        err.matches("os error 2").count(),
+        1,
+        "cause printed once: {err}"
+    );
+}
+
+/// An installed binary works from any directory: with no --topology and no
+/// topology/notifications.toml in the working directory, `apply` declares the built-in copy of
+/// the default and says that it does.
+#[tokio::test]
+async fn apply_from_another_directory_uses_the_built_in_default_and_says_so() {
+    let prefix = unique_prefix("anywhere");
+    let topo = load(&prefix);
+    let _cleanup = Cleanup::for_topology(&topo);
+    let elsewhere = tempdir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.args(["topology", "apply"])
+        .current_dir(&elsewhere)
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", &prefix)
+        .env_remove("COURIER_TOPOLOGY")
+        .env("RUST_LOG", "info");
+    let out = output_within(&mut cmd, DEFAULT_DEADLINE);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("23 created"), "{}", stdout(&out));
     assert!(
-        stderr(&out).contains("/nonexistent/topo.toml: cannot read"),
+        stderr(&out).contains(courier::topology::BUILT_IN_NOTICE),
         "{}",
         stderr(&out)
     );
+    for q in &topo.queues {
+        assert!(broker_queue(&q.name).await.is_some(), "{} declared", q.name);
+    }
+
+    // A file named explicitly is never replaced by the built-in copy.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.args([
+        "--topology",
+        "topology/notifications.toml",
+        "topology",
+        "export",
+    ])
+    .current_dir(&elsewhere)
+    .env_remove("COURIER_PREFIX");
+    let out = output_within(&mut cmd, DEFAULT_DEADLINE);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
 }
 
 #[test]

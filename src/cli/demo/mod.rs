@@ -36,7 +36,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use courier::amqp::AmqpUrl;
 use courier::metrics::Metrics;
-use courier::topology::{tier_label, Topology, DEFAULT_TOPOLOGY_PATH};
+use courier::topology::{tier_label, Topology};
 use fleet::{Counts, Fleet};
 use plan::{plan, Batch, Expected, Fate};
 use std::collections::HashSet;
@@ -179,17 +179,21 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
 /// The demo topology unless `--topology` (or `COURIER_TOPOLOGY`) names another file; the bool
 /// says whether the user's own file is used (then the printed commands must name it).
 fn load_topology(global: &GlobalArgs, prefix: &str) -> anyhow::Result<(Topology, bool)> {
-    if global.topology != Path::new(DEFAULT_TOPOLOGY_PATH) {
-        let t = Topology::load(&global.topology, prefix)?;
-        return Ok((t, true));
+    if let Some(file) = &global.topology {
+        return Ok((Topology::load(file, prefix)?, true));
     }
+    Ok((demo_topology(prefix)?, false))
+}
+
+/// topology/demo.toml from the working directory when it is there (so it can be edited), else
+/// the built-in copy.
+fn demo_topology(prefix: &str) -> anyhow::Result<Topology> {
     let on_disk = Path::new(DEMO_TOPOLOGY_PATH);
-    let t = if on_disk.is_file() {
+    Ok(if on_disk.is_file() {
         Topology::load(on_disk, prefix)?
     } else {
         Topology::parse(DEMO_TOPOLOGY, "topology/demo.toml (built in)", prefix)?
-    };
-    Ok((t, false))
+    })
 }
 
 /// Every (exchange, routing key) that reaches a work queue: the "channels" a batch is spread over.
