@@ -8,7 +8,9 @@
 //!   406 closes the channel it happened on), queue and exchange look-ups by passive declare,
 //!   purges, deletes of a whole [`Topology`], an exclusive consumer for passes over a queue.
 //! - [`classify`]: the one function that turns a lapin error into a broker [`Reply`] code.
-//! - [`apply()`] / [`check()`]: declaring a topology and comparing a broker with it.
+//! - [`apply()`] / [`check()`]: declaring a topology and comparing a broker with it
+//!   ([`apply_with`] also shows a conflicting object's existing arguments, read from the
+//!   management API).
 //! - [`probe_version`]: which RabbitMQ answers (read from `connection.start`).
 //! - [`inspect()`]: bounded, order-preserving reads of the head of a queue.
 //!
@@ -20,7 +22,7 @@ mod apply;
 mod inspect;
 mod version;
 
-pub use apply::{apply, check, ApplyError, ApplyReport, CheckReport, Drift};
+pub use apply::{apply, apply_with, check, ApplyError, ApplyReport, CheckReport, Drift};
 pub use inspect::{inspect, InspectError, Sample, MAX_INSPECT};
 pub use version::{probe_version, BrokerVersion, VersionProbeError};
 

@@ -186,7 +186,16 @@ async fn conflicting_queue_stops_apply_naming_it() {
     .expect("pre-declare");
     let _ = conn.close(200, "done".into()).await;
 
-    let out = courier(&prefix, &["topology", "apply"]);
+    let apply = |management: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+        cmd.args(["topology", "apply"])
+            .env("AMQP_URL", amqp_url())
+            .env("COURIER_PREFIX", &prefix)
+            .env("COURIER_MANAGEMENT_URL", management)
+            .env("RUST_LOG", "warn");
+        output_within(&mut cmd, DEFAULT_DEADLINE)
+    };
+    let out = apply(&management_url());
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -196,8 +205,12 @@ async fn conflicting_queue_stops_apply_naming_it() {
         "{err}"
     );
     assert!(
-        err.contains("x-max-priority=9"),
+        err.contains("declared: x-dead-letter-exchange=") && err.contains("x-max-priority=9"),
         "declared arguments shown: {err}"
+    );
+    assert!(
+        err.contains("existing: x-max-priority=3 (durable)"),
+        "existing arguments shown, read from the management API: {err}"
     );
     assert!(
         err.contains("PRECONDITION_FAILED"),
@@ -208,6 +221,17 @@ async fn conflicting_queue_stops_apply_naming_it() {
         "partial progress shown: {err}"
     );
     assert!(err.contains("fix:"), "{err}");
+
+    // Without a management API the message says the existing arguments could not be read, and
+    // how to see them.
+    let out = apply("http://127.0.0.1:1");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("existing: could not be read (management API at http://127.0.0.1:1")
+            && err.contains("rabbitmqctl list_queues name durable auto_delete arguments"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
