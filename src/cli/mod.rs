@@ -170,3 +170,35 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// `courier demo --help` once showed `--topology [default: topology/notifications.toml]`
+    /// while the demo applies topology/demo.toml: the help must not promise one default for
+    /// every command, and must say which file the demo uses.
+    #[test]
+    fn topology_help_is_true_for_the_demo_too() {
+        let mut cli = Cli::command();
+        cli.build();
+        let demo = cli.find_subcommand_mut("demo").expect("demo subcommand");
+        let help = demo.render_long_help().to_string();
+        let topology = demo
+            .get_arguments()
+            .find(|a| a.get_id() == "topology")
+            .expect("--topology reaches the demo");
+        assert!(topology.get_default_values().is_empty(), "{help}");
+        assert!(
+            !help.contains("[default: topology/notifications.toml]"),
+            "{help}"
+        );
+        assert!(help.contains("topology/demo.toml"), "{help}");
+    }
+}
