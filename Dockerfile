@@ -22,7 +22,8 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=builder /out/courier /out/courier-dlq /app/
 COPY topology/ /app/topology/
-# The default --topology (topology/notifications.toml) resolves against WORKDIR /app.
+# The default --topology (topology/notifications.toml) resolves against WORKDIR /app; the copy
+# here is what a mounted or edited file replaces (the binaries also carry a built-in copy).
 ENV PATH="/app:${PATH}"
 USER courier
 ENTRYPOINT ["courier"]

@@ -12,7 +12,7 @@
 use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
 use courier::handler::{Handler, HandlerError, HandlerResult, Job};
 use courier::metrics::{Health, Metrics};
-use courier::topology::{Topology, DEFAULT_TOPOLOGY_PATH};
+use courier::topology::TopologySource;
 use courier::worker::{Worker, WorkerSettings};
 use serde::Deserialize;
 use std::time::Duration;
@@ -60,7 +60,8 @@ async fn main() -> anyhow::Result<()> {
     let url: AmqpUrl = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
         .parse()?;
-    let topology = Topology::load(DEFAULT_TOPOLOGY_PATH.as_ref(), "")?;
+    // topology/notifications.toml when run from a checkout, else the copy built into the library.
+    let topology = TopologySource::resolve(None).load("")?;
     courier::broker::apply(&url, &topology).await?;
 
     let shutdown = CancellationToken::new();

@@ -1,11 +1,15 @@
-//! A minimal client for RabbitMQ's management HTTP API, for what AMQP cannot tell: bindings.
+//! A minimal client for RabbitMQ's management HTTP API, for what AMQP cannot tell: bindings,
+//! the arguments an existing queue or exchange was declared with, and which objects exist under
+//! a prefix.
 //!
 //! Optional everywhere: Courier works without the management plugin, and says what it could
 //! not verify.
 
 use crate::amqp::AmqpUrl;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::Duration;
 
 /// Management API endpoint plus credentials (the AMQP ones unless told otherwise).
@@ -45,6 +49,73 @@ struct Binding {
     routing_key: String,
 }
 
+/// A queue or an exchange as the broker records it: what a declare that the broker refused as
+/// inequivalent is compared with.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ObjectRecord {
+    /// The exchange type (`direct`, `fanout`, ...); `None` for a queue.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// Survives a broker restart (Courier declares everything durable).
+    #[serde(default)]
+    pub durable: bool,
+    /// Deleted by the broker when its last consumer or binding goes.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Every `x-` argument it was declared with, as the API reports them.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, serde_json::Value>,
+}
+
+/// In the form of Courier's own descriptions (`type=direct, durable`, `x-max-priority=9, ...
+/// (durable)`), so that the declared and the existing settings can be read side by side.
+impl fmt::Display for ObjectRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut flags = vec![if self.durable {
+            "durable"
+        } else {
+            "not durable"
+        }];
+        if self.auto_delete {
+            flags.push("auto-delete");
+        }
+        let args: Vec<String> = self
+            .arguments
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        match &self.kind {
+            Some(kind) => {
+                write!(f, "type={kind}, {}", flags.join(", "))?;
+                if !args.is_empty() {
+                    write!(f, ", {}", args.join(", "))?;
+                }
+                Ok(())
+            }
+            None if args.is_empty() => write!(f, "no arguments ({})", flags.join(", ")),
+            None => write!(f, "{} ({})", args.join(", "), flags.join(", ")),
+        }
+    }
+}
+
+/// One queue in a listing of the vhost.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct QueueSummary {
+    /// Full name.
+    pub name: String,
+    /// Consumers attached (absent from the API's answer until its stats catch up: 0).
+    #[serde(default)]
+    pub consumers: u64,
+    /// Messages, ready and unacknowledged (absent until the stats catch up: 0).
+    #[serde(default)]
+    pub messages: u64,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
 impl Management {
     /// A client for `base` (e.g. `http://127.0.0.1:15672`) using the AMQP URL's credentials.
     pub fn new(base: &str, amqp: &AmqpUrl) -> Self {
@@ -67,29 +138,148 @@ impl Management {
         }
     }
 
+    /// The base URL, for messages.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET {base}/api/{what}/{vhost}{rest}`; `None` on 404.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        rest: &str,
+    ) -> Result<Option<T>, ManagementError> {
+        let vhost = encode(&self.vhost);
+        let resp = self
+            .client
+            .get(format!("{}/api/{what}/{vhost}{rest}", self.base))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| self.err(with_cause(&e)))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.err(format!("HTTP {}", resp.status())));
+        }
+        resp.json()
+            .await
+            .map(Some)
+            .map_err(|e| self.err(with_cause(&e)))
+    }
+
+    /// Like [`Management::get`] for a listing, which exists whenever the vhost does.
+    async fn list<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        rest: &str,
+    ) -> Result<Vec<T>, ManagementError> {
+        self.get(what, rest).await?.ok_or_else(|| {
+            self.err(format!(
+                "vhost {:?} not found (HTTP 404); check the AMQP URL's vhost",
+                self.vhost
+            ))
+        })
+    }
+
     /// Every (exchange, queue, routing key) binding in the vhost.
     ///
     /// # Errors
     /// [`ManagementError`] if the API is unreachable, refuses the credentials or answers oddly.
     pub async fn bindings(&self) -> Result<BTreeSet<(String, String, String)>, ManagementError> {
-        let vhost: String =
-            percent_encoding::utf8_percent_encode(&self.vhost, percent_encoding::NON_ALPHANUMERIC)
-                .collect();
-        let resp = self
-            .client
-            .get(format!("{}/api/bindings/{vhost}", self.base))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .map_err(|e| self.err(e))?;
-        if !resp.status().is_success() {
-            return Err(self.err(format!("HTTP {}", resp.status())));
-        }
-        let bindings: Vec<Binding> = resp.json().await.map_err(|e| self.err(e))?;
+        let bindings: Vec<Binding> = self.list("bindings", "").await?;
         Ok(bindings
             .into_iter()
             .filter(|b| b.destination_type == "queue")
             .map(|b| (b.source, b.destination, b.routing_key))
             .collect())
+    }
+
+    /// The queue `name` as the broker records it, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`ManagementError`] if the API is unreachable, refuses the credentials or answers oddly.
+    pub async fn queue(&self, name: &str) -> Result<Option<ObjectRecord>, ManagementError> {
+        let record: Option<ObjectRecord> =
+            self.get("queues", &format!("/{}", encode(name))).await?;
+        // A queue record's `type` is the queue type (classic, quorum), not an exchange type; the
+        // queue type is in the arguments when it was declared.
+        Ok(record.map(|r| ObjectRecord { kind: None, ..r }))
+    }
+
+    /// The exchange `name` as the broker records it, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`ManagementError`] if the API is unreachable, refuses the credentials or answers oddly.
+    pub async fn exchange(&self, name: &str) -> Result<Option<ObjectRecord>, ManagementError> {
+        self.get("exchanges", &format!("/{}", encode(name))).await
+    }
+
+    /// Every queue of the vhost with its consumers and messages.
+    ///
+    /// # Errors
+    /// [`ManagementError`] if the API is unreachable, refuses the credentials or answers oddly.
+    pub async fn queues(&self) -> Result<Vec<QueueSummary>, ManagementError> {
+        // Only the columns used: a vhost may hold many queues, each with a large stats record.
+        self.list("queues", "?columns=name,consumers,messages")
+            .await
+    }
+
+    /// The name of every exchange of the vhost (the default exchange `""` and `amq.*` included).
+    ///
+    /// # Errors
+    /// [`ManagementError`] if the API is unreachable, refuses the credentials or answers oddly.
+    pub async fn exchanges(&self) -> Result<Vec<String>, ManagementError> {
+        let named: Vec<Named> = self.list("exchanges", "?columns=name").await?;
+        Ok(named.into_iter().map(|n| n.name).collect())
+    }
+}
+
+/// reqwest's message and the innermost cause (`Connection refused`, `timed out`): the message
+/// alone ("error sending request for url") does not say what went wrong.
+fn with_cause(e: &reqwest::Error) -> String {
+    let mut innermost: &dyn std::error::Error = e;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    let (message, cause) = (e.to_string(), innermost.to_string());
+    if message.contains(&cause) {
+        message
+    } else {
+        format!("{message}: {cause}")
+    }
+}
+
+/// Percent-encodes a vhost or object name for a path segment.
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: serde_json::Value) -> ObjectRecord {
+        serde_json::from_value(json).expect("record")
+    }
+
+    #[test]
+    fn records_read_like_the_declared_settings() {
+        let q = record(serde_json::json!({
+            "name": "q", "durable": true, "auto_delete": false, "type": "classic",
+            "arguments": {"x-max-priority": 3, "x-queue-type": "classic"}
+        }));
+        let q = ObjectRecord { kind: None, ..q };
+        assert_eq!(
+            q.to_string(),
+            "x-max-priority=3, x-queue-type=\"classic\" (durable)"
+        );
+        let bare = record(serde_json::json!({"durable": false, "arguments": {}}));
+        assert_eq!(bare.to_string(), "no arguments (not durable)");
+        let x = record(serde_json::json!({
+            "name": "x", "type": "topic", "durable": true, "auto_delete": true, "arguments": {}
+        }));
+        assert_eq!(x.to_string(), "type=topic, durable, auto-delete");
     }
 }

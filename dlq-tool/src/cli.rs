@@ -8,9 +8,10 @@ use crate::error::UsageError;
 use crate::filter::{Filter, FilterError, FilterSpec};
 use clap::{Args, Parser, Subcommand};
 use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
-use courier::topology::Topology;
+use courier::topology::{Topology, TopologySource, BUILT_IN_NOTICE};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Once;
 use std::time::Duration;
 
 /// courier-dlq: inspect, export and replay Courier's dead letters without losing one.
@@ -55,8 +56,12 @@ pub struct Global {
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true, hide_default_value = true)]
     pub amqp_url: String,
     /// Topology file; the dead-letter queue is read from it unless --queue is given.
-    #[arg(long, env = "COURIER_TOPOLOGY", default_value = courier::topology::DEFAULT_TOPOLOGY_PATH, global = true)]
-    pub topology: PathBuf,
+    /// Default: topology/notifications.toml in the working directory if it is there, else the
+    /// copy of it built into this binary.
+    // No clap default: "not given" must stay distinguishable from "given", so that a file the
+    // user names is never replaced by the built-in copy.
+    #[arg(long, env = "COURIER_TOPOLOGY", value_name = "FILE", global = true)]
+    pub topology: Option<PathBuf>,
     /// Prefix of every exchange and queue name (e.g. `staging.`), as for `courier`.
     #[arg(
         long,
@@ -343,9 +348,16 @@ impl Global {
             .map_err(|e| UsageError(format!("--amqp-url / AMQP_URL: {e}")))
     }
 
-    /// The topology, if it can be read; `Err` keeps the reason for messages.
+    /// The topology, if it can be read; `Err` keeps the reason for messages. Without
+    /// --topology: the default file, else the built-in default, which is said once on stderr
+    /// (this is called several times a run).
     pub fn topology(&self) -> Result<Topology, String> {
-        Topology::load(&self.topology, &self.prefix).map_err(|e| e.to_string())
+        static NOTICE: Once = Once::new();
+        let source = TopologySource::resolve(self.topology.as_deref());
+        if source.is_built_in() {
+            NOTICE.call_once(|| eprintln!("note: {BUILT_IN_NOTICE}"));
+        }
+        source.load(&self.prefix).map_err(|e| e.to_string())
     }
 
     /// The dead-letter queue: --queue (prefixed when it names a topology queue without the

@@ -58,7 +58,7 @@ pub enum ApplyError {
     },
     /// An object exists with other arguments (PRECONDITION_FAILED).
     #[error(
-        "{object} already exists with different arguments.\n  declared: {declared}\n  broker:   {broker_says}\n  fix: make the topology file match the existing object, or delete it and apply again \
+        "{object} already exists with different arguments.\n  declared: {declared}\n  existing: {existing}\n  broker:   {broker_says}\n  fix: make the topology file match the existing object, or delete it and apply again \
          (for a queue: `rabbitmqctl delete_queue NAME` discards its messages, so move them first, e.g. with a shovel){}",
         done_suffix(.done)
     )]
@@ -67,6 +67,9 @@ pub enum ApplyError {
         object: String,
         /// Arguments in the topology file.
         declared: String,
+        /// The existing object's settings as the management API reports them, or why they could
+        /// not be read and how to see them.
+        existing: String,
         /// The broker's own words, which name the inequivalent argument and its current value.
         broker_says: String,
         /// Objects declared before stopping.
@@ -161,6 +164,49 @@ fn describe_args(q: &QueueDef) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What kind of object a conflict is about, for the look-up of its existing settings.
+#[derive(Clone, Copy)]
+enum Kind {
+    Queue,
+    Exchange,
+}
+
+/// The existing object's settings for a conflict message: read from the management API (AMQP
+/// cannot tell them, and the broker's refusal names only the first difference), or why they
+/// could not be read and how to see them.
+async fn existing(management: Option<&Management>, kind: Kind, name: &str) -> String {
+    let (noun, rabbitmqctl) = match kind {
+        Kind::Queue => (
+            "queue",
+            "rabbitmqctl list_queues name durable auto_delete arguments",
+        ),
+        Kind::Exchange => (
+            "exchange",
+            "rabbitmqctl list_exchanges name type durable auto_delete arguments",
+        ),
+    };
+    let how = format!(
+        "see them with `{rabbitmqctl}` on a broker node, or in the management UI ({noun} '{name}')"
+    );
+    let Some(m) = management else {
+        return format!(
+            "not read (no management API was given: pass --management-url to show them here); {how}"
+        );
+    };
+    let found = match kind {
+        Kind::Queue => m.queue(name).await,
+        Kind::Exchange => m.exchange(name).await,
+    };
+    match found {
+        Ok(Some(record)) => record.to_string(),
+        Ok(None) => format!(
+            "could not be read: the management API at {} does not know it (deleted since, or another vhost?); {how}",
+            m.base()
+        ),
+        Err(e) => format!("could not be read ({e}); {how}"),
+    }
 }
 
 /// Result of probing one object.
@@ -318,11 +364,26 @@ fn check_support(topology: &Topology, version: Option<BrokerVersion>) -> Result<
     Ok(())
 }
 
-/// Declares every exchange, queue and binding; idempotent.
+/// Declares every exchange, queue and binding; idempotent. A conflict's message cannot show the
+/// existing object's arguments (see [`apply_with`]).
 ///
 /// # Errors
 /// [`ApplyError`] naming the object and what was already declared.
 pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, ApplyError> {
+    apply_with(url, topology, None).await
+}
+
+/// [`apply`], asking `management` for the existing object's arguments when one conflicts, so
+/// that the message shows them next to the declared ones (and says how to see them when the
+/// management API cannot be read).
+///
+/// # Errors
+/// [`ApplyError`] naming the object and what was already declared.
+pub async fn apply_with(
+    url: &AmqpUrl,
+    topology: &Topology,
+    management: Option<&Management>,
+) -> Result<ApplyReport, ApplyError> {
     let version = super::version::probe_version(url).await.ok().flatten();
     check_support(topology, version)?;
     let admin = Admin::connect(url, "courier topology apply").await?;
@@ -351,9 +412,10 @@ pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, Ap
                 return Err(ApplyError::Conflict {
                     object,
                     declared: format!("type={}, durable", e.kind.as_str()),
+                    existing: existing(management, Kind::Exchange, &e.name).await,
                     broker_says: text,
                     done,
-                })
+                });
             }
         }
         done.push(object);
@@ -385,10 +447,11 @@ pub async fn apply(url: &AmqpUrl, topology: &Topology) -> Result<ApplyReport, Ap
             Probe::Different(text) => {
                 return Err(ApplyError::Conflict {
                     object,
-                    declared: describe_args(q),
+                    declared: format!("{} (durable)", describe_args(q)),
+                    existing: existing(management, Kind::Queue, &q.name).await,
                     broker_says: text,
                     done,
-                })
+                });
             }
         }
         done.push(object);

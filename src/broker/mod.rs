@@ -8,7 +8,9 @@
 //!   406 closes the channel it happened on), queue and exchange look-ups by passive declare,
 //!   purges, deletes of a whole [`Topology`], an exclusive consumer for passes over a queue.
 //! - [`classify`]: the one function that turns a lapin error into a broker [`Reply`] code.
-//! - [`apply()`] / [`check()`]: declaring a topology and comparing a broker with it.
+//! - [`apply()`] / [`check()`]: declaring a topology and comparing a broker with it
+//!   ([`apply_with`] also shows a conflicting object's existing arguments, read from the
+//!   management API).
 //! - [`probe_version`]: which RabbitMQ answers (read from `connection.start`).
 //! - [`inspect()`]: bounded, order-preserving reads of the head of a queue.
 //!
@@ -20,7 +22,7 @@ mod apply;
 mod inspect;
 mod version;
 
-pub use apply::{apply, check, ApplyError, ApplyReport, CheckReport, Drift};
+pub use apply::{apply, apply_with, check, ApplyError, ApplyReport, CheckReport, Drift};
 pub use inspect::{inspect, InspectError, Sample, MAX_INSPECT};
 pub use version::{probe_version, BrokerVersion, VersionProbeError};
 
@@ -387,24 +389,37 @@ impl Admin {
     /// failures and reporting them. A queue that has consumers is left alone (`if-unused`): it is
     /// someone's live work, and the report names it.
     pub async fn delete(&self, topology: &Topology) -> DeleteReport {
+        self.delete_objects(
+            topology.queues.iter().map(|q| q.name.as_str()),
+            topology.exchanges.iter().map(|e| e.name.as_str()),
+        )
+        .await
+    }
+
+    /// [`Admin::delete`] for objects named one by one (found on the broker rather than read
+    /// from a topology): queues first, messages included, a queue with consumers left alone;
+    /// then exchanges.
+    pub async fn delete_objects<'a>(
+        &self,
+        queues: impl IntoIterator<Item = &'a str>,
+        exchanges: impl IntoIterator<Item = &'a str>,
+    ) -> DeleteReport {
         let mut report = DeleteReport::default();
-        for q in &topology.queues {
-            match self.delete_queue_with(&q.name, true).await {
+        for q in queues {
+            match self.delete_queue_with(q, true).await {
                 Ok(n) => {
                     report.queues += 1;
                     report.messages += u64::from(n);
                 }
-                Err(e) => report
-                    .failed
-                    .push((format!("queue '{}'", q.name), e.to_string())),
+                Err(e) => report.failed.push((format!("queue '{q}'"), e.to_string())),
             }
         }
-        for e in &topology.exchanges {
-            match self.delete_exchange(&e.name).await {
+        for e in exchanges {
+            match self.delete_exchange(e).await {
                 Ok(()) => report.exchanges += 1,
                 Err(err) => report
                     .failed
-                    .push((format!("exchange '{}'", e.name), err.to_string())),
+                    .push((format!("exchange '{e}'"), err.to_string())),
             }
         }
         report

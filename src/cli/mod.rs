@@ -10,6 +10,7 @@ mod work;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use courier::amqp::{AmqpUrl, DEFAULT_AMQP_URL};
+use courier::topology::{Topology, TopologySource, BUILT_IN_NOTICE};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,8 +37,12 @@ pub struct GlobalArgs {
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true, hide_default_value = true)]
     amqp_url: String,
     /// Topology file declaring exchanges, queues, retry tiers and the dead-letter queue.
-    #[arg(long, env = "COURIER_TOPOLOGY", default_value = courier::topology::DEFAULT_TOPOLOGY_PATH, global = true)]
-    topology: PathBuf,
+    /// Default: topology/notifications.toml in the working directory if it is there, else the
+    /// copy of it built into this binary (`courier demo` uses topology/demo.toml instead).
+    // No clap default: "not given" must stay distinguishable from "given", so that a file the
+    // user names is never replaced by the built-in copy.
+    #[arg(long, env = "COURIER_TOPOLOGY", value_name = "FILE", global = true)]
+    topology: Option<PathBuf>,
     /// Prefix for every exchange and queue name (e.g. `staging.`), so several copies of the
     /// topology can share one broker. Routing keys are not prefixed.
     #[arg(
@@ -95,11 +100,14 @@ impl GlobalArgs {
         Ok(self.amqp_url.parse::<AmqpUrl>()?)
     }
 
-    fn load_topology(&self) -> anyhow::Result<courier::topology::Topology> {
-        Ok(courier::topology::Topology::load(
-            &self.topology,
-            &self.prefix,
-        )?)
+    /// The topology named by `--topology`, else the default file, else the built-in default
+    /// (said in the log, so nobody mistakes it for a file they edited).
+    fn load_topology(&self) -> anyhow::Result<Topology> {
+        let source = TopologySource::resolve(self.topology.as_deref());
+        if source.is_built_in() {
+            tracing::info!("{BUILT_IN_NOTICE}");
+        }
+        Ok(source.load(&self.prefix)?)
     }
 }
 
@@ -160,5 +168,37 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", courier::amqp::redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// `courier demo --help` once showed `--topology [default: topology/notifications.toml]`
+    /// while the demo applies topology/demo.toml: the help must not promise one default for
+    /// every command, and must say which file the demo uses.
+    #[test]
+    fn topology_help_is_true_for_the_demo_too() {
+        let mut cli = Cli::command();
+        cli.build();
+        let demo = cli.find_subcommand_mut("demo").expect("demo subcommand");
+        let help = demo.render_long_help().to_string();
+        let topology = demo
+            .get_arguments()
+            .find(|a| a.get_id() == "topology")
+            .expect("--topology reaches the demo");
+        assert!(topology.get_default_values().is_empty(), "{help}");
+        assert!(
+            !help.contains("[default: topology/notifications.toml]"),
+            "{help}"
+        );
+        assert!(help.contains("topology/demo.toml"), "{help}");
     }
 }

@@ -13,8 +13,15 @@ use std::process::ExitCode;
 pub enum TopologyCommand {
     /// Declare every exchange, queue and binding of the topology file. Idempotent: a second
     /// run changes nothing and says so. Stops at the first object whose existing arguments
-    /// differ (PRECONDITION_FAILED), naming it and what was already declared.
-    Apply,
+    /// differ (PRECONDITION_FAILED), naming it, its declared and existing arguments, and what
+    /// was already declared.
+    Apply {
+        /// Management API base URL, asked only when an object conflicts, for its existing
+        /// arguments (AMQP cannot read them). Uses the AMQP credentials. Default: the AMQP host,
+        /// port 15672.
+        #[arg(long, env = "COURIER_MANAGEMENT_URL", value_name = "URL")]
+        management_url: Option<String>,
+    },
     /// Compare the broker with the topology file without changing anything. Exit code 0 when
     /// they match, 3 when something is missing or different, 1 when the check could not run.
     Check {
@@ -45,9 +52,13 @@ pub enum ExportFormat {
 pub async fn run(global: &GlobalArgs, cmd: TopologyCommand) -> anyhow::Result<ExitCode> {
     let topo = global.load_topology()?;
     match cmd {
-        TopologyCommand::Apply => {
+        TopologyCommand::Apply { management_url } => {
             let url = global.amqp_url()?;
-            let report = courier::broker::apply(&url, &topo).await?;
+            let mgmt = Management::new(
+                &management_url.unwrap_or_else(|| url.management_guess()),
+                &url,
+            );
+            let report = courier::broker::apply_with(&url, &topo, Some(&mgmt)).await?;
             let version = report
                 .broker_version
                 .map_or_else(|| "unknown version".to_owned(), |v| format!("RabbitMQ {v}"));

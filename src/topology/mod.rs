@@ -33,6 +33,19 @@ use std::time::Duration;
 /// The default topology file, relative to the working directory.
 pub const DEFAULT_TOPOLOGY_PATH: &str = "topology/notifications.toml";
 
+/// `topology/notifications.toml` as shipped, built into every binary: the fallback when no file
+/// is named and none is at [`DEFAULT_TOPOLOGY_PATH`], so that an installed binary works from any
+/// directory and not only from a checkout's root.
+pub const BUILT_IN_DEFAULT: &str = include_str!("../../topology/notifications.toml");
+
+/// How [`BUILT_IN_DEFAULT`] is named in messages and in [`Topology::source`].
+pub const BUILT_IN_SOURCE: &str = "topology/notifications.toml (built in)";
+
+/// What a binary tells its user when it falls back to [`BUILT_IN_DEFAULT`]: a file edited at
+/// the default path elsewhere is not what runs, and the user must be able to see that.
+pub const BUILT_IN_NOTICE: &str =
+    "using the built-in default topology (topology/notifications.toml as shipped)";
+
 /// The highest priority RabbitMQ accepts for `x-max-priority` (it recommends at most 10).
 const MAX_PRIORITY: i64 = 255;
 
@@ -43,12 +56,13 @@ const MAX_NAME_LEN: usize = 255;
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     /// The file could not be read at all.
-    #[error("{file}: cannot read the topology file: {source}")]
+    #[error("{file}: cannot read the topology file: {error}")]
     Read {
         /// The path as given.
         file: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error. Shown in the message and deliberately not a `source()`: error chains
+        /// (`anyhow`'s `{:#}`) print every source after the message, which showed it twice.
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not fit the schema (unknown key, wrong type).
     #[error("{file}: {message}")]
@@ -236,9 +250,9 @@ impl Topology {
     /// [`TopologyError`] naming the file, the key and the reason.
     pub fn load(path: &Path, prefix: &str) -> Result<Self, TopologyError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| TopologyError::Read {
             file: file.clone(),
-            source,
+            error,
         })?;
         Self::parse(&text, &file, prefix)
     }
@@ -283,9 +297,49 @@ pub fn tier_label(delay: Duration) -> String {
         .replace(' ', "")
 }
 
-/// Resolves the topology path: the value given, else the default.
-pub fn topology_path(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| PathBuf::from(DEFAULT_TOPOLOGY_PATH))
+/// Where a command's topology comes from. Every binary resolves it here, so `courier` and
+/// `courier-dlq` agree on which file is meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologySource {
+    /// A file: the one named (`--topology`, `COURIER_TOPOLOGY`), or [`DEFAULT_TOPOLOGY_PATH`]
+    /// found in the working directory.
+    File(PathBuf),
+    /// [`BUILT_IN_DEFAULT`]: no file named, and none at the default path.
+    BuiltIn,
+}
+
+impl TopologySource {
+    /// The file named, else [`DEFAULT_TOPOLOGY_PATH`] if it exists in the working directory,
+    /// else the built-in default. A file that is named but missing stays a file (and an error
+    /// when loaded): what the user asked for is never silently replaced.
+    pub fn resolve(given: Option<&Path>) -> Self {
+        Self::resolve_with(given, || Path::new(DEFAULT_TOPOLOGY_PATH).exists())
+    }
+
+    /// [`TopologySource::resolve`] with the look at the working directory passed in.
+    fn resolve_with(given: Option<&Path>, default_exists: impl FnOnce() -> bool) -> Self {
+        match given {
+            Some(path) => Self::File(path.to_path_buf()),
+            None if default_exists() => Self::File(PathBuf::from(DEFAULT_TOPOLOGY_PATH)),
+            None => Self::BuiltIn,
+        }
+    }
+
+    /// True for the built-in default: the caller then shows [`BUILT_IN_NOTICE`].
+    pub fn is_built_in(&self) -> bool {
+        matches!(self, Self::BuiltIn)
+    }
+
+    /// Reads and validates the topology, every name prefixed with `prefix`.
+    ///
+    /// # Errors
+    /// [`TopologyError`] naming the file (or [`BUILT_IN_SOURCE`]), the key and the reason.
+    pub fn load(&self, prefix: &str) -> Result<Topology, TopologyError> {
+        match self {
+            Self::File(path) => Topology::load(path, prefix),
+            Self::BuiltIn => Topology::parse(BUILT_IN_DEFAULT, BUILT_IN_SOURCE, prefix),
+        }
+    }
 }
 
 #[cfg(test)]

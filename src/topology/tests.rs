@@ -1,6 +1,7 @@
 use super::*;
+use std::collections::BTreeMap;
 
-const DEFAULT: &str = include_str!("../../topology/notifications.toml");
+const DEFAULT: &str = BUILT_IN_DEFAULT;
 
 fn err(text: &str) -> String {
     Topology::parse(text, "t.toml", "")
@@ -201,4 +202,146 @@ fn mermaid_shows_every_path() {
     assert!(m.contains("after 10m"));
     assert!(m.contains("dead-letter"));
     assert!(m.contains("\"email\""));
+}
+
+#[test]
+fn a_named_file_is_used_else_the_default_file_else_the_built_in_copy() {
+    let named = Path::new("/elsewhere/mine.toml");
+    assert_eq!(
+        TopologySource::resolve_with(Some(named), || true),
+        TopologySource::File(named.to_path_buf())
+    );
+    // Named but missing stays the named file: loading it fails and says so.
+    let missing = TopologySource::resolve_with(Some(named), || false);
+    let e = missing.load("").expect_err("missing file").to_string();
+    assert!(e.starts_with("/elsewhere/mine.toml: cannot read"), "{e}");
+    assert_eq!(
+        TopologySource::resolve_with(None, || true),
+        TopologySource::File(PathBuf::from(DEFAULT_TOPOLOGY_PATH))
+    );
+    let built_in = TopologySource::resolve_with(None, || false);
+    assert!(built_in.is_built_in());
+    let t = built_in.load("p.").expect("the built-in default is valid");
+    assert_eq!(t.source, BUILT_IN_SOURCE);
+    assert_eq!(t.dead_letter_queue, "p.notifications.dlq");
+}
+
+#[test]
+fn an_unreadable_file_names_its_cause_once_even_in_an_error_chain() {
+    let e = Topology::load(Path::new("/nonexistent/t.toml"), "").expect_err("missing");
+    // `{:#}` of an anyhow error prints the message, then every source(): the I/O error must be
+    // in exactly one of them.
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert_eq!(chain.matches("os error").count(), 1, "{chain}");
+}
+
+/// Every key the parser accepts ([`super::raw`]), as `(table, key)`, read from the source of
+/// `raw.rs` itself so that a new key cannot be added without this test seeing it.
+fn parser_keys() -> Vec<(&'static str, String)> {
+    const RAW: &str = include_str!("raw.rs");
+    // Where each raw struct's keys live in the file.
+    let table = |name: &str| match name {
+        "RawTopology" => "",
+        "RawExchange" => "[[exchanges]]",
+        "RawQueueDefaults" => "[queue_defaults]",
+        "RawQueue" => "[[queues]]",
+        "RawBinding" => "[[queues]]",
+        "RawRetry" => "[retry]",
+        "RawDeadLetter" => "[dead_letter]",
+        other => panic!("raw.rs has a new struct {other}: say here which table it is"),
+    };
+    let mut keys = Vec::new();
+    let mut current = None;
+    let mut rename = None;
+    for line in RAW.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("pub(super) struct ") {
+            current = Some(table(rest.trim_end_matches(" {").trim()));
+        } else if line == "}" {
+            current = None;
+        } else if let Some(r) = line
+            .split("rename = \"")
+            .nth(1)
+            .filter(|_| current.is_some())
+        {
+            rename = r.split('"').next().map(str::to_owned);
+        } else if let (Some(t), Some(field)) = (current, line.strip_prefix("pub(super) ")) {
+            let field = field
+                .split(':')
+                .next()
+                .expect("field name")
+                .trim()
+                .to_owned();
+            keys.push((t, rename.take().unwrap_or(field)));
+        }
+    }
+    keys
+}
+
+#[test]
+fn the_default_file_documents_every_key_the_parser_accepts() {
+    let keys = parser_keys();
+    assert!(keys.len() >= 20, "raw.rs was not read right: {keys:?}");
+    // The text of each table, all its entries together: a table's comments are the paragraph
+    // that holds its header, so the file is read paragraph by paragraph.
+    let mut sections: BTreeMap<&str, String> = BTreeMap::new();
+    let mut current = "";
+    for paragraph in DEFAULT.split("\n\n") {
+        if let Some(header) = paragraph.lines().find(|l| l.starts_with('[')) {
+            current = header.trim();
+        }
+        let section = sections.entry(current).or_default();
+        section.push_str(paragraph);
+        section.push('\n');
+    }
+    for (table, key) in keys {
+        if table.is_empty() {
+            assert!(
+                DEFAULT.contains(&format!("[{key}]")) || DEFAULT.contains(&format!("[[{key}]]")),
+                "top-level table `{key}` is missing from topology/notifications.toml"
+            );
+            continue;
+        }
+        let text = sections.get(table).map(String::as_str).unwrap_or_default();
+        // Set in the file (`key = `, also inside an inline table), or described in a comment
+        // of the table, whose first column names one or more keys (`#   a, b   what they do`).
+        let documented = text.lines().any(|l| {
+            let l = l.trim_start_matches(['#', ' ']);
+            let column = l.split("  ").next().unwrap_or_default();
+            column.split(", ").any(|k| k == key)
+                || l.starts_with(&format!("{key} = "))
+                || l.contains(&format!("{{ {key} = "))
+                || l.contains(&format!(", {key} = "))
+        });
+        assert!(
+            documented,
+            "`{key}` of {table} is accepted by the parser (src/topology/raw.rs) but not described in topology/notifications.toml"
+        );
+    }
+}
+
+#[test]
+fn no_retry_is_disabled_in_place_of_tiers_and_max_attempts() {
+    let retry = "tiers = [\"1s\", \"10s\", \"1m\", \"10m\"]\nmax_attempts = 5";
+    // What the README and the file's comments say: alone beside the others it is refused ...
+    let e = err(&DEFAULT.replace(retry, "max_attempts = 5\ndisabled = true"));
+    assert!(
+        e.contains("retry.max_attempts") && e.contains("remove max_attempts"),
+        "{e}"
+    );
+    // ... in place of them, or with max_attempts = 1, it is valid.
+    for no_retry in ["disabled = true", "disabled = true\nmax_attempts = 1"] {
+        let t = Topology::parse(&DEFAULT.replace(retry, no_retry), "t.toml", "").expect("valid");
+        assert_eq!(t.retry.max_attempts, 1);
+    }
+    // The README says so too (it once said only "write `disabled = true`").
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains("`disabled = true` in place of `tiers` and `max_attempts`"),
+        "README's topology section must say what goes with disabled = true"
+    );
 }

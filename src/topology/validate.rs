@@ -314,7 +314,7 @@ impl Validator<'_> {
             if let Some(m) = raw.max_attempts.filter(|m| *m != 1) {
                 return Err(self.invalid(
                     "retry.max_attempts",
-                    format!("{m} attempts need retry tiers; with retry disabled every message gets one attempt"),
+                    format!("{m} attempts need retry tiers; with retry disabled every message gets one attempt, so remove max_attempts (or set it to 1)"),
                 ));
             }
             return Ok(RetryPolicy {
@@ -325,7 +325,7 @@ impl Validator<'_> {
         if raw.tiers.is_empty() {
             return Err(self.invalid(
                 "retry.tiers",
-                "the list is empty; list at least one delay (e.g. [\"1s\", \"10s\"]) or set retry.disabled = true",
+                "the list is empty; list at least one delay (e.g. [\"1s\", \"10s\"]), or for no retry write retry.disabled = true in place of tiers and max_attempts",
             ));
         }
         let mut tiers = Vec::new();

@@ -2,7 +2,7 @@
 //! prefix, with the shared fixtures of `courier-testkit`.
 
 use courier::topology::Topology;
-use courier_testkit::{amqp_url, parsed_url, Cleanup};
+use courier_testkit::{amqp_url, management_url, parsed_url, Cleanup};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -20,6 +20,11 @@ fn demo_topology(prefix: &str) -> Topology {
 
 /// Runs `courier demo ARGS` from the repository root (so it reads topology/demo.toml).
 async fn run_demo(args: &[&str]) -> Output {
+    run_demo_with(args, &[]).await
+}
+
+/// [`run_demo`] with extra environment variables.
+async fn run_demo_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
         .arg("demo")
         .args(args)
@@ -27,6 +32,7 @@ async fn run_demo(args: &[&str]) -> Output {
         .env("AMQP_URL", amqp_url())
         .env_remove("COURIER_TOPOLOGY")
         .env_remove("COURIER_PREFIX")
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .output();
     tokio::time::timeout(Duration::from_secs(180), run)
@@ -153,4 +159,94 @@ async fn demo_keep_leaves_the_dead_letters_for_courier_dlq() {
     let (out_text, err) = text(&clean);
     assert!(clean.status.success(), "{out_text}\n{err}");
     assert_eq!(depth(&topology.dead_letter_queue).await, None);
+}
+
+/// Queues and exchanges under `prefix`, as the management API lists them (independently of the
+/// product's own management client).
+async fn under_prefix(prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for kind in ["queues", "exchanges"] {
+        let listed: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/{kind}/%2F?columns=name", management_url()))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .expect("management API answers")
+            .json()
+            .await
+            .expect("JSON listing");
+        found.extend(
+            listed
+                .as_array()
+                .expect("array")
+                .iter()
+                .filter_map(|o| o["name"].as_str())
+                .filter(|n| n.starts_with(prefix))
+                .map(|n| format!("{kind}: {n}")),
+        );
+    }
+    found
+}
+
+/// Runs `courier topology apply` from the repository root with `args` under `prefix`.
+fn apply_with_courier(prefix: &str, args: &[&str]) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.args(args)
+        .args(["topology", "apply"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", prefix)
+        .env_remove("COURIER_TOPOLOGY");
+    let out = courier_testkit::process::output_within(&mut cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "apply: {}", text(&out).1);
+}
+
+/// `courier topology apply --prefix P` with the default topology (whose retry tiers the demo's
+/// lacks), or with a file `--clean` is not told about, then `courier demo --prefix P --clean`:
+/// nothing is left under P. Found through the management API's listing; without the API,
+/// through every topology the prefix could have been applied with.
+#[tokio::test]
+async fn clean_deletes_whatever_exists_under_the_prefix() {
+    let unreachable = "http://127.0.0.1:1".to_owned();
+    let cases = [
+        (
+            "clean-default",
+            "topology/notifications.toml",
+            management_url(),
+        ),
+        ("clean-custom", "tests/fixtures/fast.toml", management_url()),
+        ("clean-nomgmt", "topology/notifications.toml", unreachable),
+    ];
+    for (tag, file, management) in cases {
+        let prefix = unique_prefix(tag);
+        let applied = Topology::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(file), &prefix)
+            .expect("valid topology");
+        let _cleanup = Cleanup::for_topology(&applied);
+        apply_with_courier(&prefix, &["--topology", file]);
+        assert_eq!(
+            under_prefix(&prefix).await.len(),
+            applied.queues.len() + applied.exchanges.len(),
+            "{tag}: applied"
+        );
+
+        let clean = run_demo_with(
+            &["--prefix", &prefix, "--clean"],
+            &[("COURIER_MANAGEMENT_URL", &management)],
+        )
+        .await;
+        let (stdout, stderr) = text(&clean);
+        assert!(clean.status.success(), "{tag}: {stdout}\n{stderr}");
+        assert_eq!(
+            under_prefix(&prefix).await,
+            Vec::<String>::new(),
+            "{tag}: {stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("remains under prefix"), "{tag}: {stdout}");
+        if management.ends_with(":1") {
+            assert!(
+                stderr.contains("cannot list the objects"),
+                "{tag}: {stderr}"
+            );
+        }
+    }
 }

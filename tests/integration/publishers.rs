@@ -138,3 +138,63 @@ async fn a_message_published_from_node_is_delivered() {
     assert_foreign_publisher_delivers(&t, &sink, cmd, "from-node-1", "Node").await;
     w.stop().await;
 }
+
+/// The publishers' README lists every header the fleet writes (from the library's own names,
+/// so a new header cannot go undocumented), and its links lead somewhere: files that exist,
+/// README sections that exist (it once pointed to a spec that is not in the repository).
+#[test]
+fn publishers_readme_lists_every_fleet_header_and_its_links_resolve() {
+    use courier::envelope::*;
+    let dir = repo_path("examples/publishers");
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("publishers README");
+    for header in [
+        ATTEMPTS,
+        REDELIVERIES,
+        REASON,
+        ERROR,
+        ORIGINAL_EXCHANGE,
+        ORIGINAL_ROUTING_KEY,
+        ORIGINAL_QUEUE,
+        FIRST_FAILED_AT,
+        DEAD_LETTERED_AT,
+        REPLAYED,
+    ] {
+        assert!(
+            readme.contains(&format!("| `{header}` |")),
+            "examples/publishers/README.md has no row for {header}"
+        );
+    }
+    assert!(
+        !readme.contains("product spec"),
+        "points to a spec users do not have"
+    );
+    for link in readme.split("](").skip(1) {
+        let target = link.split(')').next().expect("link target");
+        if target.starts_with("http") {
+            continue;
+        }
+        let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+        let file = dir.join(path);
+        assert!(
+            file.exists(),
+            "link to {target}: {} is missing",
+            file.display()
+        );
+        if !anchor.is_empty() {
+            let text = std::fs::read_to_string(&file).expect("linked file");
+            // GitHub's anchor of a heading: lower case, spaces as dashes, punctuation dropped.
+            let found = text.lines().filter(|l| l.starts_with('#')).any(|h| {
+                let slug: String = h
+                    .trim_start_matches('#')
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect();
+                slug == anchor
+            });
+            assert!(found, "link to {target}: no such heading in {path}");
+        }
+    }
+}

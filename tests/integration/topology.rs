@@ -186,7 +186,16 @@ async fn conflicting_queue_stops_apply_naming_it() {
     .expect("pre-declare");
     let _ = conn.close(200, "done".into()).await;
 
-    let out = courier(&prefix, &["topology", "apply"]);
+    let apply = |management: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+        cmd.args(["topology", "apply"])
+            .env("AMQP_URL", amqp_url())
+            .env("COURIER_PREFIX", &prefix)
+            .env("COURIER_MANAGEMENT_URL", management)
+            .env("RUST_LOG", "warn");
+        output_within(&mut cmd, DEFAULT_DEADLINE)
+    };
+    let out = apply(&management_url());
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -196,8 +205,12 @@ async fn conflicting_queue_stops_apply_naming_it() {
         "{err}"
     );
     assert!(
-        err.contains("x-max-priority=9"),
+        err.contains("declared: x-dead-letter-exchange=") && err.contains("x-max-priority=9"),
         "declared arguments shown: {err}"
+    );
+    assert!(
+        err.contains("existing: x-max-priority=3 (durable)"),
+        "existing arguments shown, read from the management API: {err}"
     );
     assert!(
         err.contains("PRECONDITION_FAILED"),
@@ -208,6 +221,17 @@ async fn conflicting_queue_stops_apply_naming_it() {
         "partial progress shown: {err}"
     );
     assert!(err.contains("fix:"), "{err}");
+
+    // Without a management API the message says the existing arguments could not be read, and
+    // how to see them.
+    let out = apply("http://127.0.0.1:1");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("existing: could not be read (management API at http://127.0.0.1:1")
+            && err.contains("rabbitmqctl list_queues name durable auto_delete arguments"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -417,17 +441,62 @@ fn invalid_reference() {
 }
 
 #[test]
-fn missing_file_is_named() {
+fn missing_file_is_named_and_its_cause_said_once() {
     let out = courier(
         "",
         &["--topology", "/nonexistent/topo.toml", "topology", "export"],
     );
     assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("/nonexistent/topo.toml: cannot read"), "{err}");
+    assert_eq!(
+        err.matches("os error 2").count(),
+        1,
+        "cause printed once: {err}"
+    );
+}
+
+/// An installed binary works from any directory: with no --topology and no
+/// topology/notifications.toml in the working directory, `apply` declares the built-in copy of
+/// the default and says that it does.
+#[tokio::test]
+async fn apply_from_another_directory_uses_the_built_in_default_and_says_so() {
+    let prefix = unique_prefix("anywhere");
+    let topo = load(&prefix);
+    let _cleanup = Cleanup::for_topology(&topo);
+    let elsewhere = tempdir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.args(["topology", "apply"])
+        .current_dir(&elsewhere)
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", &prefix)
+        .env_remove("COURIER_TOPOLOGY")
+        .env("RUST_LOG", "info");
+    let out = output_within(&mut cmd, DEFAULT_DEADLINE);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("23 created"), "{}", stdout(&out));
     assert!(
-        stderr(&out).contains("/nonexistent/topo.toml: cannot read"),
+        stderr(&out).contains(courier::topology::BUILT_IN_NOTICE),
         "{}",
         stderr(&out)
     );
+    for q in &topo.queues {
+        assert!(broker_queue(&q.name).await.is_some(), "{} declared", q.name);
+    }
+
+    // A file named explicitly is never replaced by the built-in copy.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.args([
+        "--topology",
+        "topology/notifications.toml",
+        "topology",
+        "export",
+    ])
+    .current_dir(&elsewhere)
+    .env_remove("COURIER_PREFIX");
+    let out = output_within(&mut cmd, DEFAULT_DEADLINE);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
 }
 
 #[test]

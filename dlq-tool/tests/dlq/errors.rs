@@ -174,3 +174,27 @@ async fn passes_are_exclusive_and_a_lost_connection_loses_nothing() {
     assert!(lost.is_empty(), "lost {:?}", &lost[..lost.len().min(5)]);
     assert!(!in_dlq.is_empty() && !delivered.is_empty(), "cut mid-way");
 }
+
+/// An installed `courier-dlq` works from any directory: without --topology and without
+/// topology/notifications.toml in the working directory it reads the dead-letter queue's name
+/// from the built-in default, and says so once.
+#[tokio::test]
+async fn stats_from_another_directory_uses_the_built_in_default_topology() {
+    let env = Env::new("anywhere").await;
+    let elsewhere = std::env::temp_dir().join(unique_prefix("cwd").trim_end_matches('.'));
+    std::fs::create_dir_all(&elsewhere).expect("temp dir");
+    let mut cmd = env.command(&["stats", "--json"]);
+    cmd.current_dir(&elsewhere).env_remove("COURIER_TOPOLOGY");
+    let o = output_within(&mut cmd, DEFAULT_DEADLINE);
+    let _ = std::fs::remove_dir(&elsewhere);
+    expect_code(&o, 0, "stats from another directory");
+    assert_eq!(
+        stderr(&o)
+            .matches(courier::topology::BUILT_IN_NOTICE)
+            .count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains(&env.dlq()), "{}", stdout(&o));
+}

@@ -1,13 +1,15 @@
 //! Keeping the demo's hands off other people's queues, and removing its own afterwards: the
-//! pre-check that refuses a prefix in use, `courier demo --clean`, and the clean-up report.
+//! pre-check that refuses a prefix in use, `courier demo --clean` (everything under the prefix,
+//! whatever topology put it there), and the clean-up report.
 //!
 //! The broker calls themselves are in [`super::broker`]; this file decides and explains.
 
-use super::broker::{self, Cleaned};
+use super::broker::{self, Cleaned, UnderPrefix};
 use super::Demo;
 use crate::cli::out::{self, outln};
 use anyhow::bail;
 use courier::amqp::AmqpUrl;
+use courier::management::Management;
 use courier::topology::Topology;
 use std::io;
 use std::process::ExitCode;
@@ -44,35 +46,77 @@ pub(super) async fn precheck(
     Ok(())
 }
 
-/// `courier demo --clean`: delete what a kept (or interrupted) demo left.
+/// `courier demo --clean`: delete what a kept (or interrupted) demo left under the prefix, or
+/// what `courier topology apply --prefix` put there with another topology.
+///
+/// It deletes what exists rather than what one topology declares: the management API lists
+/// everything under the prefix; without it, the objects of every topology the prefix could have
+/// been applied with (`known`) are looked for. It ends by saying what remains, if anything.
 pub(super) async fn clean(
     url: &AmqpUrl,
-    topology: &Topology,
+    management: &Management,
     prefix: &str,
+    known: &[Topology],
 ) -> anyhow::Result<ExitCode> {
-    // Count first, so the user learns what went (queue.delete of a missing queue also succeeds).
-    let existing = broker::existing_queues(url, topology, "courier demo (clean-up check)")
-        .await?
-        .len();
-    if existing == 0 {
-        outln!("nothing to clean: no demo queue exists under prefix {prefix:?}")?;
+    let found = broker::under_prefix(url, management, prefix, known).await?;
+    if let Some(why) = &found.not_listed {
+        let sources: Vec<&str> = known.iter().map(|t| t.source.as_str()).collect();
+        eprintln!(
+            "note: cannot list the objects under prefix {prefix:?} ({why}); looking only for those \
+             of {}. Objects of any other topology under this prefix are not seen: pass \
+             --management-url to find them.",
+            sources.join(", ")
+        );
+    }
+    if found.is_empty() {
+        outln!("nothing to clean: no queue or exchange exists under prefix {prefix:?}")?;
         return Ok(ExitCode::SUCCESS);
     }
-    let c = broker::delete_topology(url, topology).await;
-    let printed = outln!(
-        "deleted {existing} queues ({} messages) and the exchanges of {} under prefix {prefix:?}",
+    let queues: Vec<&str> = found.queues.iter().map(|(q, _)| q.as_str()).collect();
+    let exchanges: Vec<&str> = found.exchanges.iter().map(String::as_str).collect();
+    let c = broker::delete_objects(url, &queues, &exchanges).await;
+    outln!(
+        "deleted {} queues ({} messages) and {} exchanges under prefix {prefix:?}",
+        c.queues,
         c.messages,
-        topology.source
-    );
+        c.exchanges
+    )?;
     for f in &c.failed {
         eprintln!("could not delete {f}");
     }
-    let code = if c.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    };
-    out::verdict(printed, code)
+
+    // Look again: the report above counts deletes the broker accepted, this says what is left.
+    let left = broker::under_prefix(url, management, prefix, known).await?;
+    if left.is_empty() {
+        if left.not_listed.is_some() {
+            outln!("none of their objects remains under prefix {prefix:?}")?;
+        } else {
+            outln!("nothing remains under prefix {prefix:?}")?;
+        }
+        return Ok(if c.failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let printed = print_remains(&left, prefix);
+    out::verdict(printed, ExitCode::FAILURE)
+}
+
+/// What `--clean` could not delete, and why as far as it is known.
+fn print_remains(left: &UnderPrefix, prefix: &str) -> io::Result<()> {
+    outln!("still under prefix {prefix:?}:")?;
+    for (q, consumers) in &left.queues {
+        if *consumers > 0 {
+            outln!("  queue '{q}': {consumers} consumer(s) use it, so it was left alone; stop them and run --clean again")?;
+        } else {
+            outln!("  queue '{q}'")?;
+        }
+    }
+    for e in &left.exchanges {
+        outln!("  exchange '{e}'")?;
+    }
+    Ok(())
 }
 
 /// What the clean-up removed, or what it could not, with the command that retries it.

@@ -35,8 +35,9 @@ use super::GlobalArgs;
 use anyhow::{bail, Context};
 use clap::Args;
 use courier::amqp::AmqpUrl;
+use courier::management::Management;
 use courier::metrics::Metrics;
-use courier::topology::{tier_label, Topology, DEFAULT_TOPOLOGY_PATH};
+use courier::topology::{tier_label, Topology, TopologySource};
 use fleet::{Counts, Fleet};
 use plan::{plan, Batch, Expected, Fate};
 use std::collections::HashSet;
@@ -92,9 +93,17 @@ pub struct DemoArgs {
     /// Leave the queues and the dead letters in place, to explore them with courier-dlq.
     #[arg(long)]
     keep: bool,
-    /// Only delete the demo's queues and exchanges (after --keep, or an interrupted run), then exit.
+    /// Only delete the queues and exchanges under the prefix (after --keep, an interrupted run,
+    /// or `courier topology apply --prefix` with any topology), say what remains, then exit.
+    /// Queues with consumers are left alone.
     #[arg(long, conflicts_with = "keep")]
     clean: bool,
+    /// Management API base URL: --clean lists what exists under the prefix there (without it,
+    /// only the objects of topology/demo.toml, the default topology and --topology are found),
+    /// and a conflicting object's arguments are read from it. Uses the AMQP credentials.
+    /// Default: the AMQP host, port 15672.
+    #[arg(long, env = "COURIER_MANAGEMENT_URL", value_name = "URL")]
+    management_url: Option<String>,
     /// Give up if some message has neither been delivered nor dead-lettered by then (default:
     /// 90s, longer if the topology's retry tiers need it).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -109,10 +118,22 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
     } else {
         global.prefix.as_str()
     };
-    let (topology, custom_topology) = load_topology(global, prefix)?;
+    let management = Management::new(
+        args.management_url
+            .as_deref()
+            .unwrap_or(&url.management_guess()),
+        &url,
+    );
     if args.clean {
-        return clean::clean(&url, &topology, prefix).await;
+        return clean::clean(
+            &url,
+            &management,
+            prefix,
+            &clean_topologies(global, prefix)?,
+        )
+        .await;
     }
+    let (topology, custom_topology) = load_topology(global, prefix)?;
     let rules = plan::rules(&args)?;
     let routes = routes(&topology);
     if routes.is_empty() {
@@ -125,7 +146,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
     // Refuse before declaring anything if the prefix is in use: the clean-up deletes every
     // queue of the topology, and queues with consumers or messages are someone's data.
     clean::precheck(&url, &topology, prefix).await?;
-    let report = courier::broker::apply(&url, &topology)
+    let report = courier::broker::apply_with(&url, &topology, Some(&management))
         .await
         .with_context(|| format!("cannot apply {} with prefix {prefix:?}", topology.source))?;
     let broker = report
@@ -179,17 +200,35 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
 /// The demo topology unless `--topology` (or `COURIER_TOPOLOGY`) names another file; the bool
 /// says whether the user's own file is used (then the printed commands must name it).
 fn load_topology(global: &GlobalArgs, prefix: &str) -> anyhow::Result<(Topology, bool)> {
-    if global.topology != Path::new(DEFAULT_TOPOLOGY_PATH) {
-        let t = Topology::load(&global.topology, prefix)?;
-        return Ok((t, true));
+    if let Some(file) = &global.topology {
+        return Ok((Topology::load(file, prefix)?, true));
     }
+    Ok((demo_topology(prefix)?, false))
+}
+
+/// Every topology the prefix may have been applied with, for `--clean` when the management
+/// API cannot list what is there: the demo's, the default (`courier topology apply` without
+/// --topology), and the file given.
+fn clean_topologies(global: &GlobalArgs, prefix: &str) -> anyhow::Result<Vec<Topology>> {
+    let mut known = vec![
+        demo_topology(prefix)?,
+        TopologySource::resolve(None).load(prefix)?,
+    ];
+    if let Some(file) = &global.topology {
+        known.push(Topology::load(file, prefix)?);
+    }
+    Ok(known)
+}
+
+/// topology/demo.toml from the working directory when it is there (so it can be edited), else
+/// the built-in copy.
+fn demo_topology(prefix: &str) -> anyhow::Result<Topology> {
     let on_disk = Path::new(DEMO_TOPOLOGY_PATH);
-    let t = if on_disk.is_file() {
+    Ok(if on_disk.is_file() {
         Topology::load(on_disk, prefix)?
     } else {
         Topology::parse(DEMO_TOPOLOGY, "topology/demo.toml (built in)", prefix)?
-    };
-    Ok((t, false))
+    })
 }
 
 /// Every (exchange, routing key) that reaches a work queue: the "channels" a batch is spread over.

@@ -277,6 +277,7 @@ mod tests {
             fail_always: always,
             keep: false,
             clean: false,
+            management_url: None,
             timeout: None,
         })
         .expect("valid shares")
@@ -317,6 +318,7 @@ mod tests {
             fail_always: 1.0,
             keep: false,
             clean: false,
+            management_url: None,
             timeout: None,
         };
         assert!(rules(&args).is_err());
