@@ -94,8 +94,8 @@ pub struct DemoArgs {
     #[arg(long)]
     keep: bool,
     /// Only delete the queues and exchanges under the prefix (after --keep, an interrupted run,
-    /// or `courier topology apply --prefix` with any topology), say what remains, then exit.
-    /// Queues with consumers are left alone.
+    /// or `courier topology apply --prefix` with any topology), messages included, say what
+    /// remains, then exit. Queues with consumers are left alone.
     #[arg(long, conflicts_with = "keep")]
     clean: bool,
     /// Management API base URL: --clean lists what exists under the prefix there (without it,
