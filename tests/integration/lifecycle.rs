@@ -469,6 +469,38 @@ async fn metrics_health_and_readiness_are_served() {
     }
 }
 
+#[tokio::test]
+async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    // Nobody listens on port 1: the worker logs a warning per connection attempt.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "work",
+            "--queue",
+            "notifications.email",
+            "--handler",
+            "noop",
+        ])
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("COURIER_PREFIX", "")
+        .env("COURIER_TOPOLOGY", default_topology_path())
+        .env("RUST_LOG", "info")
+        // The point is the terminal check, not the NO_COLOR convention.
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn_within(CHILD_DEADLINE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).await;
+    let stderr = take_stderr(&mut child);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("cannot consume"), "no log line: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escapes in a piped log: {stderr:?}"
+    );
+}
+
 #[test]
 fn help_never_shows_the_password_from_the_environment() {
     for args in [
