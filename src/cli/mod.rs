@@ -49,7 +49,8 @@ pub struct GlobalArgs {
     )]
     prefix: String,
     /// Log format on stderr, coloured only on a terminal (and never with NO_COLOR set). Filter
-    /// with RUST_LOG (default `info`).
+    /// with RUST_LOG (default `info`); lapin's own lines only when RUST_LOG names it, e.g.
+    /// `info,lapin=debug`.
     #[arg(long, env = "COURIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 }
@@ -109,7 +110,8 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Text => courier::logging::Format::Text,
         LogFormat::Json => courier::logging::Format::Json,
     };
-    // lapin's channel errors and returns are reported by our own code, with context.
+    // lapin's channel errors and returns are reported by our own code, with context; the
+    // library keeps these under any RUST_LOG that does not name lapin.
     courier::logging::init(
         format,
         &format!("{level},lapin=error,lapin::channel=off,lapin::returned_messages=off"),

@@ -376,6 +376,8 @@ async fn a_worker_that_cannot_log_in_keeps_the_password_out_of_its_logs() {
         .env("AMQP_URL", "amqp://guest:Wr0ngSecretPw@127.0.0.1:5672/%2f")
         .env("COURIER_PREFIX", &t.prefix)
         .env("COURIER_TOPOLOGY", &t.file)
+        // The default filter, as a new user has it.
+        .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn_within(CHILD_DEADLINE);
@@ -387,6 +389,10 @@ async fn a_worker_that_cannot_log_in_keeps_the_password_out_of_its_logs() {
     assert!(stderr.contains("cannot consume"), "{stderr}");
     assert!(stderr.contains("guest:***@"), "{stderr}");
     assert!(!stderr.contains("Wr0ngSecretPw"), "{stderr}");
+    assert!(
+        !stderr.contains("Exponential backoff"),
+        "lapin's stray line beside ours: {stderr}"
+    );
 }
 
 #[tokio::test]
@@ -499,6 +505,38 @@ async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
         !stderr.contains('\u{1b}'),
         "ANSI escapes in a piped log: {stderr:?}"
     );
+}
+
+#[test]
+fn a_wrong_password_is_one_clear_error_without_the_password() {
+    // RUST_LOG unset (what a new user has) and set without naming lapin: the same answer.
+    for rust_log in [None, Some("info")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+        cmd.args(["topology", "apply"])
+            .env("AMQP_URL", "amqp://guest:Wr0ngApplyPw@127.0.0.1:5672/%2f")
+            .env("COURIER_PREFIX", unique_prefix("badpw-apply"))
+            .env("COURIER_TOPOLOGY", default_topology_path());
+        match rust_log {
+            Some(level) => cmd.env("RUST_LOG", level),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let out = output_within(&mut cmd, DEFAULT_DEADLINE);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "RUST_LOG {rust_log:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "RUST_LOG {rust_log:?}: one message, got: {err}"
+        );
+        assert!(
+            lines[0].starts_with("error: cannot connect to amqp://guest:***@127.0.0.1:5672")
+                && lines[0].contains("ACCESS_REFUSED"),
+            "RUST_LOG {rust_log:?}: {err}"
+        );
+        assert!(!err.contains("backoff"), "lapin's stray line: {err}");
+        assert!(!err.contains("Wr0ngApplyPw"), "password shown: {err}");
+    }
 }
 
 #[test]
