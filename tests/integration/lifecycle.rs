@@ -475,6 +475,129 @@ async fn metrics_health_and_readiness_are_served() {
     }
 }
 
+/// A free local port for `--metrics-addr`.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("127.0.0.1:{}", l.local_addr().expect("addr").port())
+}
+
+/// `courier work --handler noop` on `prefix` and topology `file`, serving /metrics on `addr`.
+fn spawn_noop_worker_with_metrics(
+    prefix: &str,
+    file: &std::path::Path,
+    addr: &str,
+) -> DeadlineChild {
+    Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "work",
+            "--queue",
+            "notifications.email",
+            "--handler",
+            "noop",
+            "--metrics-addr",
+            addr,
+        ])
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", prefix)
+        .env("COURIER_TOPOLOGY", file)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn_within(CHILD_DEADLINE)
+}
+
+/// The first `/metrics` page the worker at `addr` serves.
+async fn first_metrics(addr: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await {
+            if let Ok(text) = r.text().await {
+                return text;
+            }
+        }
+        assert!(Instant::now() < deadline, "/metrics never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every series a worker on `queue` (fast.toml: tiers 100ms and 400ms) serves before its first
+/// message, at 0. Written out rather than taken from the library, so a label value renamed in
+/// the code (and so in dashboards and alerts) fails here.
+fn series_at_zero(queue: &str) -> Vec<String> {
+    let q = format!("queue=\"{queue}\"");
+    let mut want = Vec::new();
+    for outcome in [
+        "ack-lost",
+        "dead-lettered",
+        "delivered",
+        "redelivery-counted",
+        "requeued",
+        "retried",
+    ] {
+        want.push(format!(
+            "courier_messages_total{{outcome=\"{outcome}\",{q}}} 0"
+        ));
+    }
+    want.push(format!("courier_handler_duration_seconds_count{{{q}}} 0"));
+    want.push(format!("courier_in_flight{{{q}}} 0"));
+    for tier in ["100ms", "400ms"] {
+        want.push(format!("courier_retries_total{{{q},tier=\"{tier}\"}} 0"));
+    }
+    for reason in ["crash-loop", "malformed", "max-attempts", "permanent"] {
+        want.push(format!(
+            "courier_dead_letters_total{{{q},reason=\"{reason}\"}} 0"
+        ));
+    }
+    want.push(format!("courier_consumer_cancels_total{{{q}}} 0"));
+    want.push("courier_reconnects_total{connection=\"publisher\"} 0".to_owned());
+    want.push("courier_publish_confirm_seconds_count{connection=\"publisher\"} 0".to_owned());
+    for kind in [
+        "channel",
+        "connect",
+        "nack",
+        "no-exchange",
+        "returned",
+        "timeout",
+    ] {
+        want.push(format!(
+            "courier_publish_failures_total{{kind=\"{kind}\"}} 0"
+        ));
+    }
+    want.push("courier_connection_blocked 0".to_owned());
+    want
+}
+
+fn assert_series(text: &str, want: &[String]) {
+    let lines: std::collections::HashSet<&str> = text.lines().collect();
+    let missing: Vec<&String> = want
+        .iter()
+        .filter(|w| !lines.contains(w.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing from /metrics: {missing:#?}\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn every_metric_family_is_served_at_zero_before_the_first_message() {
+    let t = TestTopology::fast("metrics-zero").await;
+    let addr = free_addr();
+    let mut child = spawn_noop_worker_with_metrics(&t.prefix, &t.file, &addr);
+    let text = first_metrics(&addr).await;
+    let mut want = series_at_zero(&t.name("notifications.email"));
+    want.push("courier_reconnects_total{connection=\"consumer\"} 0".to_owned());
+    assert_series(&text, &want);
+    assert!(
+        text.contains("courier_ready "),
+        "courier_ready missing:\n{text}"
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(15))
+        .await
+        .success());
+}
+
 #[tokio::test]
 async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     // Nobody listens on port 1: the worker logs a warning per connection attempt.
