@@ -70,7 +70,9 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Dead letters published, by queue and reason ([`crate::outcome::REASONS`]).
     pub dead_letters: IntCounterVec,
-    /// Reconnections, by connection role ([`label::CONNECTIONS`]).
+    /// Reconnections, by connection role ([`label::CONNECTIONS`]): for the consumer, every
+    /// attempt to connect and subscribe after the first, failed ones included (a missing queue,
+    /// a refused login), so a worker that keeps retrying shows a rising count.
     pub reconnects: IntCounterVec,
     /// Time from publish to broker confirm, by connection (always [`label::PUBLISHER`]).
     pub confirm_seconds: HistogramVec,

@@ -599,6 +599,47 @@ async fn every_metric_family_is_served_at_zero_before_the_first_message() {
 }
 
 #[tokio::test]
+async fn a_worker_waiting_for_its_queue_serves_every_family_and_counts_its_retries() {
+    // Nothing is declared under this prefix: subscribing fails with 404 until someone applies
+    // the topology.
+    let prefix = unique_prefix("metrics-noqueue");
+    let file = repo_path("tests/fixtures/fast.toml");
+    let addr = free_addr();
+    let mut child = spawn_noop_worker_with_metrics(&prefix, &file, &addr);
+    let want = series_at_zero(&format!("{prefix}notifications.email"));
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = first_metrics(&addr).await;
+        assert_series(&text, &want);
+        assert!(
+            text.contains("courier_ready 0"),
+            "ready without a queue:\n{text}"
+        );
+        let retries = text
+            .lines()
+            .find_map(|l| l.strip_prefix("courier_reconnects_total{connection=\"consumer\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if retries >= 2 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscribe retries not counted as reconnects:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let readyz = reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(readyz.status(), 503, "{text}");
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(15))
+        .await
+        .success());
+}
+
+#[tokio::test]
 async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     // Nobody listens on port 1: the worker logs a warning per connection attempt.
     let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
