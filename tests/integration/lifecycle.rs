@@ -703,6 +703,74 @@ fn a_wrong_password_is_one_clear_error_without_the_password() {
     }
 }
 
+#[tokio::test]
+async fn http_header_values_with_commas_reach_the_endpoint_intact() {
+    let t = TestTopology::fast("headers").await;
+    let sink = Sink::ok().await;
+    let p = publisher().await;
+    // The flag: one header per occurrence, never split.
+    let mut child = spawn_worker_binary(
+        &t,
+        &sink.url,
+        &[
+            "--http-header",
+            "Authorization=Bearer a,b;c==",
+            "--http-header",
+            "X-Tenant=acme, inc",
+        ],
+    );
+    publish_jobs(&p, &t.exchange(), "email", "flag", 1).await;
+    sink.wait_for(WAIT, "the flag's delivery", |r| r.len() == 1)
+        .await;
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(15))
+        .await
+        .success());
+    // The environment variable: one header per line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "work",
+            "--queue",
+            "notifications.email",
+            "--handler",
+            "http",
+            "--endpoint",
+            &sink.url,
+        ])
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", &t.prefix)
+        .env("COURIER_TOPOLOGY", &t.file)
+        .env(
+            "COURIER_HTTP_HEADERS",
+            "Authorization=Bearer a,b;c==\nX-Tenant=acme, inc\n",
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn_within(CHILD_DEADLINE);
+    publish_jobs(&p, &t.exchange(), "email", "env", 1).await;
+    sink.wait_for(WAIT, "the variable's delivery", |r| r.len() == 2)
+        .await;
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(15))
+        .await
+        .success());
+    let stderr = take_stderr(&mut child);
+    assert!(
+        !stderr.contains("a,b;c"),
+        "a header value was logged: {stderr}"
+    );
+    for r in sink.all() {
+        assert_eq!(
+            r.header("authorization"),
+            ["Bearer a,b;c=="],
+            "{}",
+            r.message_id
+        );
+        assert_eq!(r.header("x-tenant"), ["acme, inc"], "{}", r.message_id);
+    }
+}
+
 #[test]
 fn help_never_shows_the_password_from_the_environment() {
     for args in [
