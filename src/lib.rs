@@ -23,6 +23,7 @@
 //! - [`ack`]: the ack frontier (which tag `multiple` may ack), shared by the worker and the DLQ
 //!   tool's passes.
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
+//! - [`logging`]: the log set-up both binaries install (stderr, colour only on a terminal).
 //! - [`amqp`]: broker URLs (password never displayed) and connections.
 //! - [`management`]: the optional management-API client (bindings, for `check`).
 //!
@@ -39,6 +40,7 @@ pub mod broker;
 pub mod deadletter;
 pub mod envelope;
 pub mod handler;
+pub mod logging;
 pub mod management;
 pub mod metrics;
 pub mod outcome;

@@ -2,6 +2,13 @@
 //!
 //! A private [`prometheus::Registry`] per worker (no globals), so tests and embedders can run
 //! several workers in one process.
+//!
+//! Every labelled family is served from the start with each label set it can take, at 0:
+//! Prometheus has no series for a counter never incremented, so `rate(courier_retries_total[5m])`
+//! would be empty (and an alert on it silent) until the first retry. [`Metrics::new`] creates
+//! the sets that do not depend on a queue, [`Metrics::init_queue`] those of one work queue; the
+//! label values come from [`label`], [`crate::outcome::REASONS`] and
+//! [`crate::publisher::PublishError::KINDS`], the same constants the code counts with.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,13 +23,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Label values the worker counts with, so the series created at start are the ones it uses.
+pub mod label {
+    /// `outcome` of `courier_messages_total`: handler succeeded, acked.
+    pub const DELIVERED: &str = "delivered";
+    /// `outcome`: copied to a retry tier, acked.
+    pub const RETRIED: &str = "retried";
+    /// `outcome`: copied to the dead-letter exchange, acked.
+    pub const DEAD_LETTERED: &str = "dead-lettered";
+    /// `outcome`: a copy was not confirmed, the original went back to the queue.
+    pub const REQUEUED: &str = "requeued";
+    /// `outcome`: a redelivered message was copied with its redelivery count + 1.
+    pub const REDELIVERY_COUNTED: &str = "redelivery-counted";
+    /// `outcome`: the channel closed before the ack; the broker delivers the message again.
+    pub const ACK_LOST: &str = "ack-lost";
+    /// Every `outcome` of `courier_messages_total`.
+    pub const OUTCOMES: [&str; 6] = [
+        DELIVERED,
+        RETRIED,
+        DEAD_LETTERED,
+        REQUEUED,
+        REDELIVERY_COUNTED,
+        ACK_LOST,
+    ];
+
+    /// `connection` of the consuming connection.
+    pub const CONSUMER: &str = "consumer";
+    /// `connection` of the publishing connection (retry, dead-letter and reply copies).
+    pub const PUBLISHER: &str = "publisher";
+    /// Every `connection` of `courier_reconnects_total`.
+    pub const CONNECTIONS: [&str; 2] = [CONSUMER, PUBLISHER];
+}
+
 /// Every metric the worker exports. Cheap to clone (all fields are shared handles).
 #[derive(Clone)]
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
-    /// Messages finished, by queue and outcome (`delivered`, `retried`, `dead-lettered`,
-    /// `requeued`, `redelivery-counted`, `ack-lost`).
+    /// Messages finished, by queue and outcome ([`label::OUTCOMES`]).
     pub messages: IntCounterVec,
     /// Handler latency, by queue.
     pub handler_seconds: HistogramVec,
@@ -30,13 +68,15 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// Retries published, by queue and tier delay.
     pub retries: IntCounterVec,
-    /// Dead letters published, by queue and reason.
+    /// Dead letters published, by queue and reason ([`crate::outcome::REASONS`]).
     pub dead_letters: IntCounterVec,
-    /// Reconnections, by connection role (`consumer`, `publisher`).
+    /// Reconnections, by connection role ([`label::CONNECTIONS`]): for the consumer, every
+    /// attempt to connect and subscribe after the first, failed ones included (a missing queue,
+    /// a refused login), so a worker that keeps retrying shows a rising count.
     pub reconnects: IntCounterVec,
-    /// Time from publish to broker confirm.
+    /// Time from publish to broker confirm, by connection (always [`label::PUBLISHER`]).
     pub confirm_seconds: HistogramVec,
-    /// Publishes that failed, by kind (`nack`, `returned`, `timeout`, `channel`).
+    /// Publishes that failed, by kind ([`crate::publisher::PublishError::KINDS`]).
     pub publish_failures: IntCounterVec,
     /// Consumers cancelled by the broker or ended without an error, by queue.
     pub consumer_cancels: IntCounterVec,
@@ -47,7 +87,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, with the label sets that do not depend on a queue
+    /// (connections, publish failure kinds) at 0.
     ///
     /// # Panics
     /// Never in practice: the names are static and registered once per registry.
@@ -145,7 +186,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
-        Self {
+        let metrics = Self {
             registry,
             messages,
             handler_seconds,
@@ -158,7 +199,37 @@ impl Metrics {
             consumer_cancels,
             ready,
             blocked,
+        };
+        for connection in label::CONNECTIONS {
+            metrics.reconnects.with_label_values(&[connection]);
         }
+        metrics
+            .confirm_seconds
+            .with_label_values(&[label::PUBLISHER]);
+        for kind in crate::publisher::PublishError::KINDS {
+            metrics.publish_failures.with_label_values(&[kind]);
+        }
+        metrics
+    }
+
+    /// Creates every series of work queue `queue` at 0: outcomes, latency, in-flight, retries
+    /// for each of `tiers` (the labels of the retry tiers it has a queue for), dead letters for
+    /// every reason a worker gives, consumer cancels. Idempotent; [`crate::worker::Worker::new`]
+    /// calls it, so `/metrics` shows them before the worker is ready.
+    pub fn init_queue(&self, queue: &str, tiers: &[String]) {
+        for outcome in label::OUTCOMES {
+            self.messages.with_label_values(&[queue, outcome]);
+        }
+        self.handler_seconds.with_label_values(&[queue]);
+        self.in_flight.with_label_values(&[queue]);
+        for tier in tiers {
+            self.retries.with_label_values(&[queue, tier.as_str()]);
+        }
+        for reason in crate::outcome::REASONS {
+            self.dead_letters
+                .with_label_values(&[queue, reason.as_str()]);
+        }
+        self.consumer_cancels.with_label_values(&[queue]);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -236,4 +307,65 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The series lines of `text` (no `# HELP`/`# TYPE`) whose value is 0.
+    fn zero_series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.ends_with(" 0"))
+            .collect()
+    }
+
+    #[test]
+    fn every_family_is_served_before_anything_happens() {
+        let m = Metrics::new();
+        m.init_queue("q", &["1s".to_owned(), "10s".to_owned()]);
+        let text = m.render();
+        let zero = zero_series(&text);
+        for want in [
+            r#"courier_messages_total{outcome="delivered",queue="q"} 0"#,
+            r#"courier_messages_total{outcome="ack-lost",queue="q"} 0"#,
+            r#"courier_handler_duration_seconds_count{queue="q"} 0"#,
+            r#"courier_in_flight{queue="q"} 0"#,
+            r#"courier_retries_total{queue="q",tier="1s"} 0"#,
+            r#"courier_retries_total{queue="q",tier="10s"} 0"#,
+            r#"courier_dead_letters_total{queue="q",reason="crash-loop"} 0"#,
+            r#"courier_reconnects_total{connection="consumer"} 0"#,
+            r#"courier_reconnects_total{connection="publisher"} 0"#,
+            r#"courier_publish_confirm_seconds_count{connection="publisher"} 0"#,
+            r#"courier_publish_failures_total{kind="no-exchange"} 0"#,
+            r#"courier_publish_failures_total{kind="connect"} 0"#,
+            r#"courier_consumer_cancels_total{queue="q"} 0"#,
+            "courier_ready 0",
+            "courier_connection_blocked 0",
+        ] {
+            assert!(zero.contains(&want), "{want} missing:\n{text}");
+        }
+        let count = |family: &str| zero.iter().filter(|l| l.starts_with(family)).count();
+        assert_eq!(count("courier_messages_total{"), label::OUTCOMES.len());
+        assert_eq!(
+            count("courier_dead_letters_total{"),
+            crate::outcome::REASONS.len()
+        );
+        assert_eq!(
+            count("courier_publish_failures_total{"),
+            crate::publisher::PublishError::KINDS.len()
+        );
+    }
+
+    #[test]
+    fn init_queue_is_idempotent_and_keeps_counts() {
+        let m = Metrics::new();
+        m.init_queue("q", &["1s".to_owned()]);
+        m.messages.with_label_values(&["q", label::DELIVERED]).inc();
+        m.init_queue("q", &["1s".to_owned()]);
+        assert_eq!(
+            m.messages.with_label_values(&["q", label::DELIVERED]).get(),
+            1
+        );
+    }
 }

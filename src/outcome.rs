@@ -14,6 +14,15 @@ use crate::handler::{FailureKind, HandlerError};
 use crate::topology::RetryPolicy;
 use std::time::Duration;
 
+/// Every dead-letter reason [`next`] can give, for metrics. The broker's own (`rejected`,
+/// `expired`) never pass through a worker.
+pub const REASONS: [Reason; 4] = [
+    Reason::Permanent,
+    Reason::MaxAttempts,
+    Reason::Malformed,
+    Reason::CrashLoop,
+];
+
 /// The error recorded on a message that has no `message_id`.
 pub const NO_MESSAGE_ID: &str =
     "message has no message_id (the idempotency key); publishers must set it";

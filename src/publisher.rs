@@ -115,7 +115,17 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// Label for metrics.
+    /// Every [`kind`](Self::kind), for metrics: each series exists before the first failure.
+    pub const KINDS: [&'static str; 6] = [
+        "nack",
+        "returned",
+        "timeout",
+        "channel",
+        "no-exchange",
+        "connect",
+    ];
+
+    /// Label for metrics; one of [`Self::KINDS`].
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Nacked { .. } => "nack",
@@ -271,7 +281,7 @@ impl Publisher {
             self.inner
                 .metrics
                 .reconnects
-                .with_label_values(&["publisher"])
+                .with_label_values(&[crate::metrics::label::PUBLISHER])
                 .inc();
             tracing::info!(url = %self.inner.url, "publisher reconnecting");
         }
@@ -535,7 +545,7 @@ fn judge(
     inner
         .metrics
         .confirm_seconds
-        .with_label_values(&["publisher"])
+        .with_label_values(&[crate::metrics::label::PUBLISHER])
         .observe(meta.started.elapsed().as_secs_f64());
     let result = match outcome {
         Ok(true) => match returned.get_mut(&meta.message_id) {
@@ -584,5 +594,42 @@ fn classify(
             Ok(acked)
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_listed_once() {
+        let id = || "m".to_owned();
+        let all = [
+            PublishError::Nacked {
+                message_id: id(),
+                exchange: id(),
+                routing_key: id(),
+            },
+            PublishError::Returned {
+                message_id: id(),
+                exchange: id(),
+                routing_key: id(),
+            },
+            PublishError::Timeout {
+                message_id: id(),
+                timeout: Duration::from_secs(1),
+            },
+            PublishError::Channel {
+                message_id: id(),
+                reason: id(),
+            },
+            PublishError::NoExchange {
+                message_id: id(),
+                exchange: id(),
+            },
+            PublishError::Connect(id()),
+        ];
+        let kinds: Vec<&str> = all.iter().map(PublishError::kind).collect();
+        assert_eq!(kinds, PublishError::KINDS);
     }
 }

@@ -37,13 +37,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn init_logging() {
-    // Quiet by default: the tool prints its own summary; RUST_LOG=info shows more.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Quiet by default: the tool prints its own summary; RUST_LOG=info shows more. Colour only
+    // on a terminal, as `courier` does (the library's set-up).
+    courier::logging::init(courier::logging::Format::Text, "warn,lapin=off");
 }
 
 fn main() -> ExitCode {

@@ -53,7 +53,9 @@ pub struct GlobalArgs {
         hide_default_value = true
     )]
     prefix: String,
-    /// Log format on stderr. Filter with RUST_LOG (default `info`).
+    /// Log format on stderr, coloured only on a terminal (and never with NO_COLOR set). Filter
+    /// with RUST_LOG (default `info`); lapin's own lines only when RUST_LOG names it, e.g.
+    /// `info,lapin=debug`.
     #[arg(long, env = "COURIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 }
@@ -112,18 +114,16 @@ impl GlobalArgs {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},lapin=error,lapin::channel=off,lapin::returned_messages=off"
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let format = match format {
+        LogFormat::Text => courier::logging::Format::Text,
+        LogFormat::Json => courier::logging::Format::Json,
     };
+    // lapin's channel errors and returns are reported by our own code, with context; the
+    // library keeps these under any RUST_LOG that does not name lapin.
+    courier::logging::init(
+        format,
+        &format!("{level},lapin=error,lapin::channel=off,lapin::returned_messages=off"),
+    );
 }
 
 /// Parses arguments, runs the command on a multi-threaded runtime, maps the outcome to an exit code.

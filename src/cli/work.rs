@@ -38,14 +38,12 @@ pub struct WorkArgs {
     /// nothing in a message can redirect a request.
     #[arg(long, env = "COURIER_ENDPOINT")]
     endpoint: Option<String>,
-    /// With --handler http: extra request header `Name: value` (repeatable), e.g. an
-    /// Authorization token. Values are never logged.
-    #[arg(
-        long = "http-header",
-        env = "COURIER_HTTP_HEADERS",
-        value_delimiter = ',',
-        value_name = "NAME=VALUE"
-    )]
+    /// With --handler http: an extra request header NAME=VALUE, e.g.
+    /// `Authorization=Bearer ...`. One header per --http-header (repeat it for more); the value
+    /// is taken whole, commas and semicolons included. Without the flag, COURIER_HTTP_HEADERS
+    /// is read instead: one NAME=VALUE per line (newline-separated, as a header value can never
+    /// hold a newline). Values are never logged.
+    #[arg(long = "http-header", value_name = "NAME=VALUE")]
     http_headers: Vec<String>,
     /// Messages handled at once by this process.
     #[arg(long, env = "COURIER_CONCURRENCY", default_value_t = 64)]
@@ -116,16 +114,7 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
             let Some(endpoint) = args.endpoint else {
                 bail!("--handler http needs --endpoint URL (or COURIER_ENDPOINT)");
             };
-            let mut headers = Vec::new();
-            for h in &args.http_headers {
-                let Some((k, v)) = h.split_once('=') else {
-                    bail!(
-                        "--http-header {:?}: expected NAME=VALUE",
-                        h.split('=').next().unwrap_or_default()
-                    );
-                };
-                headers.push((k.trim().to_owned(), v.to_owned()));
-            }
+            let headers = http_headers(&args.http_headers, headers_env()?.as_deref())?;
             let handler = HttpHandler::new(HttpConfig {
                 endpoint,
                 timeout: args.handler_timeout,
@@ -135,6 +124,76 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
             serve(url, &topology, config, handler, args.metrics_addr).await
         }
     }
+}
+
+/// The environment variable `--http-header` falls back to. Not clap's `env`: clap would give
+/// its whole value as one header, and a delimiter set for clap would split the flag too.
+const HTTP_HEADERS_ENV: &str = "COURIER_HTTP_HEADERS";
+
+/// The value of [`HTTP_HEADERS_ENV`], if set.
+fn headers_env() -> anyhow::Result<Option<String>> {
+    match std::env::var_os(HTTP_HEADERS_ENV) {
+        None => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(Some)
+            .map_err(|_| anyhow!("{HTTP_HEADERS_ENV} is not valid UTF-8")),
+    }
+}
+
+/// The extra headers of the `http` handler: each `--http-header` is one header, never split
+/// (values may hold commas, e.g. `Accept=a, b`); without any, each non-empty line of
+/// `from_env` (COURIER_HTTP_HEADERS) is one. Values are never shown in errors or logs.
+fn http_headers(flags: &[String], from_env: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+    let given: Vec<(String, &str)> = if flags.is_empty() {
+        from_env
+            .unwrap_or_default()
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| (format!("{HTTP_HEADERS_ENV} line {}", i + 1), line))
+            .collect()
+    } else {
+        flags
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (format!("--http-header #{}", i + 1), h.as_str()))
+            .collect()
+    };
+    let mut headers = Vec::with_capacity(given.len());
+    for (what, text) in given {
+        let Some((name, value)) = text.split_once('=') else {
+            bail!("{what}: expected NAME=VALUE, e.g. Authorization=Bearer ... (no '=' found; the text is not shown, as it may hold a secret)");
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            // The text before '=' may be a whole `Name: secret` line: never echo it.
+            bail!("{what}: expected NAME=VALUE with a header name before the first '=' (letters, digits, '-'; the text is not shown, as it may hold a secret)");
+        }
+        if looks_like_two_headers(value) {
+            tracing::warn!(
+                header = name,
+                "the value of this header contains \",NAME=\": headers are not split on commas; if you meant two, give each its own --http-header or its own line of {HTTP_HEADERS_ENV}"
+            );
+        }
+        headers.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(headers)
+}
+
+/// A byte of an HTTP header name (an RFC 9110 token).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// True when `value` has a comma followed by something like `Name=`: probably two headers
+/// written the old, comma-separated way.
+fn looks_like_two_headers(value: &str) -> bool {
+    value.split(',').skip(1).any(|rest| {
+        rest.trim_start()
+            .split_once('=')
+            .is_some_and(|(name, _)| !name.is_empty() && name.bytes().all(is_token_byte))
+    })
 }
 
 async fn serve<H: Handler>(
@@ -175,4 +234,88 @@ async fn serve<H: Handler>(
         let _ = s.await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn each_flag_is_one_header_commas_and_semicolons_included() {
+        let flags = vec![
+            "Accept=text/plain, application/json".to_owned(),
+            "Cookie=a=1; b=2".to_owned(),
+            " X-Empty =".to_owned(),
+        ];
+        let got = http_headers(&flags, Some("Ignored=when flags are given")).expect("valid");
+        assert_eq!(
+            got,
+            pairs(&[
+                ("Accept", "text/plain, application/json"),
+                ("Cookie", "a=1; b=2"),
+                ("X-Empty", ""),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_environment_variable_has_one_header_per_line() {
+        let env = "Authorization=Bearer a,b;c==\r\n\nX-Tenant=acme, inc\n";
+        let got = http_headers(&[], Some(env)).expect("valid");
+        assert_eq!(
+            got,
+            pairs(&[
+                ("Authorization", "Bearer a,b;c=="),
+                ("X-Tenant", "acme, inc"),
+            ])
+        );
+        assert!(http_headers(&[], None).expect("none").is_empty());
+        assert!(http_headers(&[], Some("\n \n")).expect("blank").is_empty());
+    }
+
+    #[test]
+    fn a_malformed_header_is_refused_without_echoing_it() {
+        for (flags, env, what) in [
+            (
+                vec!["Authorization: Bearer s3cret".to_owned()],
+                None,
+                "--http-header #1",
+            ),
+            (
+                vec![
+                    "A=1".to_owned(),
+                    "Authorization: Bearer s3cret==".to_owned(),
+                ],
+                None,
+                "--http-header #2",
+            ),
+            (
+                vec![],
+                Some("A=1\nAuthorization: Bearer s3cret"),
+                "COURIER_HTTP_HEADERS line 2",
+            ),
+            (vec!["=s3cret".to_owned()], None, "--http-header #1"),
+        ] {
+            let err = http_headers(&flags, env)
+                .expect_err("malformed")
+                .to_string();
+            assert!(err.contains(what), "{err}");
+            assert!(err.contains("NAME=VALUE"), "{err}");
+            assert!(!err.contains("s3cret"), "secret echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn old_comma_separated_lists_are_recognised() {
+        assert!(looks_like_two_headers("Bearer x,X-Tenant=acme"));
+        assert!(looks_like_two_headers("1, B=2"));
+        assert!(!looks_like_two_headers("text/plain, application/json"));
+        assert!(!looks_like_two_headers("Bearer abc=="));
+    }
 }

@@ -10,7 +10,7 @@
 //! It drains whatever is queued before writing, so a burst of outcomes becomes one frame.
 
 use crate::ack::Frontier;
-use crate::metrics::Metrics;
+use crate::metrics::{label, Metrics};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use tokio::sync::mpsc;
@@ -104,7 +104,7 @@ pub fn spawn(
                     tracing::warn!(%queue, error = %e, "requeue failed; the channel is gone and the broker will redeliver");
                     metrics
                         .messages
-                        .with_label_values(&[&queue, "ack-lost"])
+                        .with_label_values(&[&queue, label::ACK_LOST])
                         .inc();
                     return;
                 }
@@ -122,7 +122,7 @@ pub fn spawn(
                         tracing::warn!(%queue, error = %e, "ack failed; the channel is gone and the broker will redeliver");
                         metrics
                             .messages
-                            .with_label_values(&[&queue, "ack-lost"])
+                            .with_label_values(&[&queue, label::ACK_LOST])
                             .inc();
                         return;
                     }

@@ -187,7 +187,8 @@ pub struct Worker<H> {
 }
 
 impl<H: Handler> Worker<H> {
-    /// Prepares a worker; connects nothing yet.
+    /// Prepares a worker; connects nothing yet. Creates the queue's series in `metrics`, so
+    /// `/metrics` shows every family (at 0) before the worker is ready.
     ///
     /// # Errors
     /// [`WorkerError::UnknownQueue`] when the configured queue is not a work queue of
@@ -222,12 +223,15 @@ impl<H: Handler> Worker<H> {
             },
             metrics.clone(),
         );
-        let tier_labels = topology
+        let tier_labels: Vec<String> = topology
             .retry
             .tiers
             .iter()
             .map(|d| tier_label(*d))
             .collect();
+        // Every series from the start (see `metrics`): the tiers this queue can retry to.
+        let tiers = tier_labels.len().min(work.retry_queues.len());
+        metrics.init_queue(&config.queue, &tier_labels[..tiers]);
         let limits = Limits {
             retry: topology.retry.clone(),
             retry_queues: work.retry_queues.len(),

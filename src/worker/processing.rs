@@ -11,7 +11,7 @@ use super::acker::Settle;
 use super::WorkerSettings;
 use crate::envelope::{self, Origin, Reason};
 use crate::handler::{Handler, HandlerError, Job};
-use crate::metrics::Metrics;
+use crate::metrics::{label, Metrics};
 use crate::outcome::{self, Action, Facts, Limits, Next};
 use crate::publisher::{Outgoing, Publisher};
 use crate::retry::RetryPolicy;
@@ -101,7 +101,7 @@ impl<H: Handler> Ctx<H> {
                 Next::Settle(Action::Ack) => {
                     let attempts = facts.attempts.saturating_add(1);
                     self.reply(d, id, "delivered", None, attempts).await;
-                    self.count("delivered");
+                    self.count(label::DELIVERED);
                     return Settle::Ack;
                 }
                 Next::Settle(Action::Retry {
@@ -191,7 +191,7 @@ impl<H: Handler> Ctx<H> {
             // `outcome::next` picks only tiers this queue has a queue for. Should that ever
             // break, the message goes back rather than being lost.
             tracing::error!(%message_id, tier, "no retry queue for the chosen tier; the original goes back to the queue");
-            self.count("requeued");
+            self.count(label::REQUEUED);
             return Settle::Requeue;
         };
         let headers = envelope::retry_headers(
@@ -213,11 +213,11 @@ impl<H: Handler> Ctx<H> {
                 .retries
                 .with_label_values(&[queue, label])
                 .inc();
-            self.count("retried");
+            self.count(label::RETRIED);
             tracing::debug!(%message_id, attempts, tier = label, %error, "retry scheduled");
             Settle::Ack
         } else {
-            self.count("requeued");
+            self.count(label::REQUEUED);
             Settle::Requeue
         }
     }
@@ -239,10 +239,10 @@ impl<H: Handler> Ctx<H> {
             body: d.data.clone(),
         };
         if self.republish(msg, message_id, "redelivery count").await {
-            self.count("redelivery-counted");
+            self.count(label::REDELIVERY_COUNTED);
             Settle::Ack
         } else {
-            self.count("requeued");
+            self.count(label::REQUEUED);
             Settle::Requeue
         }
     }
@@ -277,7 +277,7 @@ impl<H: Handler> Ctx<H> {
                 .dead_letters
                 .with_label_values(&[&self.config.queue, reason.as_str()])
                 .inc();
-            self.count("dead-lettered");
+            self.count(label::DEAD_LETTERED);
             tracing::info!(%message_id, %reason, attempts, error = %envelope::truncate(error, 200), "dead-lettered");
             self.reply(
                 d,
@@ -289,7 +289,7 @@ impl<H: Handler> Ctx<H> {
             .await;
             Settle::Ack
         } else {
-            self.count("requeued");
+            self.count(label::REQUEUED);
             Settle::Requeue
         }
     }

@@ -4,15 +4,16 @@
 //! Why one loop owns all of it: readiness, reconnect back-off and shutdown all depend on which
 //! session is alive, so they change in one place. Any channel or connection loss, or a consumer
 //! cancelled by the broker, marks the worker not ready and reconnects after a delay from the
-//! one [`RetryPolicy`] (exponential, jittered, reset after a good session). Outcomes of a dead
-//! channel are dropped: the broker redelivers those messages. Every broker call that only tidies
-//! up has a deadline, so a half-open broker cannot stall shutdown or reconnection.
+//! one [`RetryPolicy`] (exponential, jittered, reset after a good session); every attempt after
+//! the first counts in `courier_reconnects_total`. Outcomes of a dead channel are dropped: the
+//! broker redelivers those messages. Every broker call that only tidies up has a deadline, so a
+//! half-open broker cannot stall shutdown or reconnection.
 
 use super::consumer::{self, SessionEnd};
 use super::processing::Ctx;
 use crate::amqp::AmqpUrl;
 use crate::handler::Handler;
-use crate::metrics::Health;
+use crate::metrics::{label, Health};
 use crate::retry::RetryPolicy;
 use lapin::options::BasicCancelOptions;
 use lapin::{Channel, Connection, Consumer};
@@ -54,11 +55,21 @@ impl<H: Handler> Supervisor<H> {
         let slots = Arc::new(Semaphore::new(ctx.config.concurrency));
         let mut backoff =
             RetryPolicy::new(ctx.config.reconnect_min, ctx.config.reconnect_max).delays();
-        let mut sessions = 0u64;
+        let mut attempts = 0u64;
         let mut ackers = Vec::new();
         loop {
             if shutdown.is_cancelled() {
                 break;
+            }
+            // Every attempt after the first is a reconnect, failed or not: a worker that keeps
+            // failing to subscribe (its queue missing, its login refused) must show a rising
+            // count, or the reconnect alert stays silent while the worker never consumes.
+            attempts += 1;
+            if attempts > 1 {
+                ctx.metrics
+                    .reconnects
+                    .with_label_values(&[label::CONSUMER])
+                    .inc();
             }
             let opened = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -77,13 +88,6 @@ impl<H: Handler> Supervisor<H> {
                     }
                 }
             };
-            sessions += 1;
-            if sessions > 1 {
-                ctx.metrics
-                    .reconnects
-                    .with_label_values(&["consumer"])
-                    .inc();
-            }
             backoff.reset();
             self.set_ready(true);
             tracing::info!(%queue, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");

@@ -18,6 +18,8 @@ pub struct Received {
     pub attempt: u32,
     pub body: Vec<u8>,
     pub content_type: String,
+    /// Every request header, in arrival order (names lower case), values as sent.
+    pub headers: Vec<(String, String)>,
     pub at: Instant,
     /// What the sink answered.
     pub status: u16,
@@ -60,6 +62,15 @@ async fn sink_handler(
         attempt: h(X_COURIER_ATTEMPT).parse().unwrap_or(0),
         body: body.to_vec(),
         content_type: h("content-type"),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
         at: Instant::now(),
         status: 0,
     };
@@ -79,6 +90,17 @@ async fn sink_handler(
         );
     }
     (StatusCode::from_u16(status).expect("status"), out)
+}
+
+impl Received {
+    /// The values of request header `name` (any case), in the order sent.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 impl Sink {

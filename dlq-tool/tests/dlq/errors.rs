@@ -95,6 +95,24 @@ async fn errors_name_the_object_the_value_and_the_fix() {
     assert!(stderr(&o).contains("no-such-queue"), "{}", stderr(&o));
 }
 
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    // lapin logs at debug while the tool looks for a queue that does not exist (lapin is quiet
+    // unless named); stderr is a pipe here, never a terminal.
+    let queue = format!("{}missing", unique_prefix("nocolour"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_courier-dlq"));
+    cmd.args(["stats", "--queue", &queue])
+        .env("AMQP_URL", amqp_url())
+        .env("RUST_LOG", "warn,lapin=debug")
+        // The point is the terminal check, not the NO_COLOR convention.
+        .env_remove("NO_COLOR");
+    let o = output_within(&mut cmd, DEFAULT_DEADLINE);
+    expect_code(&o, 1, "missing queue");
+    let e = stderr(&o);
+    assert!(e.contains("DEBUG"), "no log line to check: {e}");
+    assert!(!e.contains('\u{1b}'), "ANSI escapes in a piped log: {e:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_are_exclusive_and_a_lost_connection_loses_nothing() {
     const N: usize = 3000;
