@@ -24,7 +24,8 @@
 //!   tool's passes.
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
 //! - [`amqp`]: broker URLs (password never displayed) and connections.
-//! - [`management`]: the optional management-API client (bindings, for `check`).
+//! - [`management`]: the optional management-API client (bindings, for `check`; unacknowledged
+//!   counts, for `courier-dlq stats`).
 //!
 //! The workspace's other crates: `src/main.rs` + `src/cli/` the thin `courier` binary (one module
 //! a command); `dlq-tool/` the `courier-dlq` binary (its filters, stats, rendering and export

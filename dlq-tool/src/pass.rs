@@ -5,7 +5,9 @@
 //!   most that many deliveries are taken. Dead letters arriving during the pass (replayed ones
 //!   failing again included) queue up behind them and wait for the next pass: a replay can
 //!   never loop.
-//! - **One tool at a time.** The consumer is exclusive.
+//! - **One tool at a time.** The consumer is exclusive, and a queue that already has a consumer
+//!   is refused before the count is read (a running pass holds its messages unacknowledged, so
+//!   the queue would look empty).
 //! - **Nothing acked before its copy is safe.** A replayed or kept message is acked after the
 //!   broker confirmed the copy (mandatory publish through the library's [`Publisher`]); an
 //!   exported one after its line is written and the file fsynced; a purged one is simply acked.
@@ -107,6 +109,9 @@ pub struct Stayed {
 /// What a pass did.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The pass got as far as counting the queue; false when it failed before (the queue is
+    /// missing or busy), and then there is nothing to report.
+    pub started: bool,
     /// Messages ready when the pass started.
     pub total: u64,
     /// Deliveries taken.
@@ -229,8 +234,11 @@ struct Pass<'a> {
 impl Pass<'_> {
     async fn run(&mut self) -> anyhow::Result<()> {
         let queue = self.config.queue.clone();
-        let total = u64::from(self.broker.existing_queue(&queue, APPLY_HINT).await?.ready);
+        // Refused when anything consumes the queue: another pass holding every message
+        // unacknowledged leaves 0 ready, which must not read as "nothing to do".
+        let total = u64::from(self.broker.unused_queue(&queue, APPLY_HINT).await?.ready);
         self.report.total = total;
+        self.report.started = true;
         if total == 0 {
             return Ok(());
         }

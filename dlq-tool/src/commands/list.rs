@@ -87,8 +87,13 @@ pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
     })
     .await;
     broker.close().await;
-    // Rows already seen are printed even when the inspection failed later, as before.
-    let written = write_out(&mut out);
+    // Rows already seen are printed even when the inspection failed later, as before; a lone
+    // header is not (a missing or busy queue fails before any row).
+    let written = if shown > 0 || sample.is_ok() {
+        write_out(&mut out)
+    } else {
+        Ok(())
+    };
     let sample = sample?;
     written?;
     // The footer goes to stderr: stdout stays a clean table or JSONL stream for pipes.

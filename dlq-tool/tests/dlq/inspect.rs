@@ -68,10 +68,23 @@ async fn inspection_leaves_the_queue_exactly_as_it_was() {
         assert!(out.contains(want), "stats lacks {want:?}:\n{out}");
     }
 
+    // Ready from AMQP, unacknowledged from the management API (which samples every few seconds:
+    // it may not have seen this new queue yet, or may still count the dump above), else unknown.
+    assert!(out.contains("31 messages ready, "), "{out}");
+    let o = env.run(&["stats", "--management-url", "http://127.0.0.1:1"]);
+    expect_code(&o, 0, "stats without a management API");
+    assert!(
+        stdout(&o).contains("31 messages ready, unacknowledged: unknown (management API at http://127.0.0.1:1: cannot connect"),
+        "{}",
+        stdout(&o)
+    );
+
     let o = env.run(&["stats", "--json", "--from-queue", "notifications.sms"]);
     expect_code(&o, 0, "stats --json");
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
     assert_eq!(v["total"], 31);
+    assert_eq!(v["ready"], 31);
+    assert!(v["unacked"].is_u64() || v["unacked"].is_null(), "{v}");
     assert_eq!(v["matched"], 15);
     assert_eq!(v["sampled"], false);
     assert_eq!(v["by_reason"]["permanent"], 5);

@@ -9,6 +9,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod busy;
 mod errors;
 mod export;
 mod inspect;

@@ -140,6 +140,7 @@ impl Env {
             .env("AMQP_URL", amqp_url())
             .env("COURIER_PREFIX", &self.prefix)
             .env("COURIER_TOPOLOGY", repo_path("topology/notifications.toml"))
+            .env("COURIER_MANAGEMENT_URL", management_url())
             .env_remove("COURIER_DLQ")
             .env("RUST_LOG", "warn");
         c
