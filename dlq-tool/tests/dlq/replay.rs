@@ -111,7 +111,7 @@ async fn unselected_messages_stay_in_order_and_limit_stops_early() {
     let o = env.run(&["replay", "--reason", "permanent"]);
     expect_code(&o, 0, "replay --reason");
     assert!(stdout(&o).contains("replayed 20 of 60"), "{}", stdout(&o));
-    assert!(stdout(&o).contains("put back in"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("left in place in"), "{}", stdout(&o));
     let after = dump(&env.dlq()).await;
     let expected: Vec<Stored> = before
         .iter()
@@ -136,7 +136,8 @@ async fn unselected_messages_stay_in_order_and_limit_stops_early() {
         "the untouched rest is exactly as it was"
     );
 
-    // --limit after unselected messages were put back: the pass goes on to restore the order.
+    // --limit with unselected messages before the matches: they are held, the pass stops at
+    // the second match and gives them back in place.
     let o = env.run(&[
         "replay",
         "--error-contains",
