@@ -47,6 +47,7 @@ pub async fn run(
     verb: Verb<'_>,
 ) -> anyhow::Result<ExitCode> {
     warn_if_quorum(g, queue);
+    crate::inspect::warn_dry_run_limit(limit);
     let broker = connect(url, &format!("{} --dry-run", verb.word()), queue).await?;
     let now = now_millis();
     let limit = limit.unwrap_or(u64::MAX);

@@ -6,7 +6,7 @@
 
 use super::{connect, warn_if_quorum};
 use crate::cli::{Global, ListArgs};
-use crate::inspect::inspect;
+use crate::inspect::{examine_at_most, inspect};
 use crate::jsonl;
 use crate::output::{age_of, summary, thousands, Table};
 use crate::stats::error_group;
@@ -47,7 +47,7 @@ pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     let mut shown = 0u64;
-    let sample = inspect(&broker, &queue, a.limit, |d| {
+    let sample = inspect(&broker, &queue, examine_at_most(a.limit), |d| {
         let dl = DeadLetter::read(&d.properties, d.data.len());
         if !filter.matches(&dl, d.properties.headers().as_ref(), now) {
             return Ok(ControlFlow::Continue(()));

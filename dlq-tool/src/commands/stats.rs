@@ -7,7 +7,7 @@
 
 use super::{connect, warn_if_quorum};
 use crate::cli::{Global, StatsArgs};
-use crate::inspect::{inspect, Sample};
+use crate::inspect::{examine_at_most, inspect, Sample};
 use crate::output::{age, groups, thousands};
 use crate::render::format_time_ms;
 use crate::stats::Stats;
@@ -40,7 +40,7 @@ pub async fn run(g: &Global, a: StatsArgs) -> anyhow::Result<ExitCode> {
     let broker = broker?;
     let now = now_millis();
     let mut stats = Stats::default();
-    let sample = inspect(&broker, &queue, a.limit, |d| {
+    let sample = inspect(&broker, &queue, examine_at_most(a.limit), |d| {
         let dl = DeadLetter::read(&d.properties, d.data.len());
         if filter.matches(&dl, d.properties.headers().as_ref(), now) {
             stats.add(&dl);

@@ -93,6 +93,24 @@ async fn inspection_leaves_the_queue_exactly_as_it_was() {
     expect_code(&o, 0, "stats --limit 5");
     assert!(stdout(&o).contains("sampled 5 of 31"), "{}", stdout(&o));
 
+    // Past what an inspection can hold unacknowledged: cut to the bound, and said so.
+    for cmd in ["stats", "list"] {
+        let o = env.run(&[cmd, "--limit", "70000"]);
+        expect_code(&o, 0, &format!("{cmd} --limit 70000"));
+        assert!(
+            stderr(&o).contains("warning: --limit 70000: an inspection examines at most 65,535"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+    }
+    let o = env.run(&["replay", "--dry-run", "--limit", "70000"]);
+    expect_code(&o, 0, "replay --dry-run --limit 70000");
+    assert!(
+        stderr(&o).contains("warning: --limit 70000: a dry run examines at most 65,535"),
+        "{}",
+        stderr(&o)
+    );
+
     let o = env.run(&["list"]);
     expect_code(&o, 0, "list");
     let out = stdout(&o);
