@@ -216,6 +216,21 @@ async fn a_destination_that_does_not_route_keeps_the_message_and_reports_it() {
     p.close().await;
     let before = dump(&env.dlq()).await;
 
+    // The preview says what stays and why; it cannot know that a routing key no longer routes.
+    let o = env.run(&["replay", "--dry-run", "--limit", "6"]);
+    expect_code(&o, 0, "replay --dry-run");
+    let out = stdout(&o);
+    for want in [
+        "would replay: 4 (--limit reached)\n",
+        "would stay: 3\n",
+        "  not selected: 0\n",
+        "  past --limit: 1\n",
+        "  without a recorded origin: 1 (replay them with --to-queue)\n",
+        "  for an exchange that does not exist: 1\n",
+    ] {
+        assert!(out.contains(want), "dry run lacks {want:?}:\n{out}");
+    }
+
     let o = env.run(&["replay", "--window", "64"]);
     expect_code(&o, 1, "replay with unroutable messages");
     let out = stdout(&o);
