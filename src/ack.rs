@@ -83,6 +83,15 @@ impl Frontier {
         above.into_iter().collect()
     }
 
+    /// Takes every ack-settled tag not yet covered by an ack, each to be acked on its own
+    /// (`multiple = false`), lowest first. For a caller that keeps some deliveries unsettled on
+    /// purpose (a `courier-dlq` pass holding messages to give back in place): no `multiple` ack
+    /// may pass them, so the settled ones above are acked one by one instead of waiting. A tag
+    /// taken here is never returned again, by this or by [`Frontier::take_ack`].
+    pub fn take_each(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.acks).into_iter().collect()
+    }
+
     /// The highest tag below which nothing is in flight.
     fn safe(&self) -> u64 {
         match self.outstanding.first() {
@@ -186,6 +195,28 @@ mod tests {
         assert_eq!(f.unsettled(), 0);
         assert_eq!(f.take_ack(), Some(5));
         f.delivered(6);
+        assert_eq!(f.take_ack(), None);
+    }
+
+    #[test]
+    fn take_each_acks_past_a_held_delivery_once() {
+        let mut f = Frontier::default();
+        for t in 1..=5 {
+            f.delivered(t);
+        }
+        // 2 is held on purpose; 1, 3 and 5 are settled, 4 is still in flight.
+        f.settled(1, Settle::Ack);
+        f.settled(3, Settle::Ack);
+        f.settled(5, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(1));
+        assert_eq!(f.take_each(), vec![3, 5]);
+        assert_eq!(f.take_each(), Vec::<u64>::new());
+        f.settled(4, Settle::Ack);
+        assert_eq!(f.take_ack(), None, "2 is still held");
+        assert_eq!(f.take_each(), vec![4]);
+        // 2 settles at last: a multiple ack up to 2 names only tags not acked yet.
+        f.settled(2, Settle::Ack);
+        assert_eq!(f.take_ack(), Some(2));
         assert_eq!(f.take_ack(), None);
     }
 

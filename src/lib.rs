@@ -25,7 +25,8 @@
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
 //! - [`logging`]: the log set-up both binaries install (stderr, colour only on a terminal).
 //! - [`amqp`]: broker URLs (password never displayed) and connections.
-//! - [`management`]: the optional management-API client (bindings, for `check`).
+//! - [`management`]: the optional management-API client (bindings, for `check`; unacknowledged
+//!   counts, for `courier-dlq stats`).
 //!
 //! The workspace's other crates: `src/main.rs` + `src/cli/` the thin `courier` binary (one module
 //! a command); `dlq-tool/` the `courier-dlq` binary (its filters, stats, rendering and export

@@ -1,6 +1,7 @@
 //! A minimal client for RabbitMQ's management HTTP API, for what AMQP cannot tell: bindings,
-//! the arguments an existing queue or exchange was declared with, and which objects exist under
-//! a prefix.
+//! the arguments an existing queue or exchange was declared with, which objects exist under a
+//! prefix, and how many of a queue's messages are delivered but unacknowledged (a passive
+//! `queue.declare` counts only the ready ones).
 //!
 //! Optional everywhere: Courier works without the management plugin, and says what it could
 //! not verify.
@@ -116,6 +117,29 @@ struct Named {
     name: String,
 }
 
+/// A queue's message counts as the management API last sampled them.
+///
+/// The broker refreshes these every few seconds (`collect_statistics_interval`, 5 s by
+/// default), so they can lag behind a consumer that just acked or gave messages back; a
+/// passive declare's ready count is the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages waiting to be delivered.
+    pub ready: u64,
+    /// Messages delivered to a consumer (or a `basic.get`) and not yet acked or given back.
+    pub unacked: u64,
+    /// Consumers subscribed.
+    pub consumers: u64,
+}
+
+#[derive(Deserialize)]
+struct QueueRecord {
+    // Absent until the broker has sampled a new queue once.
+    messages_ready: Option<u64>,
+    messages_unacknowledged: Option<u64>,
+    consumers: Option<u64>,
+}
+
 impl Management {
     /// A client for `base` (e.g. `http://127.0.0.1:15672`) using the AMQP URL's credentials.
     pub fn new(base: &str, amqp: &AmqpUrl) -> Self {
@@ -138,7 +162,7 @@ impl Management {
         }
     }
 
-    /// The base URL, for messages.
+    /// The base URL (no credentials in it), for messages.
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -181,6 +205,58 @@ impl Management {
                 self.vhost
             ))
         })
+    }
+
+    /// `queue`'s message counts (see [`QueueCounts`] for how fresh they are).
+    ///
+    /// # Errors
+    /// [`ManagementError`] if the API is unreachable within `timeout`, refuses the credentials,
+    /// does not know the queue or has not sampled it yet.
+    pub async fn queue_counts(
+        &self,
+        queue: &str,
+        timeout: Duration,
+    ) -> Result<QueueCounts, ManagementError> {
+        let resp = self
+            .client
+            .get(format!(
+                "{}/api/queues/{}/{}",
+                self.base,
+                encode(&self.vhost),
+                encode(queue)
+            ))
+            .query(&[(
+                "columns",
+                "messages_ready,messages_unacknowledged,consumers",
+            )])
+            .timeout(timeout)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| {
+                // The request's URL is noise here: the base is already in the message.
+                if e.is_timeout() {
+                    self.err(format!("no answer within {}s", timeout.as_secs_f32()))
+                } else if e.is_connect() {
+                    self.err("cannot connect")
+                } else {
+                    self.err(e.without_url())
+                }
+            })?;
+        if !resp.status().is_success() {
+            return Err(self.err(format!("HTTP {} for queue '{queue}'", resp.status())));
+        }
+        let q: QueueRecord = resp.json().await.map_err(|e| self.err(e))?;
+        match (q.messages_ready, q.messages_unacknowledged) {
+            (Some(ready), Some(unacked)) => Ok(QueueCounts {
+                ready,
+                unacked,
+                consumers: q.consumers.unwrap_or(0),
+            }),
+            _ => Err(self.err(format!(
+                "no message counts for queue '{queue}' yet (the broker samples them every few seconds)"
+            ))),
+        }
     }
 
     /// Every (exchange, queue, routing key) binding in the vhost.

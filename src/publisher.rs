@@ -232,6 +232,18 @@ impl Publisher {
         }
     }
 
+    /// Connects now unless connected (a [`Publisher::lazy`] one connects on first use). While
+    /// the connection is healthy, publishes reach the broker in the order they were called; the
+    /// first ones of a lazy publisher that nobody made ready can overtake each other while it
+    /// connects, so a caller that needs their order (a `courier-dlq` pass putting messages back
+    /// to the tail) awaits this first.
+    ///
+    /// # Errors
+    /// [`PublishError::Connect`] if the broker cannot be reached.
+    pub async fn ready(&self) -> Result<(), PublishError> {
+        self.sender().await.map(|_| ())
+    }
+
     /// Publishes confirmed so far.
     pub fn confirmed(&self) -> u64 {
         self.inner.confirmed.load(Ordering::Relaxed)

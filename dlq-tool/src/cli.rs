@@ -155,6 +155,11 @@ pub struct StatsArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Management API base URL, for the count of unacknowledged messages (AMQP counts only the
+    /// ready ones). Uses the AMQP credentials. Default: the AMQP host, port 15672, http; when it
+    /// does not answer, the count is shown as unknown.
+    #[arg(long, env = "COURIER_MANAGEMENT_URL", value_name = "URL")]
+    pub management_url: Option<String>,
 }
 
 /// One row per dead letter: id, age, reason, original queue, attempts, error, body size.

@@ -5,20 +5,28 @@
 //!   most that many deliveries are taken. Dead letters arriving during the pass (replayed ones
 //!   failing again included) queue up behind them and wait for the next pass: a replay can
 //!   never loop.
-//! - **One tool at a time.** The consumer is exclusive.
+//! - **One tool at a time.** The consumer is exclusive, and a queue that already has a consumer
+//!   is refused before the count is read (a running pass holds its messages unacknowledged, so
+//!   the queue would look empty).
 //! - **Nothing acked before its copy is safe.** A replayed or kept message is acked after the
 //!   broker confirmed the copy (mandatory publish through the library's [`Publisher`]); an
 //!   exported one after its line is written and the file fsynced; a purged one is simply acked.
 //!   A crash, SIGKILL or lost connection leaves every unacked message in the queue; the copies
 //!   already made may then exist twice (a duplicate, never a loss).
-//! - **What stays, stays in order.** Unselected messages (and selected ones that cannot move:
-//!   no origin, a missing exchange, a returned publish) are republished unchanged to the tail
-//!   of the queue (default exchange, confirmed) and then acked. The copies are published
-//!   strictly in delivery order ([`Slot`]: a put-back waits until every earlier delivery is
-//!   decided), so their relative order survives. Requeueing them instead would hand them
-//!   straight back to this consumer, and holding them unacked until the end would need a
-//!   prefetch as large as the queue. When `--limit` is reached before anything was put back,
-//!   the pass stops early and the rest never moves at all.
+//! - **What stays, stays in order, and in place when it can.** Messages that stay (not
+//!   selected, selected but unable to move: no origin, a missing exchange, a returned publish;
+//!   and every message of an export without `--remove`) are first *held*: kept unacknowledged,
+//!   and given back at the end with the consumer cancelled first and one
+//!   `basic.nack(multiple, requeue)`, which puts them back at their own positions. So a pass
+//!   that selects nothing, or a few, rewrites nothing, and once `--limit` is reached the pass
+//!   stops and the rest is never even delivered. Holding is bounded ([`HOLD`] messages,
+//!   [`HOLD_BYTES`] of bodies, within the prefetch): past that, with messages still to come,
+//!   the pass can only go on by acking, so every held message and every later one that stays
+//!   is republished unchanged to the tail of the queue (default exchange, confirmed) and then
+//!   acked. Those copies are published strictly in delivery order ([`Slot`]: a put-back waits
+//!   until every earlier delivery is decided), so their relative order survives. Requeueing
+//!   mid-pass instead would hand a message straight back to this consumer, and holding every
+//!   one until the end would need a prefetch as large as the queue.
 //! - **Bounded memory, fast.** `prefetch` bounds what the broker sends; up to `window`
 //!   publishes await their confirms at once; acks are coalesced with `multiple` up to the
 //!   highest tag below which every delivery is settled (the library's [`Frontier`], the rule
@@ -38,7 +46,7 @@ use courier::publisher::{Outgoing, PublishError, Publisher};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -58,6 +66,15 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Most "stayed" messages listed one by one in the report (all are counted).
 const MAX_LISTED: usize = 50;
+
+/// At most this many messages that stay are held unacknowledged to be given back in place;
+/// past it the pass puts them back at the tail instead. Part of the prefetch, so holding them
+/// never stops the broker from sending the rest.
+const HOLD: u64 = 1024;
+
+/// At most this many body bytes are held (the pass keeps a copy of each held message, in case
+/// it must go to the tail after all), so large messages switch to the tail sooner.
+const HOLD_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a pass does with each selected message.
 pub enum Action {
@@ -107,14 +124,20 @@ pub struct Stayed {
 /// What a pass did.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The pass got as far as counting the queue; false when it failed before (the queue is
+    /// missing or busy), and then there is nothing to report.
+    pub started: bool,
     /// Messages ready when the pass started.
     pub total: u64,
     /// Deliveries taken.
     pub examined: u64,
     /// Selected messages replayed, exported or purged.
     pub acted: u64,
-    /// Messages put back to the tail of the queue (not selected, or export without --remove).
+    /// Messages put back to the tail of the queue (not selected), once the pass held more than
+    /// it can give back in place.
     pub kept: u64,
+    /// Messages not selected and given back in place, unchanged (nothing was republished).
+    pub left: u64,
     /// Selected messages that could not move.
     pub stayed: u64,
     /// The first [`MAX_LISTED`] of those.
@@ -123,6 +146,8 @@ pub struct Report {
     pub by_destination: Groups,
     /// The pass stopped at `--limit` before looking at every message (nothing was reordered).
     pub stopped_early: bool,
+    /// Messages that stayed were held and given back in place (nothing went to the tail).
+    pub in_place: bool,
     /// Lines written to the export file.
     pub lines: u64,
     /// Wall time.
@@ -139,16 +164,16 @@ enum KeepAs {
     Stayed(Stayed),
 }
 
-/// A delivery's place in the put-back order. Copies go back to the tail strictly in delivery
-/// order, so everything that stays in the queue keeps its relative order, even a message that
-/// only turns out to stay when its replay comes back unroutable.
+/// A delivery's place in the put-back order, for deliveries that may stay (those that go,
+/// replayed, exported with `--remove` or purged, have none). While the pass holds what stays,
+/// a [`Slot::Keep`] is a held message; once it puts back, copies go to the tail strictly in
+/// delivery order, so everything that stays keeps its relative order, even a message that only
+/// turns out to stay when its replay comes back unroutable.
 enum Slot {
     /// Its replay is in flight: whether it goes back is not known yet.
     Undecided,
-    /// Goes back to the tail once every earlier delivery is decided.
+    /// Stays: held, or put back to the tail once every earlier delivery is decided.
     Keep(Box<Outgoing>, KeepAs),
-    /// Does not go back (replayed, exported with `--remove`, purged).
-    Gone,
 }
 
 /// The outcome of one message's publish job.
@@ -198,7 +223,9 @@ pub async fn run(
         jobs: FuturesUnordered::new(),
         order: BTreeMap::new(),
         exchanges: HashMap::new(),
-        keeps: 0,
+        in_place: true,
+        held: 0,
+        held_bytes: 0,
     }
     .run()
     .await;
@@ -222,22 +249,30 @@ struct Pass<'a> {
     order: BTreeMap<u64, Slot>,
     /// Which destination exchanges exist (looked up once each).
     exchanges: HashMap<String, bool>,
-    /// Messages decided to go back to the tail so far (an early stop is only safe at 0).
-    keeps: u64,
+    /// Nothing has gone to the tail: what stays is held, to be given back in place at the end.
+    /// Cleared for good when holding more would pass [`HOLD`] or [`HOLD_BYTES`].
+    in_place: bool,
+    /// Messages held (while `in_place`).
+    held: u64,
+    /// Their body bytes.
+    held_bytes: usize,
 }
 
 impl Pass<'_> {
     async fn run(&mut self) -> anyhow::Result<()> {
         let queue = self.config.queue.clone();
-        let total = u64::from(self.broker.existing_queue(&queue, APPLY_HINT).await?.ready);
+        // Refused when anything consumes the queue: another pass holding every message
+        // unacknowledged leaves 0 ready, which must not read as "nothing to do".
+        let total = u64::from(self.broker.unused_queue(&queue, APPLY_HINT).await?.ready);
         self.report.total = total;
+        self.report.started = true;
         if total == 0 {
             return Ok(());
         }
         let window = self.config.window.max(1);
-        // Room for the publish window, an export batch and a little slack, so neither waits
-        // for the other; the broker never sends more than this unacknowledged.
-        let prefetch = u16::try_from(window as u64 + EXPORT_BATCH + 64).unwrap_or(u16::MAX);
+        // Room for the publish window, an export batch, the held messages and a little slack,
+        // so none waits for another; the broker never sends more than this unacknowledged.
+        let prefetch = u16::try_from(window as u64 + EXPORT_BATCH + HOLD + 64).unwrap_or(u16::MAX);
         let (channel, mut consumer) = self.broker.consume_exclusive(&queue, prefetch).await?;
 
         let bar = crate::progress::bar(total, self.config.progress);
@@ -326,9 +361,10 @@ impl Pass<'_> {
                             } else {
                                 self.start(d, selected, &mut settled).await?;
                             }
-                            if taken >= limit && self.keeps == 0 && self.report.examined < total {
-                                // Everything so far moved and nothing was put back behind the
-                                // rest, so stopping here leaves the queue in order.
+                            if taken >= limit && self.in_place && self.report.examined < total {
+                                // Nothing can be selected any more, and nothing went to the
+                                // tail behind the rest: stop here, give back what was held,
+                                // and the rest is never even delivered.
                                 stop = true;
                                 self.report.stopped_early = true;
                             }
@@ -370,6 +406,25 @@ impl Pass<'_> {
                     _ => break,
                 }
             }
+            let more_to_come = !stop && self.report.examined < total;
+            if self.in_place && more_to_come && (self.held >= HOLD || self.held_bytes >= HOLD_BYTES)
+            {
+                // Holding more would fill the prefetch: go on by putting back to the tail, the
+                // held messages first, in delivery order. The publisher must be connected
+                // before they are released, or the first copies could overtake each other
+                // while it connects. If it cannot connect, the pass stops and what it holds
+                // still goes back in place.
+                match self.publisher.ready().await {
+                    Ok(()) => self.in_place = false,
+                    Err(e) => {
+                        stop = true;
+                        pending = None;
+                        failure.get_or_insert_with(|| anyhow::Error::new(e).context(
+                            "cannot put messages back to the tail; stopping the pass (unacknowledged messages stay in the queue, in place)"
+                        ));
+                    }
+                }
+            }
             self.release();
             let finishing = self.jobs.is_empty()
                 && pending.is_none()
@@ -391,23 +446,53 @@ impl Pass<'_> {
                 for t in settled {
                     frontier.settled(t, Settle::Ack);
                 }
-                if let Some(upto) = frontier.take_ack() {
-                    let ack = channel.basic_ack(upto, BasicAckOptions { multiple: true });
-                    if let Err(e) = deadline("acknowledging", ack).await {
-                        bar.finish_and_clear();
-                        return Err(anyhow::Error::new(e).context(
-                            "the channel was lost; unacknowledged messages stay in the queue, and copies already confirmed may now exist twice",
-                        ));
-                    }
+            }
+            // Every iteration, not only when something settled now: a message held since can
+            // block acks booked earlier, which must not wait for the end (where the nack that
+            // gives the held ones back would requeue them too).
+            let mut acks: Vec<(u64, bool)> = Vec::new();
+            if let Some(upto) = frontier.take_ack() {
+                acks.push((upto, true));
+            }
+            if self.held > 0 && self.in_place {
+                // A multiple ack cannot pass a held message: ack the rest one by one now,
+                // rather than keep them unacked (a duplicate if the tool died) until the end.
+                acks.extend(frontier.take_each().into_iter().map(|t| (t, false)));
+            }
+            if !acks.is_empty() {
+                let sent = futures_util::future::try_join_all(
+                    acks.into_iter()
+                        .map(|(t, multiple)| channel.basic_ack(t, BasicAckOptions { multiple })),
+                );
+                if let Err(e) = deadline("acknowledging", sent).await {
+                    bar.finish_and_clear();
+                    return Err(anyhow::Error::new(e).context(
+                        "the channel was lost; unacknowledged messages stay in the queue, and copies already confirmed may now exist twice",
+                    ));
                 }
             }
         }
         bar.finish_and_clear();
-        // Deliveries taken beyond the count (new arrivals) or left by an early stop were never
-        // acked: the broker requeues them, in place, when the channel closes.
+        let held = self.give_back_held();
+        // Held messages go back in place: the consumer is cancelled first so they are not
+        // delivered to it again, then one nack(multiple, requeue) up to the last of them (every
+        // other delivery below it is acked by now). Deliveries taken beyond the count (new
+        // arrivals) or left by an early stop were never acked either: the broker requeues
+        // them, in place, when the channel closes (as it does the held ones if the nack fails).
         if channel.status().connected() {
             let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
             let _ = deadline("cancelling the consumer", cancel).await;
+            if let Some(last) = held {
+                let options = BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                };
+                let _ = deadline(
+                    "giving the held messages back",
+                    channel.basic_nack(last, options),
+                )
+                .await;
+            }
             let _ = deadline(
                 "closing the channel",
                 channel.close(200, "pass finished".into()),
@@ -420,39 +505,66 @@ impl Pass<'_> {
         }
     }
 
+    /// Counts the messages still held at the end, which go back in place, and returns the
+    /// highest held tag (the one the nack names), if any.
+    fn give_back_held(&mut self) -> Option<u64> {
+        if !self.in_place {
+            return None;
+        }
+        self.report.in_place = true;
+        let mut last = None;
+        for (tag, slot) in std::mem::take(&mut self.order) {
+            // Every replay has finished by now; an undecided slot could only be left by a
+            // failure, and that delivery is unacked as well.
+            last = Some(tag);
+            if let Slot::Keep(_, how) = slot {
+                match how {
+                    KeepAs::Kept => self.report.left += 1,
+                    KeepAs::Exported => self.report.acted += 1,
+                    KeepAs::Stayed(s) => self.stayed(s),
+                }
+            }
+        }
+        last
+    }
+
+    fn stayed(&mut self, s: Stayed) {
+        self.report.stayed += 1;
+        if self.report.stayed_list.len() < MAX_LISTED {
+            self.report.stayed_list.push(s);
+        }
+    }
+
     /// Books a finished job.
     fn done(&mut self, tag: u64, done: Done, settled: &mut Vec<u64>) {
         match done {
             Done::Replayed(dest) => {
                 settled.push(tag);
-                self.order.insert(tag, Slot::Gone);
+                self.order.remove(&tag);
                 self.report.acted += 1;
                 self.report.by_destination.add(&dest);
             }
             Done::Returned(msg, stayed) => {
-                // Settled once its put-back copy is confirmed.
-                self.keeps += 1;
-                self.order
-                    .insert(tag, Slot::Keep(msg, KeepAs::Stayed(stayed)));
+                // Held, or settled once its put-back copy is confirmed.
+                self.keep(tag, msg, KeepAs::Stayed(stayed));
             }
             Done::PutBack(how) => {
                 settled.push(tag);
                 match how {
                     KeepAs::Kept => self.report.kept += 1,
                     KeepAs::Exported => self.report.acted += 1,
-                    KeepAs::Stayed(s) => {
-                        self.report.stayed += 1;
-                        if self.report.stayed_list.len() < MAX_LISTED {
-                            self.report.stayed_list.push(s);
-                        }
-                    }
+                    KeepAs::Stayed(s) => self.stayed(s),
                 }
             }
         }
     }
 
     /// Publishes the put-back copies whose turn has come: every earlier delivery is decided.
+    /// Nothing while the pass holds what stays.
     fn release(&mut self) {
+        if self.in_place {
+            return;
+        }
         while let Some(entry) = self.order.first_entry() {
             if matches!(entry.get(), Slot::Undecided) {
                 return;
@@ -460,18 +572,28 @@ impl Pass<'_> {
             let (tag, slot) = entry.remove_entry();
             if let Slot::Keep(msg, how) = slot {
                 let p = self.publisher.clone();
-                self.jobs.push(Box::pin(async move {
-                    let r = publish_retrying(&p, &msg)
-                        .await
-                        .map(|()| Done::PutBack(how));
-                    (tag, r)
-                }));
+                // The copies reach the broker in the order their publishes take the window
+                // (a fair semaphore), i.e. the order the jobs are first polled, which is the
+                // order they are pushed here, unless tokio's cooperative budget (128 operations
+                // a task poll) makes one yield and later ones overtake it: a burst of released
+                // copies came out of order at exactly the 129th. Unconstrained, they cannot be.
+                self.jobs
+                    .push(Box::pin(tokio::task::unconstrained(async move {
+                        let r = publish_retrying(&p, &msg)
+                            .await
+                            .map(|()| Done::PutBack(how));
+                        (tag, r)
+                    })));
             }
         }
     }
 
+    /// Records a delivery that stays: held while the pass is in place, else put back in turn.
     fn keep(&mut self, tag: u64, msg: Box<Outgoing>, how: KeepAs) {
-        self.keeps += 1;
+        if self.in_place {
+            self.held += 1;
+            self.held_bytes += msg.body.len();
+        }
         self.order.insert(tag, Slot::Keep(msg, how));
     }
 
@@ -491,7 +613,6 @@ impl Pass<'_> {
         match &mut *self.action {
             Action::Purge => {
                 self.report.acted += 1;
-                self.order.insert(tag, Slot::Gone);
                 settled.push(tag);
             }
             Action::Export { file, remove } => {
@@ -511,7 +632,6 @@ impl Pass<'_> {
                 if *remove {
                     // Acked once the batch holding its line is on disk.
                     file.push(&line, Some(tag));
-                    self.order.insert(tag, Slot::Gone);
                 } else {
                     // A copy: the line is written and the message goes back to the tail, so
                     // the queue keeps everything, in order.

@@ -120,8 +120,8 @@ pub struct Plan {
     pub moving: u64,
     /// Selected messages that cannot move: they say nowhere where they came from.
     pub no_origin: u64,
-    /// Messages that stay (not selected, or past `--limit`).
-    pub staying: u64,
+    /// Examined messages the filters did not select.
+    pub not_selected: u64,
 }
 
 impl Plan {
@@ -133,16 +133,13 @@ impl Plan {
                 self.by_destination.add(&d.to_string());
                 self.by_error.add(&error_group(dl));
             }
-            None => {
-                self.no_origin += 1;
-                self.staying += 1;
-            }
+            None => self.no_origin += 1,
         }
     }
 
-    /// Records a message that stays.
-    pub fn add_staying(&mut self) {
-        self.staying += 1;
+    /// Records a message the filters did not select.
+    pub fn add_not_selected(&mut self) {
+        self.not_selected += 1;
     }
 }
 
@@ -206,8 +203,8 @@ mod tests {
         let dl = DeadLetter::read(&worker_dead_letter("HTTP 503", 1), 0);
         p.add_moving(&dl, dl.origin.as_ref());
         p.add_moving(&dl, None);
-        p.add_staying();
-        assert_eq!((p.moving, p.no_origin, p.staying), (1, 1, 2));
+        p.add_not_selected();
+        assert_eq!((p.moving, p.no_origin, p.not_selected), (1, 1, 1));
         assert_eq!(p.by_destination.sorted()[0], ("p.notifications / email", 1));
     }
 }

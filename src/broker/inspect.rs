@@ -56,7 +56,8 @@ pub enum InspectError<E> {
 /// gives every one back in place.
 ///
 /// # Errors
-/// The queue is missing or busy, the connection fails, or `visit` fails (the messages are given
+/// The queue is missing or busy ([`BrokerError::QueueBusy`] when anything consumes it, checked
+/// before anything is read), the connection fails, or `visit` fails (the messages are given
 /// back first in every case).
 pub async fn inspect<E>(
     admin: &Admin,
@@ -64,7 +65,9 @@ pub async fn inspect<E>(
     limit: u64,
     mut visit: impl FnMut(&Delivery) -> Result<ControlFlow<()>, E>,
 ) -> Result<Sample, InspectError<E>> {
-    let total = u64::from(admin.existing_queue(queue, APPLY_HINT).await?.ready);
+    // A queue with a consumer is busy: its messages may all be held unacknowledged by it (a
+    // running pass), so "0 ready" would otherwise read as an empty queue.
+    let total = u64::from(admin.unused_queue(queue, APPLY_HINT).await?.ready);
     let target = total.min(limit).min(MAX_INSPECT);
     let mut sample = Sample { total, examined: 0 };
     if target == 0 {

@@ -6,7 +6,8 @@
 //! classification and deadlines change in one place:
 //! - [`Admin`]: one connection plus a channel that replaces itself after a soft error (a 404 or
 //!   406 closes the channel it happened on), queue and exchange look-ups by passive declare,
-//!   purges, deletes of a whole [`Topology`], an exclusive consumer for passes over a queue.
+//!   purges, deletes of a whole [`Topology`], an exclusive consumer for passes over a queue
+//!   ([`Admin::unused_queue`] first: a queue another consumer holds is busy, not empty).
 //! - [`classify`]: the one function that turns a lapin error into a broker [`Reply`] code.
 //! - [`apply()`] / [`check()`]: declaring a topology and comparing a broker with it
 //!   ([`apply_with`] also shows a conflicting object's existing arguments, read from the
@@ -302,6 +303,30 @@ impl Admin {
                 url: self.url.to_string(),
                 hint: hint.to_owned(),
             })
+    }
+
+    /// Like [`Admin::existing_queue`], for a caller about to take the queue with an exclusive
+    /// consumer: a queue that something already consumes is refused here, before anything is
+    /// read. The exclusive `basic.consume` would refuse it too, but a consumer that holds the
+    /// queue's messages unacknowledged (a running `courier-dlq` pass) leaves 0 ready, and a
+    /// caller that stops at "nothing ready" would then report an empty queue instead of a busy
+    /// one. The "unused" of AMQP's `queue.delete if-unused`: no consumers.
+    ///
+    /// # Errors
+    /// [`BrokerError::QueueMissing`] when it does not exist, [`BrokerError::QueueBusy`] when it
+    /// has a consumer.
+    pub async fn unused_queue(&self, queue: &str, hint: &str) -> Result<QueueState, BrokerError> {
+        let state = self.existing_queue(queue, hint).await?;
+        if state.consumers > 0 {
+            return Err(BrokerError::QueueBusy {
+                queue: queue.to_owned(),
+                reason: format!(
+                    "the broker reports {} consumer(s) on it and {} ready message(s); messages a consumer holds are unacknowledged and not counted as ready",
+                    state.consumers, state.ready
+                ),
+            });
+        }
+        Ok(state)
     }
 
     /// Whether `exchange` exists (`""`, the default exchange, always does).

@@ -34,6 +34,66 @@ impl Verb<'_> {
     }
 }
 
+/// What would stay, by why: the breakdown `--dry-run` promises (not selected, past `--limit`,
+/// without an origin), plus what a preview cannot vouch for.
+#[derive(Debug, Default)]
+struct Staying {
+    /// Examined, and the filters did not select them.
+    not_selected: u64,
+    /// After the `--limit`-th selected message (not examined); `None` without `--limit`.
+    past_limit: Option<u64>,
+    /// Selected, but they record no origin (replay only; `None` for export and purge).
+    no_origin: Option<u64>,
+    /// Selected, but their destination exchange does not exist.
+    missing_exchange: u64,
+    /// Beyond what a preview examines ([`MAX_INSPECT`]), when `--limit` was not reached.
+    not_examined: u64,
+}
+
+impl Staying {
+    fn total(&self) -> u64 {
+        self.not_selected
+            + self.past_limit.unwrap_or(0)
+            + self.no_origin.unwrap_or(0)
+            + self.missing_exchange
+            + self.not_examined
+    }
+
+    /// `would stay: N` and one indented line a reason.
+    fn lines(&self) -> Vec<String> {
+        let mut v = vec![format!("would stay: {}", thousands(self.total()))];
+        v.push(format!("  not selected: {}", thousands(self.not_selected)));
+        if let Some(n) = self.past_limit {
+            v.push(format!("  past --limit: {}", thousands(n)));
+        }
+        if let Some(n) = self.no_origin {
+            v.push(format!(
+                "  without a recorded origin: {}{}",
+                thousands(n),
+                if n > 0 {
+                    " (replay them with --to-queue)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if self.missing_exchange > 0 {
+            v.push(format!(
+                "  for an exchange that does not exist: {}",
+                thousands(self.missing_exchange)
+            ));
+        }
+        if self.not_examined > 0 {
+            v.push(format!(
+                "  not examined (a dry run looks at the first {}): {}",
+                thousands(MAX_INSPECT),
+                thousands(self.not_examined)
+            ));
+        }
+        v
+    }
+}
+
 /// Prints the plan.
 ///
 /// # Errors
@@ -47,6 +107,7 @@ pub async fn run(
     verb: Verb<'_>,
 ) -> anyhow::Result<ExitCode> {
     warn_if_quorum(g, queue);
+    crate::inspect::warn_dry_run_limit(limit);
     let broker = connect(url, &format!("{} --dry-run", verb.word()), queue).await?;
     let now = now_millis();
     let limit = limit.unwrap_or(u64::MAX);
@@ -59,7 +120,7 @@ pub async fn run(
         let selected = plan.moving + plan.no_origin < limit
             && filter.matches(&dl, d.properties.headers().as_ref(), now);
         if !selected {
-            plan.add_staying();
+            plan.add_not_selected();
             return Ok(ControlFlow::Continue(()));
         }
         let dest = match &verb {
@@ -89,6 +150,14 @@ pub async fn run(
     let sample = sample?;
     let reached_limit = plan.moving + plan.no_origin >= limit;
     let unexamined = sample.total.saturating_sub(sample.examined);
+    let missing_exchange: u64 = missing.iter().map(|(_, n)| n).sum();
+    let staying = Staying {
+        not_selected: plan.not_selected,
+        past_limit: (limit < u64::MAX).then_some(if reached_limit { unexamined } else { 0 }),
+        no_origin: matches!(verb, Verb::Replay(_)).then_some(plan.no_origin),
+        missing_exchange,
+        not_examined: if reached_limit { 0 } else { unexamined },
+    };
 
     let mut out = BufWriter::new(std::io::stdout().lock());
     writeln!(out, "dry run: nothing was changed")?;
@@ -101,21 +170,15 @@ pub async fn run(
     writeln!(
         out,
         "would {word}: {}{}",
-        thousands(plan.moving),
+        thousands(plan.moving.saturating_sub(missing_exchange)),
         if reached_limit {
             " (--limit reached)"
         } else {
             ""
         }
     )?;
-    let stay = plan.staying + unexamined;
-    writeln!(out, "would stay: {}", thousands(stay))?;
-    if plan.no_origin > 0 {
-        writeln!(
-            out,
-            "  of which {} selected but with no recorded origin (replay them with --to-queue)",
-            thousands(plan.no_origin)
-        )?;
+    for line in staying.lines() {
+        writeln!(out, "{line}")?;
     }
     for (ex, n) in &missing {
         writeln!(
@@ -133,4 +196,44 @@ pub async fn run(
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_stays_is_broken_down_by_why() {
+        let s = Staying {
+            not_selected: 5,
+            past_limit: Some(23),
+            no_origin: Some(1),
+            missing_exchange: 2,
+            not_examined: 0,
+        };
+        assert_eq!(
+            s.lines(),
+            [
+                "would stay: 31",
+                "  not selected: 5",
+                "  past --limit: 23",
+                "  without a recorded origin: 1 (replay them with --to-queue)",
+                "  for an exchange that does not exist: 2",
+            ]
+        );
+        // Export and purge have no origin to miss; without --limit nothing is past it.
+        let s = Staying {
+            not_selected: 3,
+            not_examined: 40_000,
+            ..Staying::default()
+        };
+        assert_eq!(
+            s.lines(),
+            [
+                "would stay: 40,003",
+                "  not selected: 3",
+                "  not examined (a dry run looks at the first 65,535): 40,000",
+            ]
+        );
+    }
 }

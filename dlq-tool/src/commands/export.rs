@@ -18,9 +18,10 @@ pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
         return dry_run::run(g, &url, &queue, &filter, a.pass.limit, Verb::Export).await;
     }
     let broker = connect(&url, "export", &queue).await?;
-    // Check the queue before creating the file, so a typo does not leave an empty file behind.
+    // Check the queue before creating the file, so a typo or a busy queue does not leave an
+    // empty file behind.
     broker
-        .existing_queue(&queue, courier::broker::APPLY_HINT)
+        .unused_queue(&queue, courier::broker::APPLY_HINT)
         .await?;
     // Creating the file syncs it and its directory: off the runtime threads, like every sync.
     let (out, append) = (a.out.clone(), a.append);
@@ -43,15 +44,17 @@ pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let (report, failure) = pass::run(&broker, &publisher, config, action).await;
     close_publisher(&publisher).await;
     broker.close().await;
-    print_report(
-        if a.remove {
-            "exported and removed"
-        } else {
-            "exported"
-        },
-        &queue,
-        &report,
-    );
+    if report.started {
+        print_report(
+            if a.remove {
+                "exported and removed"
+            } else {
+                "exported"
+            },
+            &queue,
+            &report,
+        );
+    }
     println!(
         "{} line(s) written to {} (fsynced){}",
         thousands(report.lines),

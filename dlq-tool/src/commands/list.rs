@@ -6,7 +6,7 @@
 
 use super::{connect, warn_if_quorum};
 use crate::cli::{Global, ListArgs};
-use crate::inspect::inspect;
+use crate::inspect::{examine_at_most, inspect};
 use crate::jsonl;
 use crate::output::{age_of, summary, thousands, Table};
 use crate::stats::error_group;
@@ -47,7 +47,7 @@ pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     let mut shown = 0u64;
-    let sample = inspect(&broker, &queue, a.limit, |d| {
+    let sample = inspect(&broker, &queue, examine_at_most(a.limit), |d| {
         let dl = DeadLetter::read(&d.properties, d.data.len());
         if !filter.matches(&dl, d.properties.headers().as_ref(), now) {
             return Ok(ControlFlow::Continue(()));
@@ -87,8 +87,13 @@ pub async fn run(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
     })
     .await;
     broker.close().await;
-    // Rows already seen are printed even when the inspection failed later, as before.
-    let written = write_out(&mut out);
+    // Rows already seen are printed even when the inspection failed later, as before; a lone
+    // header is not (a missing or busy queue fails before any row).
+    let written = if shown > 0 || sample.is_ok() {
+        write_out(&mut out)
+    } else {
+        Ok(())
+    };
     let sample = sample?;
     written?;
     // The footer goes to stderr: stdout stays a clean table or JSONL stream for pipes.

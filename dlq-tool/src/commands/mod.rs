@@ -95,8 +95,19 @@ fn print_report(verb: &str, queue: &str, r: &crate::pass::Report) {
     for (dest, n) in r.by_destination.sorted() {
         let _ = writeln!(out, "  to {dest}: {}", thousands(n));
     }
+    if r.left > 0 {
+        let _ = writeln!(
+            out,
+            "left in place in {queue}: {} (not selected; given back where they were, nothing rewritten)",
+            thousands(r.left)
+        );
+    }
     if r.kept > 0 {
-        let _ = writeln!(out, "put back in {queue}, in order: {}", thousands(r.kept));
+        let _ = writeln!(
+            out,
+            "put back in {queue}, in order: {} (too many to hold for giving back in place: republished to the tail)",
+            thousands(r.kept)
+        );
     }
     if r.stopped_early {
         let _ = writeln!(

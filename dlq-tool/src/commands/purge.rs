@@ -34,6 +34,8 @@ pub async fn run(g: &Global, a: PurgeArgs) -> anyhow::Result<ExitCode> {
     let (report, failure) = pass::run(&broker, &publisher, config, Action::Purge).await;
     close_publisher(&publisher).await;
     broker.close().await;
-    print_report("purged", &queue, &report);
+    if report.started {
+        print_report("purged", &queue, &report);
+    }
     pass_outcome(&report, failure, &queue)
 }

@@ -37,6 +37,8 @@ pub async fn run(g: &Global, a: ReplayArgs) -> anyhow::Result<ExitCode> {
         pass::run(&broker, &publisher, config, Action::Replay { to_queue }).await;
     close_publisher(&publisher).await;
     broker.close().await;
-    print_report("replayed", &queue, &report);
+    if report.started {
+        print_report("replayed", &queue, &report);
+    }
     pass_outcome(&report, failure, &queue)
 }

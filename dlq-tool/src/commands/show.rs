@@ -3,7 +3,7 @@
 use super::{connect, warn_if_quorum};
 use crate::cli::{Global, ShowArgs};
 use crate::filter::Filter;
-use crate::inspect::inspect;
+use crate::inspect::{examine_at_most, inspect};
 use crate::jsonl;
 use crate::output::{age_of, pretty_json, summary, thousands};
 use crate::render::{display_value, format_time_ms, type_name};
@@ -31,7 +31,7 @@ pub async fn run(g: &Global, a: ShowArgs) -> anyhow::Result<ExitCode> {
     let filter = Filter::message_id(&a.message_id);
     let now = now_millis();
     let mut found: Option<Found> = None;
-    let sample = inspect(&broker, &queue, a.limit, |d| {
+    let sample = inspect(&broker, &queue, examine_at_most(a.limit), |d| {
         let dl = DeadLetter::read(&d.properties, d.data.len());
         if !filter.matches(&dl, None, now) {
             return Ok(ControlFlow::Continue(()));

@@ -1,13 +1,20 @@
 //! `courier-dlq stats`: totals, oldest and newest, groups by reason, original queue and error.
+//!
+//! The ready count comes from the broker over AMQP (a passive declare) and the inspection; the
+//! unacknowledged count from the management API when it answers, since AMQP has no way to ask
+//! for it. A queue something consumes fails as busy before anything is read (see
+//! [`courier::broker::Admin::unused_queue`]).
 
 use super::{connect, warn_if_quorum};
 use crate::cli::{Global, StatsArgs};
-use crate::inspect::{inspect, Sample};
+use crate::inspect::{examine_at_most, inspect, Sample};
 use crate::output::{age, groups, thousands};
 use crate::render::format_time_ms;
 use crate::stats::Stats;
+use anyhow::Context;
 use courier::deadletter::DeadLetter;
 use courier::envelope::now_millis;
+use courier::management::{Management, ManagementError, QueueCounts};
 use serde_json::json;
 use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
@@ -19,10 +26,21 @@ pub async fn run(g: &Global, a: StatsArgs) -> anyhow::Result<ExitCode> {
     let queue = g.dlq()?;
     let url = g.url()?;
     warn_if_quorum(g, &queue);
-    let broker = connect(&url, "stats", &queue).await?;
+    let management = Management::new(
+        a.management_url
+            .as_deref()
+            .unwrap_or(&url.management_guess()),
+        &url,
+    );
+    // Asked before the inspection, which holds the messages it looks at unacknowledged itself.
+    let (counts, broker) = tokio::join!(
+        management.queue_counts(&queue, MANAGEMENT_TIMEOUT),
+        connect(&url, "stats", &queue)
+    );
+    let broker = broker?;
     let now = now_millis();
     let mut stats = Stats::default();
-    let sample = inspect(&broker, &queue, a.limit, |d| {
+    let sample = inspect(&broker, &queue, examine_at_most(a.limit), |d| {
         let dl = DeadLetter::read(&d.properties, d.data.len());
         if filter.matches(&dl, d.properties.headers().as_ref(), now) {
             stats.add(&dl);
@@ -31,15 +49,55 @@ pub async fn run(g: &Global, a: StatsArgs) -> anyhow::Result<ExitCode> {
     })
     .await;
     broker.close().await;
-    let sample = sample?;
+    // A busy queue is an error, but what the management API saw still says how many messages
+    // the other consumer holds.
+    let sample = match &counts {
+        Ok(c) => sample.with_context(|| {
+            format!(
+                "{queue}: {} ready, {} unacknowledged (management API)",
+                thousands(c.ready),
+                thousands(c.unacked)
+            )
+        })?,
+        Err(_) => sample?,
+    };
+    let unacked = Unacked(counts);
     let mut out = BufWriter::new(std::io::stdout().lock());
     if a.json {
-        print_json(&mut out, &queue, &sample, &stats, !filter.is_empty(), now)?;
+        print_json(
+            &mut out,
+            &queue,
+            &sample,
+            &unacked,
+            &stats,
+            !filter.is_empty(),
+            now,
+        )?;
     } else {
-        print_tables(&mut out, &queue, &sample, &stats, !filter.is_empty(), now)?;
+        print_tables(
+            &mut out,
+            &queue,
+            &sample,
+            &unacked,
+            &stats,
+            !filter.is_empty(),
+            now,
+        )?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `stats` waits for the management API: it only adds the unacknowledged count.
+const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The unacknowledged count, or why it is unknown.
+struct Unacked(Result<QueueCounts, ManagementError>);
+
+impl Unacked {
+    fn count(&self) -> Option<u64> {
+        self.0.as_ref().ok().map(|c| c.unacked)
+    }
 }
 
 fn when(ms: Option<i64>, now: i64) -> serde_json::Value {
@@ -57,6 +115,7 @@ fn print_json(
     out: &mut impl Write,
     queue: &str,
     sample: &Sample,
+    unacked: &Unacked,
     s: &Stats,
     filtered: bool,
     now: i64,
@@ -64,6 +123,8 @@ fn print_json(
     let v = json!({
         "queue": queue,
         "total": sample.total,
+        "ready": sample.total,
+        "unacked": unacked.count(),
         "examined": sample.examined,
         "sampled": sample.sampled(),
         "filtered": filtered,
@@ -82,11 +143,34 @@ fn print_tables(
     out: &mut impl Write,
     queue: &str,
     sample: &Sample,
+    unacked: &Unacked,
     s: &Stats,
     filtered: bool,
     now: i64,
 ) -> std::io::Result<()> {
-    writeln!(out, "{queue}: {} messages", thousands(sample.total))?;
+    match &unacked.0 {
+        Ok(c) => {
+            writeln!(
+                out,
+                "{queue}: {} messages ready, {} unacknowledged",
+                thousands(sample.total),
+                thousands(c.unacked)
+            )?;
+            if c.unacked > 0 {
+                // Nothing consumes the queue (that would have failed as busy), so these are
+                // held by a `basic.get` client, or were until moments ago.
+                writeln!(
+                    out,
+                    "unacknowledged messages are held by a client that fetched them (basic.get), or were until moments ago (the management API samples every few seconds); they are not examined below"
+                )?;
+            }
+        }
+        Err(e) => writeln!(
+            out,
+            "{queue}: {} messages ready, unacknowledged: unknown ({e}; --management-url)",
+            thousands(sample.total)
+        )?,
+    }
     let note = crate::inspect::note(sample, false);
     if !note.is_empty() {
         writeln!(out, "{note}")?;

@@ -68,10 +68,23 @@ async fn inspection_leaves_the_queue_exactly_as_it_was() {
         assert!(out.contains(want), "stats lacks {want:?}:\n{out}");
     }
 
+    // Ready from AMQP, unacknowledged from the management API (which samples every few seconds:
+    // it may not have seen this new queue yet, or may still count the dump above), else unknown.
+    assert!(out.contains("31 messages ready, "), "{out}");
+    let o = env.run(&["stats", "--management-url", "http://127.0.0.1:1"]);
+    expect_code(&o, 0, "stats without a management API");
+    assert!(
+        stdout(&o).contains("31 messages ready, unacknowledged: unknown (management API at http://127.0.0.1:1: cannot connect"),
+        "{}",
+        stdout(&o)
+    );
+
     let o = env.run(&["stats", "--json", "--from-queue", "notifications.sms"]);
     expect_code(&o, 0, "stats --json");
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
     assert_eq!(v["total"], 31);
+    assert_eq!(v["ready"], 31);
+    assert!(v["unacked"].is_u64() || v["unacked"].is_null(), "{v}");
     assert_eq!(v["matched"], 15);
     assert_eq!(v["sampled"], false);
     assert_eq!(v["by_reason"]["permanent"], 5);
@@ -79,6 +92,24 @@ async fn inspection_leaves_the_queue_exactly_as_it_was() {
     let o = env.run(&["stats", "--limit", "5"]);
     expect_code(&o, 0, "stats --limit 5");
     assert!(stdout(&o).contains("sampled 5 of 31"), "{}", stdout(&o));
+
+    // Past what an inspection can hold unacknowledged: cut to the bound, and said so.
+    for cmd in ["stats", "list"] {
+        let o = env.run(&[cmd, "--limit", "70000"]);
+        expect_code(&o, 0, &format!("{cmd} --limit 70000"));
+        assert!(
+            stderr(&o).contains("warning: --limit 70000: an inspection examines at most 65,535"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+    }
+    let o = env.run(&["replay", "--dry-run", "--limit", "70000"]);
+    expect_code(&o, 0, "replay --dry-run --limit 70000");
+    assert!(
+        stderr(&o).contains("warning: --limit 70000: a dry run examines at most 65,535"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = env.run(&["list"]);
     expect_code(&o, 0, "list");
@@ -178,7 +209,14 @@ async fn inspection_leaves_the_queue_exactly_as_it_was() {
         "{}",
         stdout(&o)
     );
-    assert!(stdout(&o).contains("would stay: 28"), "{}", stdout(&o));
+    // The third permanent one is the 8th message: 5 before it were not selected, 23 follow.
+    assert!(
+        stdout(&o).contains(
+            "would stay: 28\n  not selected: 5\n  past --limit: 23\n  without a recorded origin: 0\n"
+        ),
+        "{}",
+        stdout(&o)
+    );
     let o = env.run(&["purge", "--dry-run", "--reason", "malformed"]);
     expect_code(&o, 0, "purge --dry-run");
     assert!(stdout(&o).contains("would purge: 10"), "{}", stdout(&o));

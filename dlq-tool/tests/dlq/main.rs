@@ -9,8 +9,10 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod busy;
 mod errors;
 mod export;
+mod in_place;
 mod inspect;
 mod purge;
 mod replay;

@@ -111,7 +111,7 @@ async fn unselected_messages_stay_in_order_and_limit_stops_early() {
     let o = env.run(&["replay", "--reason", "permanent"]);
     expect_code(&o, 0, "replay --reason");
     assert!(stdout(&o).contains("replayed 20 of 60"), "{}", stdout(&o));
-    assert!(stdout(&o).contains("put back in"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("left in place in"), "{}", stdout(&o));
     let after = dump(&env.dlq()).await;
     let expected: Vec<Stored> = before
         .iter()
@@ -136,7 +136,8 @@ async fn unselected_messages_stay_in_order_and_limit_stops_early() {
         "the untouched rest is exactly as it was"
     );
 
-    // --limit after unselected messages were put back: the pass goes on to restore the order.
+    // --limit with unselected messages before the matches: they are held, the pass stops at
+    // the second match and gives them back in place.
     let o = env.run(&[
         "replay",
         "--error-contains",
@@ -214,6 +215,21 @@ async fn a_destination_that_does_not_route_keeps_the_message_and_reports_it() {
     publish_all(&p, msgs).await;
     p.close().await;
     let before = dump(&env.dlq()).await;
+
+    // The preview says what stays and why; it cannot know that a routing key no longer routes.
+    let o = env.run(&["replay", "--dry-run", "--limit", "6"]);
+    expect_code(&o, 0, "replay --dry-run");
+    let out = stdout(&o);
+    for want in [
+        "would replay: 4 (--limit reached)\n",
+        "would stay: 3\n",
+        "  not selected: 0\n",
+        "  past --limit: 1\n",
+        "  without a recorded origin: 1 (replay them with --to-queue)\n",
+        "  for an exchange that does not exist: 1\n",
+    ] {
+        assert!(out.contains(want), "dry run lacks {want:?}:\n{out}");
+    }
 
     let o = env.run(&["replay", "--window", "64"]);
     expect_code(&o, 1, "replay with unroutable messages");

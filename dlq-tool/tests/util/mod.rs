@@ -140,6 +140,7 @@ impl Env {
             .env("AMQP_URL", amqp_url())
             .env("COURIER_PREFIX", &self.prefix)
             .env("COURIER_TOPOLOGY", repo_path("topology/notifications.toml"))
+            .env("COURIER_MANAGEMENT_URL", management_url())
             .env_remove("COURIER_DLQ")
             .env("RUST_LOG", "warn");
         c
@@ -283,6 +284,55 @@ pub async fn dump(queue: &str) -> Vec<Stored> {
         .expect("nack");
     }
     let _ = conn.close(200, "done".into()).await;
+    settle_requeue(queue, out.len()).await;
+    out
+}
+
+/// Waits until `queue` shows `n` ready messages again after a requeue: the broker requeues
+/// asynchronously, and a command started right away could count a large queue short.
+async fn settle_requeue(queue: &str, n: usize) {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while depth(queue).await < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `redelivered` flag of every message of `queue`, in order, leaving the queue as it was
+/// (like [`dump`]). After a first [`dump`] every message that is still the original has it set;
+/// a copy republished since (a put-back to the tail) has not.
+pub async fn redelivered(queue: &str) -> Vec<(String, bool)> {
+    let conn = parsed_url()
+        .connect("dlq test redelivered")
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut out = Vec::new();
+    let mut last = 0;
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+    {
+        last = m.delivery.delivery_tag;
+        let id = envelope::message_id(&m.delivery.properties)
+            .unwrap_or_default()
+            .to_owned();
+        out.push((id, m.delivery.redelivered));
+    }
+    if last > 0 {
+        ch.basic_nack(
+            last,
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        )
+        .await
+        .expect("nack");
+    }
+    let _ = conn.close(200, "done".into()).await;
+    settle_requeue(queue, out.len()).await;
     out
 }
 
