@@ -52,6 +52,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+mod config;
+mod start;
+
+pub use config::{Action, PassConfig, Report, Stayed};
+
 /// Lines per export batch: one write + fsync + one multiple-ack per batch.
 const EXPORT_BATCH: u64 = 1000;
 
@@ -75,84 +80,6 @@ const HOLD: u64 = 1024;
 /// At most this many body bytes are held (the pass keeps a copy of each held message, in case
 /// it must go to the tail after all), so large messages switch to the tail sooner.
 const HOLD_BYTES: usize = 16 * 1024 * 1024;
-
-/// What a pass does with each selected message.
-pub enum Action {
-    /// Publish a replay copy to its origin (or `to_queue`).
-    Replay {
-        /// `--to-queue`.
-        to_queue: Option<String>,
-    },
-    /// Write it to the file; with `remove`, ack it once synced, else keep it in the queue.
-    Export {
-        /// The open file.
-        file: ExportFile,
-        /// `--remove`.
-        remove: bool,
-    },
-    /// Ack it: gone.
-    Purge,
-}
-
-/// How a pass runs.
-pub struct PassConfig {
-    /// The dead-letter queue.
-    pub queue: String,
-    /// Which messages are selected.
-    pub filter: Filter,
-    /// Act on at most this many selected messages.
-    pub limit: Option<u64>,
-    /// Selected messages per period at most.
-    pub rate: Option<Rate>,
-    /// Publishes awaiting confirms at once.
-    pub window: usize,
-    /// Show a progress bar (only on a terminal).
-    pub progress: bool,
-}
-
-/// A selected message that could not move and stays in the queue.
-#[derive(Debug, Clone)]
-pub struct Stayed {
-    /// Its id.
-    pub message_id: String,
-    /// Where it should have gone.
-    pub destination: String,
-    /// Why it did not.
-    pub why: String,
-}
-
-/// What a pass did.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// The pass got as far as counting the queue; false when it failed before (the queue is
-    /// missing or busy), and then there is nothing to report.
-    pub started: bool,
-    /// Messages ready when the pass started.
-    pub total: u64,
-    /// Deliveries taken.
-    pub examined: u64,
-    /// Selected messages replayed, exported or purged.
-    pub acted: u64,
-    /// Messages put back to the tail of the queue (not selected), once the pass held more than
-    /// it can give back in place.
-    pub kept: u64,
-    /// Messages not selected and given back in place, unchanged (nothing was republished).
-    pub left: u64,
-    /// Selected messages that could not move.
-    pub stayed: u64,
-    /// The first [`MAX_LISTED`] of those.
-    pub stayed_list: Vec<Stayed>,
-    /// Moved messages by destination (replay).
-    pub by_destination: Groups,
-    /// The pass stopped at `--limit` before looking at every message (nothing was reordered).
-    pub stopped_early: bool,
-    /// Messages that stayed were held and given back in place (nothing went to the tail).
-    pub in_place: bool,
-    /// Lines written to the export file.
-    pub lines: u64,
-    /// Wall time.
-    pub elapsed: Duration,
-}
 
 /// How a message that goes back to the tail is counted once its copy is confirmed.
 enum KeepAs {
@@ -595,107 +522,6 @@ impl Pass<'_> {
             self.held_bytes += msg.body.len();
         }
         self.order.insert(tag, Slot::Keep(msg, how));
-    }
-
-    /// Decides what happens to one delivery.
-    async fn start(
-        &mut self,
-        d: Delivery,
-        selected: bool,
-        settled: &mut Vec<u64>,
-    ) -> anyhow::Result<()> {
-        let tag = d.delivery_tag;
-        let queue = self.config.queue.as_str();
-        if !selected {
-            self.keep(tag, put_back(queue, &d), KeepAs::Kept);
-            return Ok(());
-        }
-        match &mut *self.action {
-            Action::Purge => {
-                self.report.acted += 1;
-                settled.push(tag);
-            }
-            Action::Export { file, remove } => {
-                let dl = DeadLetter::read(&d.properties, d.data.len());
-                let origin = crate::jsonl::Origin {
-                    queue,
-                    exchange: d.exchange.as_str(),
-                    routing_key: d.routing_key.as_str(),
-                    redelivered: d.redelivered,
-                };
-                let line = crate::jsonl::encode(
-                    &origin,
-                    &d.properties,
-                    &d.data,
-                    summary(&dl, envelope::now_millis()),
-                );
-                if *remove {
-                    // Acked once the batch holding its line is on disk.
-                    file.push(&line, Some(tag));
-                } else {
-                    // A copy: the line is written and the message goes back to the tail, so
-                    // the queue keeps everything, in order.
-                    file.push(&line, None);
-                    let msg = put_back(queue, &d);
-                    self.keep(tag, msg, KeepAs::Exported);
-                }
-            }
-            Action::Replay { to_queue } => {
-                let dl = DeadLetter::read(&d.properties, d.data.len());
-                let Some(dest) = deadletter::replay_destination(&dl, to_queue.as_deref()) else {
-                    let stayed = Stayed {
-                        message_id: id_of(&d),
-                        destination: "(unknown)".to_owned(),
-                        why: "it records no origin (no x-courier-original-* headers, no x-death); use --to-queue".to_owned(),
-                    };
-                    self.keep(tag, put_back(queue, &d), KeepAs::Stayed(stayed));
-                    return Ok(());
-                };
-                // A publish to a missing exchange closes the publishing channel and fails every
-                // publish in flight with it; look each exchange up once instead.
-                let exists = match self.exchanges.get(&dest.exchange) {
-                    Some(known) => *known,
-                    None => {
-                        let known = self.broker.exchange_exists(&dest.exchange).await?;
-                        self.exchanges.insert(dest.exchange.clone(), known);
-                        known
-                    }
-                };
-                if !exists {
-                    let stayed = Stayed {
-                        message_id: id_of(&d),
-                        destination: dest.to_string(),
-                        why: format!("exchange '{}' does not exist", dest.exchange),
-                    };
-                    self.keep(tag, put_back(queue, &d), KeepAs::Stayed(stayed));
-                    return Ok(());
-                }
-                self.order.insert(tag, Slot::Undecided);
-                let p = self.publisher.clone();
-                let replay = replay_copy(&d, &dest);
-                let original = put_back(queue, &d);
-                let id = id_of(&d);
-                self.jobs.push(Box::pin(async move {
-                    let r = match publish_retrying(&p, &replay).await {
-                        Ok(()) => Ok(Done::Replayed(dest.to_string())),
-                        Err(e) if e.is_permanent() => Ok(Done::Returned(
-                            original,
-                            Stayed {
-                                message_id: id,
-                                destination: dest.to_string(),
-                                why: match e {
-                                    PublishError::NoExchange { .. } => format!("exchange '{}' does not exist", dest.exchange),
-                                    _ => "unroutable: no queue is bound for it any more (mandatory publish returned)".to_owned(),
-                                },
-                            },
-                        )),
-                        Err(e) => Err(e),
-                    };
-                    (tag, r)
-                }));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ mod deploy;
 mod guarantees;
 mod http_handler;
 mod lifecycle;
+mod metrics;
 mod monitoring;
 mod publishers;
 mod sink;

@@ -1,0 +1,82 @@
+//! What a pass is asked to do ([`PassConfig`], [`Action`]) and what it reports ([`Report`],
+//! [`Stayed`]).
+
+use super::*;
+
+/// What a pass does with each selected message.
+pub enum Action {
+    /// Publish a replay copy to its origin (or `to_queue`).
+    Replay {
+        /// `--to-queue`.
+        to_queue: Option<String>,
+    },
+    /// Write it to the file; with `remove`, ack it once synced, else keep it in the queue.
+    Export {
+        /// The open file.
+        file: ExportFile,
+        /// `--remove`.
+        remove: bool,
+    },
+    /// Ack it: gone.
+    Purge,
+}
+
+/// How a pass runs.
+pub struct PassConfig {
+    /// The dead-letter queue.
+    pub queue: String,
+    /// Which messages are selected.
+    pub filter: Filter,
+    /// Act on at most this many selected messages.
+    pub limit: Option<u64>,
+    /// Selected messages per period at most.
+    pub rate: Option<Rate>,
+    /// Publishes awaiting confirms at once.
+    pub window: usize,
+    /// Show a progress bar (only on a terminal).
+    pub progress: bool,
+}
+
+/// A selected message that could not move and stays in the queue.
+#[derive(Debug, Clone)]
+pub struct Stayed {
+    /// Its id.
+    pub message_id: String,
+    /// Where it should have gone.
+    pub destination: String,
+    /// Why it did not.
+    pub why: String,
+}
+
+/// What a pass did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The pass got as far as counting the queue; false when it failed before (the queue is
+    /// missing or busy), and then there is nothing to report.
+    pub started: bool,
+    /// Messages ready when the pass started.
+    pub total: u64,
+    /// Deliveries taken.
+    pub examined: u64,
+    /// Selected messages replayed, exported or purged.
+    pub acted: u64,
+    /// Messages put back to the tail of the queue (not selected), once the pass held more than
+    /// it can give back in place.
+    pub kept: u64,
+    /// Messages not selected and given back in place, unchanged (nothing was republished).
+    pub left: u64,
+    /// Selected messages that could not move.
+    pub stayed: u64,
+    /// The first [`MAX_LISTED`] of those.
+    pub stayed_list: Vec<Stayed>,
+    /// Moved messages by destination (replay).
+    pub by_destination: Groups,
+    /// The pass stopped at `--limit` before looking at every message (nothing was reordered).
+    pub stopped_early: bool,
+    /// Messages that stayed were held and given back in place (nothing went to the tail).
+    pub in_place: bool,
+    /// Lines written to the export file.
+    pub lines: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
