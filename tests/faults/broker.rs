@@ -73,7 +73,13 @@ async fn a_full_dlq_keeps_the_original_and_counts_it() {
             .text()
             .await
             .expect("text");
-        if text.contains("courier_publish_failures_total{kind=\"nack\"}") {
+        // Every family is served at 0 from the start: wait for a nack actually counted.
+        let nacks = text
+            .lines()
+            .find_map(|l| l.strip_prefix("courier_publish_failures_total{kind=\"nack\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if nacks >= 1.0 {
             break text;
         }
         assert!(Instant::now() < deadline, "nack never counted:\n{text}");
