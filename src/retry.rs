@@ -111,7 +111,9 @@ impl RetryPolicy {
     {
         let started = Instant::now();
         let mut delays = self.delays();
-        for attempt in 1u32.. {
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
             if cancel.is_some_and(CancellationToken::is_cancelled) {
                 return Err(GaveUp::Cancelled(None));
             }
@@ -135,7 +137,6 @@ impl RetryPolicy {
                 None => tokio::time::sleep(wait).await,
             }
         }
-        unreachable!("u32 attempts cannot run out before the deadline or a success")
     }
 }
 
