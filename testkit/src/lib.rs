@@ -45,6 +45,20 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
+/// A local TCP port nothing listens on right now (bound once, then released): for a server
+/// the test starts, or for an endpoint that must refuse connections.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+/// `127.0.0.1:<free_port()>`.
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 /// A prefix no other test (or test run) uses: `t.<name>.<pid>.<counter>.<nanos>.`
 pub fn unique_prefix(name: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

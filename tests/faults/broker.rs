@@ -50,10 +50,7 @@ async fn memory_alarm_blocks_publishers_without_loss() {
 async fn a_full_dlq_keeps_the_original_and_counts_it() {
     let t = TestTopology::apply("f.dlqfull", "tests/fixtures/small-dlq.toml").await;
     let sink = Sink::start(Arc::new(|_| (400, vec![])), Duration::ZERO).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let metrics = format!("127.0.0.1:{port}");
     let mut w = WorkerProc::spawn(
         &t,

@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn endpoint_down_longer_than_every_tier_ends_in_the_dlq() {
     let t = TestTopology::fast("f.down").await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let closed = free_port();
     let endpoint = format!("http://127.0.0.1:{closed}/deliver");
     let mut w = WorkerProc::spawn(&t, &amqp_url(), &endpoint, &["--concurrency", "10"]);
     let p = publisher().await;

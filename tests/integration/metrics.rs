@@ -11,10 +11,7 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served() {
     let t = TestTopology::fast("metrics").await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
         .args([
@@ -86,12 +83,6 @@ async fn metrics_health_and_readiness_are_served() {
         serde_json::from_str::<serde_json::Value>(l)
             .unwrap_or_else(|e| panic!("--log-format json line is not JSON ({e}): {l}"));
     }
-}
-
-/// A free local port for `--metrics-addr`.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    format!("127.0.0.1:{}", l.local_addr().expect("addr").port())
 }
 
 /// `courier work --handler noop` on `prefix` and topology `file`, serving /metrics on `addr`.

@@ -3,6 +3,7 @@
 //! share, 200 otherwise), `/healthz`, `/metrics` counting by status, `--latency`, and a clean
 //! exit on SIGTERM. Needs no broker.
 
+use courier_testkit::free_port;
 use courier_testkit::process::{DeadlineChild, SpawnWithin, CHILD_DEADLINE};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,13 +20,6 @@ impl Drop for SinkProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free local port")
-        .port()
 }
 
 /// Starts `courier sink --addr 127.0.0.1:<free port> <args>` and waits until `/healthz` answers.

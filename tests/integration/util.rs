@@ -14,7 +14,9 @@ pub use courier_testkit::queues::{
     broker_bindings, broker_queue, depth, percent_encode, wait_depth,
 };
 pub use courier_testkit::sink::{delivered_ids, reconcile, Delay, Received, Script, Sink};
-pub use courier_testkit::{amqp_url, management_url, parsed_url, unique_prefix, Cleanup};
+pub use courier_testkit::{
+    amqp_url, free_addr, free_port, management_url, parsed_url, unique_prefix, Cleanup,
+};
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
