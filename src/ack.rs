@@ -72,8 +72,22 @@ impl Frontier {
         self.acks.range(self.safe().saturating_add(1)..).count()
     }
 
+    /// Whether any delivery is stranded (see [`Frontier::stranded`]), without counting them.
+    pub fn has_stranded(&self) -> bool {
+        self.acks
+            .range(self.safe().saturating_add(1)..)
+            .next()
+            .is_some()
+    }
+
+    /// Whether at least `n` deliveries are stranded; counts only when there could be that many.
+    pub fn stranded_at_least(&self, n: usize) -> bool {
+        self.acks.len() >= n && self.stranded() >= n
+    }
+
     /// Takes the stranded deliveries (see [`Frontier::stranded`]) to be acked one by one. One
-    /// slow message must not hold back the acks of everything delivered after it: those
+    /// slow message (or one a `courier-dlq` pass holds on purpose, to give it back in place)
+    /// must not hold back the acks of everything delivered after it: those
     /// unacked deliveries count against the prefetch window (the broker stops delivering once
     /// it is full) and would all be redelivered after a crash. Once taken, a tag is never named
     /// by a later ack (naming an acked tag is an unknown tag to the broker, which closes the
@@ -81,15 +95,6 @@ impl Frontier {
     pub fn take_stranded(&mut self) -> Vec<u64> {
         let above = self.acks.split_off(&self.safe().saturating_add(1));
         above.into_iter().collect()
-    }
-
-    /// Takes every ack-settled tag not yet covered by an ack, each to be acked on its own
-    /// (`multiple = false`), lowest first. For a caller that keeps some deliveries unsettled on
-    /// purpose (a `courier-dlq` pass holding messages to give back in place): no `multiple` ack
-    /// may pass them, so the settled ones above are acked one by one instead of waiting. A tag
-    /// taken here is never returned again, by this or by [`Frontier::take_ack`].
-    pub fn take_each(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.acks).into_iter().collect()
     }
 
     /// The highest tag below which nothing is in flight.
@@ -199,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn take_each_acks_past_a_held_delivery_once() {
+    fn take_stranded_acks_past_a_held_delivery_once() {
         let mut f = Frontier::default();
         for t in 1..=5 {
             f.delivered(t);
@@ -209,11 +214,11 @@ mod tests {
         f.settled(3, Settle::Ack);
         f.settled(5, Settle::Ack);
         assert_eq!(f.take_ack(), Some(1));
-        assert_eq!(f.take_each(), vec![3, 5]);
-        assert_eq!(f.take_each(), Vec::<u64>::new());
+        assert_eq!(f.take_stranded(), vec![3, 5]);
+        assert_eq!(f.take_stranded(), Vec::<u64>::new());
         f.settled(4, Settle::Ack);
         assert_eq!(f.take_ack(), None, "2 is still held");
-        assert_eq!(f.take_each(), vec![4]);
+        assert_eq!(f.take_stranded(), vec![4]);
         // 2 settles at last: a multiple ack up to 2 names only tags not acked yet.
         f.settled(2, Settle::Ack);
         assert_eq!(f.take_ack(), Some(2));

@@ -384,7 +384,7 @@ impl Pass<'_> {
             if self.held > 0 && self.in_place {
                 // A multiple ack cannot pass a held message: ack the rest one by one now,
                 // rather than keep them unacked (a duplicate if the tool died) until the end.
-                acks.extend(frontier.take_each().into_iter().map(|t| (t, false)));
+                acks.extend(frontier.take_stranded().into_iter().map(|t| (t, false)));
             }
             if !acks.is_empty() {
                 let sent = futures_util::future::try_join_all(

@@ -58,7 +58,7 @@ pub fn spawn(
         while !closed {
             let wait = if frontier.ready().is_some() {
                 Some(IDLE_FLUSH)
-            } else if frontier.stranded() > 0 {
+            } else if frontier.has_stranded() {
                 Some(STRANDED_FLUSH)
             } else {
                 None
@@ -133,8 +133,9 @@ pub fn spawn(
             // delivery has held the others for a while, or they fill half the window.
             let stranded_due = (idle && wait == Some(STRANDED_FLUSH))
                 || closed
-                || u64::try_from(frontier.stranded()).unwrap_or(u64::MAX)
-                    >= batch.saturating_mul(2);
+                || frontier.stranded_at_least(
+                    usize::try_from(batch.saturating_mul(2)).unwrap_or(usize::MAX),
+                );
             if stranded_due {
                 for tag in frontier.take_stranded() {
                     if let Err(e) = channel
