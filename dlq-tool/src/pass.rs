@@ -499,18 +499,14 @@ impl Pass<'_> {
             let (tag, slot) = entry.remove_entry();
             if let Slot::Keep(msg, how) = slot {
                 let p = self.publisher.clone();
-                // The copies reach the broker in the order their publishes take the window
-                // (a fair semaphore), i.e. the order the jobs are first polled, which is the
-                // order they are pushed here, unless tokio's cooperative budget (128 operations
-                // a task poll) makes one yield and later ones overtake it: a burst of released
-                // copies came out of order at exactly the 129th. Unconstrained, they cannot be.
-                self.jobs
-                    .push(Box::pin(tokio::task::unconstrained(async move {
-                        let r = publish_retrying(&p, &msg)
-                            .await
-                            .map(|()| Done::PutBack(how));
-                        (tag, r)
-                    })));
+                // The copies reach the broker in the order their publishes are first polled,
+                // which is the order they are pushed here (the publisher keeps that order).
+                self.jobs.push(Box::pin(async move {
+                    let r = publish_retrying(&p, &msg)
+                        .await
+                        .map(|()| Done::PutBack(how));
+                    (tag, r)
+                }));
             }
         }
     }
