@@ -26,6 +26,9 @@ pub struct Management {
     vhost: String,
     /// Pooled HTTP client with a short timeout: this is a diagnostic, not a hot path.
     client: reqwest::Client,
+    /// Set when the API is known to front another broker: every call fails with this reason,
+    /// so callers degrade exactly as when it is unreachable.
+    refused: Option<String>,
 }
 
 impl std::fmt::Debug for Management {
@@ -152,7 +155,68 @@ impl Management {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            refused: None,
         }
+    }
+
+    /// The management API of the broker behind `amqp`: `explicit` as given, else the guess
+    /// (same host, port 15672). Two brokers on one host (a second one on 5673, a cluster on
+    /// 5681-5683) make the guess answer for the wrong broker, whose lists would then drive a
+    /// clean-up or a drift report here: so a guess is kept only if its cluster name matches the
+    /// one the broker gives over AMQP. One that does not is refused (every call fails saying
+    /// so, with a warning now); one that cannot be asked is kept, and fails as it would anyway.
+    pub async fn locate(explicit: Option<&str>, amqp: &AmqpUrl) -> Self {
+        if let Some(base) = explicit {
+            return Self::new(base, amqp);
+        }
+        let mut guess = Self::new(&amqp.management_guess(), amqp);
+        let (api, broker) = tokio::join!(guess.cluster_name(), crate::broker::probe_server(amqp));
+        if let (
+            Ok(api),
+            Ok(crate::broker::ServerInfo {
+                cluster_name: Some(broker),
+                ..
+            }),
+        ) = (api, broker)
+        {
+            if api != broker {
+                let reason = format!(
+                    "it fronts cluster '{api}', not '{broker}' (the broker at {amqp}); pass the \
+                     right one with --management-url"
+                );
+                tracing::warn!(management = %guess.base, "management API not used: {reason}");
+                guess.refused = Some(reason);
+            }
+        }
+        guess
+    }
+
+    /// The cluster name the API reports (`GET /api/overview`).
+    ///
+    /// # Errors
+    /// [`ManagementError`] if the API is unreachable or answers oddly.
+    pub async fn cluster_name(&self) -> Result<String, ManagementError> {
+        #[derive(Deserialize)]
+        struct Overview {
+            cluster_name: String,
+        }
+        if let Some(reason) = &self.refused {
+            return Err(self.err(reason));
+        }
+        let resp = self
+            .client
+            .get(format!("{}/api/overview", self.base))
+            .query(&[("columns", "cluster_name")])
+            .timeout(Duration::from_secs(5))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| self.err(with_cause(&e)))?;
+        if !resp.status().is_success() {
+            return Err(self.err(format!("HTTP {}", resp.status())));
+        }
+        let o: Overview = resp.json().await.map_err(|e| self.err(with_cause(&e)))?;
+        Ok(o.cluster_name)
     }
 
     fn err(&self, reason: impl ToString) -> ManagementError {
@@ -173,6 +237,9 @@ impl Management {
         what: &str,
         rest: &str,
     ) -> Result<Option<T>, ManagementError> {
+        if let Some(reason) = &self.refused {
+            return Err(self.err(reason));
+        }
         let vhost = encode(&self.vhost);
         let resp = self
             .client
@@ -217,6 +284,9 @@ impl Management {
         queue: &str,
         timeout: Duration,
     ) -> Result<QueueCounts, ManagementError> {
+        if let Some(reason) = &self.refused {
+            return Err(self.err(reason));
+        }
         let resp = self
             .client
             .get(format!(

@@ -25,7 +25,7 @@ mod version;
 
 pub use apply::{apply, apply_with, check, ApplyError, ApplyReport, CheckReport, Drift};
 pub use inspect::{inspect, InspectError, Sample, MAX_INSPECT};
-pub use version::{probe_version, BrokerVersion, VersionProbeError};
+pub use version::{probe_server, probe_version, BrokerVersion, ServerInfo, VersionProbeError};
 
 use crate::amqp::{AmqpError, AmqpUrl};
 use crate::topology::Topology;

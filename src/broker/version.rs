@@ -68,6 +68,23 @@ pub enum VersionProbeError {
 /// # Errors
 /// [`VersionProbeError`] if the broker cannot be reached or does not speak AMQP 0-9-1.
 pub async fn probe_version(url: &AmqpUrl) -> Result<Option<BrokerVersion>, VersionProbeError> {
+    Ok(probe_server(url).await?.version)
+}
+
+/// What a broker says of itself in `connection.start`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `version`, when it parses.
+    pub version: Option<BrokerVersion>,
+    /// `cluster_name`: tells two brokers on one host apart (the management API reports it too).
+    pub cluster_name: Option<String>,
+}
+
+/// Reads the broker's `connection.start` server properties.
+///
+/// # Errors
+/// [`VersionProbeError`] if the broker cannot be reached or does not speak AMQP 0-9-1.
+pub async fn probe_server(url: &AmqpUrl) -> Result<ServerInfo, VersionProbeError> {
     let uri = url.uri().clone();
     let redacted = url.to_string();
     let fail = move |reason: String| VersionProbeError::Io {
@@ -106,17 +123,22 @@ pub async fn probe_version(url: &AmqpUrl) -> Result<Option<BrokerVersion>, Versi
     let (_, parsed) =
         parse_frame(read.as_slice()).map_err(|e| fail(format!("not an AMQP 0-9-1 broker: {e}")))?;
     match parsed {
-        AMQPFrame::Method(0, AMQPClass::Connection(AMQPMethod::Start(start))) => Ok(start
-            .server_properties
-            .inner()
-            .get("version")
-            .and_then(|v| match v {
-                AMQPValue::LongString(s) => {
-                    BrokerVersion::parse(&String::from_utf8_lossy(s.as_bytes()))
-                }
-                AMQPValue::ShortString(s) => BrokerVersion::parse(s.as_str()),
-                _ => None,
-            })),
+        AMQPFrame::Method(0, AMQPClass::Connection(AMQPMethod::Start(start))) => {
+            let props = start.server_properties.inner();
+            let text = |key: &str| {
+                props.get(key).and_then(|v| match v {
+                    AMQPValue::LongString(s) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                    _ => None,
+                })
+            };
+            Ok(ServerInfo {
+                version: text("version").as_deref().and_then(BrokerVersion::parse),
+                cluster_name: text("cluster_name"),
+            })
+        }
         _ => Err(fail("the first frame was not connection.start".to_owned())),
     }
 }

@@ -54,10 +54,7 @@ pub async fn run(global: &GlobalArgs, cmd: TopologyCommand) -> anyhow::Result<Ex
     match cmd {
         TopologyCommand::Apply { management_url } => {
             let url = global.amqp_url()?;
-            let mgmt = Management::new(
-                &management_url.unwrap_or_else(|| url.management_guess()),
-                &url,
-            );
+            let mgmt = Management::locate(management_url.as_deref(), &url).await;
             let report = courier::broker::apply_with(&url, &topo, Some(&mgmt)).await?;
             let version = report
                 .broker_version

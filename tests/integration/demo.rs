@@ -250,3 +250,45 @@ async fn clean_deletes_whatever_exists_under_the_prefix() {
         }
     }
 }
+
+/// The management API guessed from the AMQP URL (same host, port 15672) is used only when it
+/// fronts the same broker. With two brokers on one host (CI runs the suite against 3.x on 5672
+/// and 4.x on 5673), the guess for the second one answers for the first: it must be refused,
+/// or `demo --clean` would delete by another broker's list. Each run of the suite takes one
+/// branch; CI runs both.
+#[tokio::test]
+async fn a_guessed_management_api_of_another_broker_is_refused() {
+    use courier::management::Management;
+    let url = parsed_url();
+    let broker = courier::broker::probe_server(&url)
+        .await
+        .expect("broker answers")
+        .cluster_name
+        .expect("RabbitMQ sends cluster_name");
+    let guess = Management::new(&url.management_guess(), &url);
+    let Ok(guessed) = guess.cluster_name().await else {
+        eprintln!(
+            "no management API at the guess {}: nothing to compare",
+            guess.base()
+        );
+        return;
+    };
+    let located = Management::locate(None, &url).await;
+    if guessed == broker {
+        assert_eq!(located.cluster_name().await.expect("used"), broker);
+    } else {
+        let err = located
+            .queues()
+            .await
+            .expect_err("another broker's API is not used")
+            .to_string();
+        assert!(
+            err.contains(&format!("fronts cluster '{guessed}', not '{broker}'"))
+                && err.contains("--management-url"),
+            "{err}"
+        );
+        // Named explicitly, it is used: the user knows best.
+        let explicit = Management::locate(Some(&url.management_guess()), &url).await;
+        assert_eq!(explicit.cluster_name().await.expect("used"), guessed);
+    }
+}

@@ -26,12 +26,7 @@ pub async fn run(g: &Global, a: StatsArgs) -> anyhow::Result<ExitCode> {
     let queue = g.dlq()?;
     let url = g.url()?;
     warn_if_quorum(g, &queue);
-    let management = Management::new(
-        a.management_url
-            .as_deref()
-            .unwrap_or(&url.management_guess()),
-        &url,
-    );
+    let management = Management::locate(a.management_url.as_deref(), &url).await;
     // Asked before the inspection, which holds the messages it looks at unacknowledged itself.
     let (counts, broker) = tokio::join!(
         management.queue_counts(&queue, MANAGEMENT_TIMEOUT),

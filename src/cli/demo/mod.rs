@@ -118,12 +118,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
     } else {
         global.prefix.as_str()
     };
-    let management = Management::new(
-        args.management_url
-            .as_deref()
-            .unwrap_or(&url.management_guess()),
-        &url,
-    );
+    let management = Management::locate(args.management_url.as_deref(), &url).await;
     if args.clean {
         return clean::clean(
             &url,
