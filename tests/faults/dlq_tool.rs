@@ -1,9 +1,10 @@
 //! `courier-dlq` under faults: a replay killed with SIGKILL halfway, an `export --remove` whose
 //! connection the broker closes.
 
+use crate::census::*;
 use crate::harness::*;
 use crate::util::*;
-use crate::{report, LONG};
+use crate::LONG;
 use courier::envelope;
 use std::time::{Duration, Instant};
 
@@ -51,10 +52,26 @@ async fn seed_dead_letters(t: &TestTopology, tag: &str, n: usize) -> Vec<String>
     ids
 }
 
-fn ids_of(msgs: &[lapin::message::BasicGetMessage]) -> Vec<String> {
-    msgs.iter()
-        .filter_map(|m| envelope::message_id(&m.delivery.properties).map(str::to_owned))
-        .collect()
+/// Waits until `queue` has no consumer: the broker has taken back a dead tool's deliveries
+/// (they return to the queue as its consumer goes). AMQP's count is current; the management
+/// API's unacked count can be seconds old.
+async fn wait_returned(queue: &str) {
+    let admin = courier::broker::Admin::connect(&parsed_url(), "fault census")
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + LONG;
+    loop {
+        let state = admin.queue_state(queue).await.expect("broker answers");
+        if state.is_some_and(|s| s.consumers == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queue} still has a consumer: the tool's deliveries never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin.close().await;
 }
 
 #[tokio::test]
@@ -71,24 +88,33 @@ async fn dlq_replay_killed_with_sigkill_halfway_loses_nothing() {
         .spawn_within(CHILD_DEADLINE);
     let queue = t.name("notifications.email");
     wait_depth(&queue, 500, LONG).await;
+    assert!(
+        matches!(replay.try_wait(), Ok(None)),
+        "the replay finished before the kill"
+    );
     let _ = replay.kill();
     let _ = replay.wait();
     let killed = Instant::now();
     // The broker returns the tool's unacked deliveries to the DLQ once its connection is gone.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut seen = ids_of(&drain(&queue).await);
-    seen.extend(ids_of(&drain(&t.dlq()).await));
-    let (lost, _) = report(
+    let mut c = Census::new(&ids);
+    wait_returned(&t.dlq()).await;
+    c.add_queues(&t).await;
+    assert!(
+        c.in_place(DEAD) > 0,
+        "the replay had nothing left when killed: {}",
+        c.summary()
+    );
+    assert!(
+        c.lost().is_empty() && c.unexpected().is_empty(),
+        "every dead letter is in the DLQ or at its destination: {}",
+        c.summary()
+    );
+    c.row(
         "`courier-dlq replay` killed with SIGKILL halfway",
         "SIGKILL after ~500 of 3000 replayed (--rate 1000/s)",
-        &ids,
-        &seen,
         killed.elapsed(),
-    );
-    assert_eq!(
-        lost, 0,
-        "every dead letter is in the DLQ or at its destination"
-    );
+    )
+    .passed();
 }
 
 #[tokio::test]
@@ -97,7 +123,7 @@ async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
     let ids = seed_dead_letters(&t, "ec", 3000).await;
     let out = std::env::temp_dir().join(format!("{}export.jsonl", t.prefix));
     let _ = std::fs::remove_file(&out);
-    let export = std::process::Command::new(dlq_bin())
+    let mut export = std::process::Command::new(dlq_bin())
         .args(["export", "--remove", "--rate", "1000/s", "--out"])
         .arg(&out)
         .env("AMQP_URL", amqp_url())
@@ -106,41 +132,49 @@ async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn_within(CHILD_DEADLINE);
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
     let deadline = Instant::now() + LONG;
-    while std::fs::read_to_string(&out)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-        < 500
-    {
+    while lines() < 500 {
         assert!(Instant::now() < deadline, "export made no progress");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     rabbitmqctl(&["close_all_connections", "fault test"]);
     let cut = Instant::now();
+    let written = lines();
+    assert!(
+        written < ids.len() && matches!(export.try_wait(), Ok(None)),
+        "the export was done ({written} lines) before its connection was closed"
+    );
     let _ = tokio::task::spawn_blocking(move || export.wait_with_output())
         .await
         .expect("join");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_returned(&t.dlq()).await;
     let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let mut seen: Vec<String> = text
+    let exported: Vec<String> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["properties"]["message_id"].as_str().map(str::to_owned))
         .collect();
     assert!(
-        !seen.is_empty(),
+        !exported.is_empty(),
         "export file lines carry properties.message_id"
     );
-    seen.extend(ids_of(&drain(&t.dlq()).await));
-    let (lost, _) = report(
+    let mut c = Census::new(&ids);
+    c.add("exported", exported);
+    c.add_queues(&t).await;
+    assert!(
+        c.lost().is_empty() && c.unexpected().is_empty(),
+        "every dead letter is in the file or still in the DLQ: {}",
+        c.summary()
+    );
+    c.row(
         "`courier-dlq export --remove` loses its connection",
         "rabbitmqctl close_all_connections after ~500 of 3000 written",
-        &ids,
-        &seen,
         cut.elapsed(),
-    );
-    assert_eq!(
-        lost, 0,
-        "every dead letter is in the file or still in the DLQ"
-    );
+    )
+    .passed();
 }

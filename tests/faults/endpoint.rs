@@ -1,9 +1,10 @@
 //! The HTTP endpoint failing: down longer than every retry tier (so messages end in the DLQ),
 //! or hanging (the handler timeout frees the slot).
 
+use crate::census::*;
 use crate::harness::*;
 use crate::util::*;
-use crate::{report, LONG};
+use crate::LONG;
 use courier::envelope;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,25 +19,32 @@ async fn endpoint_down_longer_than_every_tier_ends_in_the_dlq() {
     let ids = publish_jobs(&p, &t.exchange(), "email", "down", 50).await;
     let start = Instant::now();
     wait_depth(&t.dlq(), 50, LONG).await;
+    let recovery = start.elapsed();
+    assert!(w.term().await.success(), "{}", w.logs());
     let dead = drain(&t.dlq()).await;
-    let got: Vec<String> = dead
+    let reasons: Vec<Option<String>> = dead
         .iter()
-        .filter(|m| header_str(m, envelope::REASON).as_deref() == Some("max-attempts"))
-        .filter_map(|m| envelope::message_id(&m.delivery.properties).map(str::to_owned))
+        .map(|m| header_str(m, envelope::REASON))
         .collect();
-    let (lost, dup) = report(
+    assert!(
+        reasons.iter().all(|r| r.as_deref() == Some("max-attempts")),
+        "every dead letter says max-attempts: {reasons:?}"
+    );
+    let mut c = Census::new(&ids);
+    c.add(DEAD, dead.iter().map(id_of));
+    c.add_queues(&t).await;
+    assert!(
+        c.lost().is_empty() && c.unexpected().is_empty() && c.duplicated() == 0,
+        "every message dead-lettered exactly once: {}",
+        c.summary()
+    );
+    assert_eq!(c.in_place(DEAD), ids.len(), "{}", c.summary());
+    c.row(
         "HTTP endpoint down longer than all retry tiers",
         "endpoint port closed; 5 attempts over 100 ms/400 ms tiers",
-        &ids,
-        &got,
-        start.elapsed(),
-    );
-    assert_eq!(
-        (lost, dup),
-        (0, 0),
-        "every message dead-lettered exactly once"
-    );
-    assert!(w.term().await.success());
+        recovery,
+    )
+    .passed();
 }
 
 #[tokio::test]
@@ -64,29 +72,34 @@ async fn hanging_endpoint_times_out_without_leaking_slots() {
     let ok = publish_jobs(&p, &t.exchange(), "email", "ok", 40).await;
     let start = Instant::now();
     wait_depth(&t.dlq(), 8, LONG).await;
-    sink.wait_for(LONG, "the ok messages", |r| {
-        ok.iter().all(|id| r.iter().any(|x| &x.message_id == id))
-    })
-    .await;
-    let dead: Vec<String> = drain(&t.dlq())
-        .await
-        .iter()
-        .filter(|m| {
-            header_str(m, envelope::ERROR)
-                .unwrap_or_default()
-                .contains("timed out")
-        })
-        .filter_map(|m| envelope::message_id(&m.delivery.properties).map(str::to_owned))
-        .collect();
-    let (lost, dup) = reconcile(&hang, &dead);
-    record(Row {
-        fault: "HTTP endpoint hangs".into(),
-        injection: "no response; --handler-timeout 300ms, concurrency 4".into(),
-        sent: hang.len() + ok.len(),
-        lost,
-        duplicated: dup,
-        recovery_secs: start.elapsed().as_secs_f64(),
-    });
-    assert_eq!((lost, dup), (0, 0));
-    assert!(w.term().await.success());
+    settle(&sink, &ok, LONG).await;
+    let recovery = start.elapsed();
+    assert!(w.term().await.success(), "{}", w.logs());
+    let dead = drain(&t.dlq()).await;
+    for m in &dead {
+        let error = header_str(m, envelope::ERROR).unwrap_or_default();
+        assert!(error.contains("timed out"), "{}: {error}", id_of(m));
+    }
+    let mut all = hang.clone();
+    all.extend(ok.iter().cloned());
+    let mut c = Census::new(&all);
+    // A hanging request never answered: the sink recorded it without a 2xx, so only the ok
+    // ones count as delivered.
+    c.add_sink(&sink);
+    c.add(DEAD, dead.iter().map(id_of));
+    c.add_queues(&t).await;
+    assert!(
+        c.lost().is_empty() && c.unexpected().is_empty() && c.duplicated() == 0,
+        "{}",
+        c.summary()
+    );
+    assert!(c.elsewhere(&hang, DEAD).is_empty(), "{}", c.summary());
+    assert!(c.elsewhere(&ok, DELIVERED).is_empty(), "{}", c.summary());
+    assert_eq!(c.in_place(DEAD), hang.len(), "{}", c.summary());
+    c.row(
+        "HTTP endpoint hangs",
+        "no response; --handler-timeout 300ms, concurrency 4",
+        recovery,
+    )
+    .passed();
 }

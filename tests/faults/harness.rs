@@ -3,7 +3,7 @@
 use crate::util::*;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,9 +13,50 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct WorkerProc {
     pub child: DeadlineChild,
     pub log: PathBuf,
+    /// `host:port` of its /metrics, when started with [`WorkerProc::spawn_watched`].
+    metrics: Option<String>,
 }
 
 impl WorkerProc {
+    /// A worker serving /metrics, so a case can see what it holds before killing it.
+    pub fn spawn_watched(t: &TestTopology, url: &str, endpoint: &str, extra: &[&str]) -> Self {
+        let addr = free_addr().to_string();
+        let mut args = extra.to_vec();
+        args.extend(["--metrics-addr", addr.as_str()]);
+        let mut w = Self::spawn(t, url, endpoint, &args);
+        w.metrics = Some(addr);
+        w
+    }
+
+    /// Waits until the worker is handling at least one message (`courier_in_flight` > 0):
+    /// those deliveries are unacked, so a kill now leaves work for the broker to redeliver.
+    /// Returns how many it held.
+    pub async fn wait_holding(&self, timeout: Duration) -> u64 {
+        let addr = self.metrics.as_deref().expect("spawned with spawn_watched");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let held: u64 = match reqwest::get(format!("http://{addr}/metrics")).await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with("courier_in_flight{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64,
+                Err(_) => 0,
+            };
+            if held > 0 {
+                return held;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker never held a message: the fault would land on an idle worker"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn spawn(t: &TestTopology, url: &str, endpoint: &str, extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{}worker-{}.log", t.prefix, rand_suffix()));
         let file = std::fs::File::create(&log).expect("log file");
@@ -38,7 +79,11 @@ impl WorkerProc {
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn_within(CHILD_DEADLINE);
-        Self { child, log }
+        Self {
+            child,
+            log,
+            metrics: None,
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -83,18 +128,58 @@ fn rand_suffix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `rabbitmqctl` and asserts it succeeded.
+/// The `rabbitmqctl` of the broker under test: `COURIER_TEST_RABBITMQCTL` (a command line, e.g.
+/// `scripts/rabbitmq4 ctl` for the 4.x broker), else `rabbitmqctl`.
+fn ctl_command() -> Command {
+    let line = std::env::var("COURIER_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut words = line.split_whitespace();
+    let mut cmd = Command::new(words.next().unwrap_or("rabbitmqctl"));
+    cmd.args(words);
+    cmd
+}
+
+/// Runs `rabbitmqctl` against the broker under test and asserts it succeeded.
 pub fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
+    let out = ctl_command().args(args).output().expect("rabbitmqctl runs");
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A broker-wide fault in force until dropped. Dropping it (the case's end, or a panic
+/// anywhere in the case) runs the restoring command, so a failed case never leaves the broker
+/// alarmed or stopped for the ones after it.
+pub struct BrokerFault {
+    restore: Option<&'static [&'static str]>,
+}
+
+impl BrokerFault {
+    /// Runs `fault` now; `restore` runs on [`BrokerFault::end`] or on drop.
+    pub fn inject(fault: &[&str], restore: &'static [&'static str]) -> Self {
+        rabbitmqctl(fault);
+        Self {
+            restore: Some(restore),
+        }
+    }
+
+    /// Ends the fault now, asserting the restore worked.
+    pub fn end(mut self) {
+        if let Some(args) = self.restore.take() {
+            rabbitmqctl(args);
+        }
+    }
+}
+
+impl Drop for BrokerFault {
+    fn drop(&mut self) {
+        if let Some(args) = self.restore.take() {
+            // Also on panic: never assert here (a panic while panicking aborts).
+            let _ = ctl_command().args(args).output();
+        }
+    }
 }
 
 /// Waits until the broker accepts AMQP connections again.
@@ -110,46 +195,25 @@ pub async fn wait_broker(timeout: Duration) {
     }
 }
 
-/// Waits until every id has been answered 2xx by the sink or sits in the DLQ (counted by
-/// draining it into `dead`), and returns the recovery time from `since`.
+/// Waits until every id has been answered 2xx by the sink, up to `timeout`, and returns the
+/// time that took. It never fails the case itself: what is missing then shows in the census,
+/// as lost or as still queued, in the assertion that follows.
 pub async fn settle(sink: &Sink, ids: &[String], timeout: Duration) -> Duration {
     let start = Instant::now();
-    sink.wait_for(timeout, "every message delivered", |r| {
-        let got: std::collections::HashSet<&str> = r
-            .iter()
+    let want: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    while start.elapsed() < timeout {
+        let got: std::collections::HashSet<String> = sink
+            .all()
+            .into_iter()
             .filter(|x| (200..300).contains(&x.status))
-            .map(|x| x.message_id.as_str())
+            .map(|x| x.message_id)
             .collect();
-        ids.iter().all(|id| got.contains(id.as_str()))
-    })
-    .await;
-    start.elapsed()
-}
-
-/// One row of docs/reliability.md.
-#[derive(Debug, serde::Serialize)]
-pub struct Row {
-    pub fault: String,
-    pub injection: String,
-    pub sent: usize,
-    pub lost: usize,
-    pub duplicated: usize,
-    pub recovery_secs: f64,
-}
-
-/// Appends a row to `target/reliability.jsonl` and prints it.
-pub fn record(row: Row) {
-    let line = serde_json::to_string(&row).expect("row JSON");
-    eprintln!("RELIABILITY {line}");
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reliability.jsonl");
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{line}");
+        if want.iter().all(|id| got.contains(*id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    start.elapsed()
 }
 
 /// How the proxy treats traffic.
@@ -165,6 +229,8 @@ pub enum ProxyMode {
 /// A TCP proxy to the broker, for faults the broker cannot simulate itself.
 pub struct Proxy {
     pub port: u16,
+    /// Connections being forwarded now (frozen ones included).
+    live: Arc<AtomicUsize>,
     mode: Arc<AtomicU8>,
     generation: Arc<Mutex<u64>>,
     reset: Arc<Mutex<u64>>,
@@ -172,42 +238,61 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn start(upstream: &'static str) -> Self {
+    /// A proxy to the broker under test (`AMQP_URL`'s host and port).
+    pub async fn start() -> Self {
+        Self::start_with_delay(Duration::ZERO).await
+    }
+
+    /// A proxy that holds every chunk from the broker for `delay` before passing it on: confirms
+    /// come back slowly, so a publisher through it cannot finish before a fault however fast
+    /// the machine is.
+    pub async fn start_with_delay(delay: Duration) -> Self {
+        let uri = parsed_url().uri().clone();
+        let upstream = format!("{}:{}", uri.authority.host, uri.authority.port);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let mode = Arc::new(AtomicU8::new(ProxyMode::Pass as u8));
         let generation = Arc::new(Mutex::new(0u64));
         let reset = Arc::new(Mutex::new(0u64));
         let stop = Arc::new(AtomicBool::new(false));
-        let (m, g, r, s) = (
+        let live = Arc::new(AtomicUsize::new(0));
+        let (m, g, r, s, l) = (
             mode.clone(),
             generation.clone(),
             reset.clone(),
             stop.clone(),
+            live.clone(),
         );
         tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
                 let Ok((client, _)) = listener.accept().await else {
                     break;
                 };
-                let Ok(server) = TcpStream::connect(upstream).await else {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
                 let born = *g.lock().expect("lock");
                 let born_reset = *r.lock().expect("lock");
-                tokio::spawn(pipe(
-                    client,
-                    server,
-                    m.clone(),
-                    g.clone(),
-                    born,
-                    r.clone(),
-                    born_reset,
-                ));
+                let l = l.clone();
+                l.fetch_add(1, Ordering::SeqCst);
+                let (m, g, r) = (m.clone(), g.clone(), r.clone());
+                tokio::spawn(async move {
+                    let controls = Controls {
+                        mode: m,
+                        generation: g,
+                        born,
+                        reset: r,
+                        born_reset,
+                        delay,
+                    };
+                    pipe(client, server, controls).await;
+                    l.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         Self {
             port,
+            live,
             mode,
             generation,
             reset,
@@ -219,15 +304,19 @@ impl Proxy {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f{query}", self.port)
     }
 
-    /// Freezes every connection open now; later ones pass.
-    pub fn freeze_existing(&self) {
+    /// Freezes every connection open now; later ones pass. Returns how many it froze.
+    pub fn freeze_existing(&self) -> usize {
+        let open = self.live.load(Ordering::SeqCst);
         *self.generation.lock().expect("lock") += 1;
         self.mode.store(ProxyMode::Freeze as u8, Ordering::SeqCst);
+        open
     }
 
-    /// Resets (RST) every connection open now.
-    pub fn reset_existing(&self) {
+    /// Resets (RST) every connection open now. Returns how many were open.
+    pub fn reset_existing(&self) -> usize {
+        let open = self.live.load(Ordering::SeqCst);
         *self.reset.lock().expect("lock") += 1;
+        open
     }
 }
 
@@ -237,15 +326,26 @@ impl Drop for Proxy {
     }
 }
 
-async fn pipe(
-    client: TcpStream,
-    server: TcpStream,
+/// What a forwarded connection checks between chunks: the proxy's mode and counters, and the
+/// values they had when the connection was born (a freeze or reset hits older ones only).
+struct Controls {
     mode: Arc<AtomicU8>,
     generation: Arc<Mutex<u64>>,
     born: u64,
     reset: Arc<Mutex<u64>>,
     born_reset: u64,
-) {
+    delay: Duration,
+}
+
+async fn pipe(client: TcpStream, server: TcpStream, controls: Controls) {
+    let Controls {
+        mode,
+        generation,
+        born,
+        reset,
+        born_reset,
+        delay,
+    } = controls;
     let frozen = move || {
         mode.load(Ordering::SeqCst) == ProxyMode::Freeze as u8
             && *generation.lock().expect("lock") > born
@@ -272,7 +372,15 @@ async fn pipe(
         }
         tokio::select! {
             n = cr.read(&mut a) => match n { Ok(0) | Err(_) => return, Ok(n) => if sw.write_all(&a[..n]).await.is_err() { return } },
-            n = sr.read(&mut b) => match n { Ok(0) | Err(_) => return, Ok(n) => if cw.write_all(&b[..n]).await.is_err() { return } },
+            n = sr.read(&mut b) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if cw.write_all(&b[..n]).await.is_err() { return }
+                }
+            },
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }

@@ -12,6 +12,7 @@ mod lifecycle;
 mod metrics;
 mod monitoring;
 mod publishers;
+mod reliability;
 mod sink;
 mod stack;
 mod topology;
