@@ -156,10 +156,22 @@ async fn readyz_is_503_unless_consuming_and_during_the_drain() {
     ));
     let client = reqwest::Client::new();
 
-    // The worker keeps trying to subscribe for these two seconds; it must never look ready.
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
+    // The worker keeps trying to subscribe; it must never look ready. Each failed attempt after
+    // the first is counted as a reconnect: two of them prove it went round its retry loop (where
+    // a wrong readiness flag would show) more than once.
+    let failed_attempts = || {
+        w.metrics
+            .reconnects
+            .with_label_values(&[courier::metrics::label::CONSUMER])
+            .get()
+    };
+    let deadline = Instant::now() + WAIT;
+    while failed_attempts() < 2 {
         assert_eq!(readyz(&client, addr).await, 503, "ready without a consumer");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never retried its subscription"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -235,8 +247,22 @@ async fn acks_never_pass_a_delivery_whose_outcome_is_pending() {
         assert!(Instant::now() < deadline, "19 deliveries never settled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Give the acker time to flush everything it may (its idle flush is 1 ms).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the acker flushed everything it may: the broker holds one delivery unacked,
+    // held-0's (its view comes from the management API, refreshed every few seconds).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let unacked = broker_queue(&queue)
+            .await
+            .and_then(|q| q["messages_unacknowledged"].as_u64());
+        if unacked == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 19 settled deliveries were never acked: {unacked:?} unacknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let in_flight = w.metrics.in_flight.with_label_values(&[&queue]).get();
     assert_eq!(in_flight, 1, "the fault landed: held-0 was in the handler");
     // The shutdown deadline abandons held-0: its delivery must return to the queue, and only it
