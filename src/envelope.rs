@@ -26,6 +26,9 @@ pub const FIRST_FAILED_AT: &str = "x-courier-first-failed-at";
 pub const DEAD_LETTERED_AT: &str = "x-courier-dead-lettered-at";
 /// How many times `courier-dlq replay` sent it back.
 pub const REPLAYED: &str = "x-courier-replayed";
+/// The publisher's `expiration` (milliseconds, as sent), kept for the record on the fleet's
+/// copies, which carry no `expiration` of their own: see [`copy_properties`].
+pub const ORIGINAL_EXPIRATION: &str = "x-courier-original-expiration";
 
 /// Headers RabbitMQ writes when it dead-letters a message itself. The fleet strips them when it
 /// republishes: on 3.10 a stale `x-death` naming the target queue makes the broker drop the
@@ -267,6 +270,64 @@ pub fn with_headers(props: &BasicProperties, headers: FieldTable) -> BasicProper
     props.clone().with_headers(headers).with_delivery_mode(2)
 }
 
+/// The properties of a copy the worker republishes (retry tier, redelivery count, dead letter):
+/// like [`with_headers`], but without `expiration`, whose value moves to
+/// [`ORIGINAL_EXPIRATION`].
+///
+/// A publisher's `expiration` bounds the wait for the first delivery only. Carried on a copy it
+/// would fire again: a retry copy would leave its tier early (the broker takes the lower of the
+/// message's and the queue's TTL), cutting the back-off short, and a dead letter would expire
+/// inside the dead-letter queue, which has no dead-letter exchange of its own, so it would be
+/// dropped. Once the fleet holds a message, the tiers' TTLs and the DLQ decide its fate.
+pub fn copy_properties(props: &BasicProperties, mut headers: FieldTable) -> BasicProperties {
+    // A copy of a copy has no expiration left: the header recorded on the first hop stays.
+    if let Some(e) = props
+        .expiration()
+        .as_ref()
+        .filter(|e| !e.as_str().is_empty())
+    {
+        headers.insert(ORIGINAL_EXPIRATION.into(), long(e.as_str()));
+    }
+    // lapin cannot unset a property, so the copy is built from scratch without it.
+    let mut out = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(v) = props.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = props.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = props.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = props.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = props.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = props.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = props.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = props.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = props.user_id() {
+        out = out.with_user_id(v.clone());
+    }
+    if let Some(v) = props.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = props.cluster_id() {
+        out = out.with_cluster_id(v.clone());
+    }
+    out
+}
+
 /// The `message_id` property, if present and non-empty.
 pub fn message_id(props: &BasicProperties) -> Option<&str> {
     props
@@ -386,6 +447,45 @@ mod tests {
         assert_eq!(
             str_header(Some(&h), ORIGINAL_QUEUE).as_deref(),
             Some("notifications.email")
+        );
+    }
+
+    #[test]
+    fn copies_drop_the_expiration_and_keep_it_in_a_header() {
+        let full = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_delivery_mode(1)
+            .with_priority(7)
+            .with_correlation_id("corr".into())
+            .with_reply_to("replies".into())
+            .with_message_id("m-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("notification".into())
+            .with_user_id("guest".into())
+            .with_app_id("app".into())
+            .with_cluster_id("cl".into());
+        let headers = table(&[("tenant", long("acme"))]);
+        let copy = copy_properties(
+            &full.clone().with_expiration("60000".into()),
+            headers.clone(),
+        );
+        // Every other property survives, and the copy is persistent.
+        let mut recorded = headers.clone();
+        recorded.insert(ORIGINAL_EXPIRATION.into(), long("60000"));
+        assert_eq!(
+            copy,
+            full.clone().with_headers(recorded).with_delivery_mode(2)
+        );
+        assert_eq!(copy.expiration(), &None);
+        // A copy of a copy keeps the header it already carries.
+        let again = copy_properties(&copy, copy.headers().clone().unwrap_or_default());
+        assert_eq!(again, copy);
+        // Without an expiration there is nothing to record.
+        let plain = copy_properties(&full, headers.clone());
+        assert_eq!(
+            str_header(plain.headers().as_ref(), ORIGINAL_EXPIRATION),
+            None
         );
     }
 

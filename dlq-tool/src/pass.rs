@@ -196,6 +196,16 @@ impl Pass<'_> {
         if total == 0 {
             return Ok(());
         }
+        if self.config.rate.is_some() && matches!(*self.action, Action::Replay { .. }) {
+            // The publisher connects on its first publish. Every permit the limiter granted
+            // meanwhile would reach the broker at once when it is up: a burst past --rate at the
+            // start of every replay (19 over 100/s in the first second, measured here).
+            self.publisher.ready().await.map_err(|e| {
+                anyhow::Error::new(e).context(
+                    "cannot connect to publish the replayed messages; nothing was taken from the queue",
+                )
+            })?;
+        }
         let window = self.config.window.max(1);
         // Room for the publish window, an export batch, the held messages and a little slack,
         // so none waits for another; the broker never sends more than this unacknowledged.

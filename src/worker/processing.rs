@@ -204,7 +204,7 @@ impl<H: Handler> Ctx<H> {
         let msg = Outgoing {
             exchange: String::new(),
             routing_key: tier_queue.clone(),
-            properties: envelope::with_headers(&d.properties, headers),
+            properties: envelope::copy_properties(&d.properties, headers),
             body: d.data.clone(),
         };
         if self.republish(msg, message_id, "retry").await {
@@ -235,7 +235,7 @@ impl<H: Handler> Ctx<H> {
         let msg = Outgoing {
             exchange: String::new(),
             routing_key: self.config.queue.clone(),
-            properties: envelope::with_headers(props, h),
+            properties: envelope::copy_properties(props, h),
             body: d.data.clone(),
         };
         if self.republish(msg, message_id, "redelivery count").await {
@@ -269,7 +269,7 @@ impl<H: Handler> Ctx<H> {
         let msg = Outgoing {
             exchange: self.dead_letter_exchange.clone(),
             routing_key: origin.routing_key.clone(),
-            properties: envelope::with_headers(&d.properties, headers),
+            properties: envelope::copy_properties(&d.properties, headers),
             body: d.data.clone(),
         };
         if self.republish(msg, message_id, "dead letter").await {

@@ -7,7 +7,8 @@
 //!   management API);
 //! - [`sink`]: a real local HTTP server that records and answers as a test says;
 //! - [`process`]: child processes with a deadline, so a hung child fails its test with its
-//!   stderr instead of eating the CI budget.
+//!   stderr instead of eating the CI budget;
+//! - [`vhost`]: a virtual host of a test's own, deleted on drop.
 //!
 //! Panics are the error channel here: a failed set-up is a failed test.
 
@@ -16,6 +17,7 @@
 pub mod process;
 pub mod queues;
 pub mod sink;
+pub mod vhost;
 
 use courier::amqp::AmqpUrl;
 use courier::broker::Admin;

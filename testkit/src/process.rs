@@ -1,12 +1,13 @@
 //! Child processes with a deadline. A hung child (a worker that never drains, a tool waiting on
 //! a broker that will not answer) must fail its test, with its stderr, within a bound, and never
 //! eat the CI budget: [`output_within`] for run-to-completion commands, [`spawn_within`] for
-//! children a test drives, killed at the deadline or when dropped.
+//! children a test drives, killed at the deadline or when dropped. [`PipeLog`] reads a driven
+//! child's stderr as it comes, so a test waits for what the child says instead of sleeping.
 
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Deadline for a command a test runs to completion, unless it says otherwise.
@@ -170,6 +171,63 @@ impl Drop for DeadlineChild {
     }
 }
 
+/// A child's output pipe, read on its own thread as the child writes it. A test waits for a
+/// line that proves the child got somewhere ([`PipeLog::wait_for`]) rather than sleeping for a
+/// guess of how long that takes, and reads everything once the child is gone
+/// ([`PipeLog::finish`]).
+pub struct PipeLog {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl PipeLog {
+    /// Starts reading `pipe` (e.g. `child.stderr.take()`); panics if the pipe was not piped.
+    pub fn new(pipe: Option<impl Read + Send + 'static>) -> Self {
+        let mut pipe = pipe.expect("the stream to read is piped");
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            // Ends at EOF: the child exited (or closed the stream), or the read failed.
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        Self { bytes, reader }
+    }
+
+    /// What the child wrote so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the child has written `needle`, or panics after `timeout` with what it wrote.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the child did not write {needle:?} within {timeout:?}; it wrote:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the child wrote, once the stream ended: call it after the child exited.
+    pub fn finish(self) -> String {
+        let Self { bytes, reader } = self;
+        let _ = reader.join();
+        let text = String::from_utf8_lossy(&bytes.lock().unwrap()).into_owned();
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +256,24 @@ mod tests {
             .and_then(|p| p.downcast::<String>().ok())
             .expect("panics with a message");
         assert!(msg.contains("stuck"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn pipe_log_sees_a_line_before_the_child_exits() {
+        let mut c = spawn_within(
+            Command::new("sh")
+                .args(["-c", "echo ready >&2; read _; echo bye >&2"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped()),
+            Duration::from_secs(10),
+        );
+        let log = PipeLog::new(c.stderr.take());
+        // The child blocks on stdin until told to go on: "ready" must be seen while it runs.
+        log.wait_for("ready", Duration::from_secs(5)).await;
+        assert!(c.try_wait().expect("try_wait").is_none());
+        drop(c.stdin.take());
+        c.wait().expect("waits");
+        assert_eq!(log.finish(), "ready\nbye\n");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - `/readyz` answers 503 while the worker is not consuming and while it drains, 200 while it
 //!   consumes.
 //! - The acker never acks past a delivery whose outcome is still pending.
+//! - A publisher's `expiration` bounds the first delivery only: a retry copy waits its whole
+//!   tier and a dead letter cannot expire out of the dead-letter queue.
 
 use crate::util::*;
 use courier::envelope;
@@ -156,10 +158,22 @@ async fn readyz_is_503_unless_consuming_and_during_the_drain() {
     ));
     let client = reqwest::Client::new();
 
-    // The worker keeps trying to subscribe for these two seconds; it must never look ready.
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
+    // The worker keeps trying to subscribe; it must never look ready. Each failed attempt after
+    // the first is counted as a reconnect: two of them prove it went round its retry loop (where
+    // a wrong readiness flag would show) more than once.
+    let failed_attempts = || {
+        w.metrics
+            .reconnects
+            .with_label_values(&[courier::metrics::label::CONSUMER])
+            .get()
+    };
+    let deadline = Instant::now() + WAIT;
+    while failed_attempts() < 2 {
         assert_eq!(readyz(&client, addr).await, 503, "ready without a consumer");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never retried its subscription"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -235,8 +249,22 @@ async fn acks_never_pass_a_delivery_whose_outcome_is_pending() {
         assert!(Instant::now() < deadline, "19 deliveries never settled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Give the acker time to flush everything it may (its idle flush is 1 ms).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the acker flushed everything it may: the broker holds one delivery unacked,
+    // held-0's (its view comes from the management API, refreshed every few seconds).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let unacked = broker_queue(&queue)
+            .await
+            .and_then(|q| q["messages_unacknowledged"].as_u64());
+        if unacked == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 19 settled deliveries were never acked: {unacked:?} unacknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let in_flight = w.metrics.in_flight.with_label_values(&[&queue]).get();
     assert_eq!(in_flight, 1, "the fault landed: held-0 was in the handler");
     // The shutdown deadline abandons held-0: its delivery must return to the queue, and only it
@@ -260,4 +288,89 @@ async fn acks_never_pass_a_delivery_whose_outcome_is_pending() {
         .as_ref()
         .map(|s| s.to_string());
     assert_eq!(id.as_deref(), Some("held-0"));
+}
+
+/// 503 on the first attempt, 200 after.
+fn fails_once() -> Script {
+    Arc::new(|r: &Received| {
+        if r.attempt == 1 {
+            (503, vec![])
+        } else {
+            (200, vec![])
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_expiration_shorter_than_the_retry_tier_does_not_cut_the_retry_short() {
+    let t = TestTopology::apply("expiry-retry", "tests/fixtures/one-second-tier.toml").await;
+    let queue = t.name("notifications.email");
+    let sink = Sink::start(fails_once(), Duration::ZERO).await;
+    let w = RunningWorker::http(&t, "notifications.email", &sink);
+    w.wait_ready(WAIT).await;
+    let p = publisher().await;
+    let mut m = job(&t.exchange(), "email", "short-lived", 0);
+    // Ample for the first delivery to a waiting consumer; far below the 1s tier.
+    m.properties = m.properties.with_expiration("200".into());
+    p.publish(m).await.expect("confirmed");
+    sink.wait_for(WAIT, "the retry delivered", |r| {
+        r.iter().any(|x| x.status == 200)
+    })
+    .await;
+    w.stop().await;
+    let calls: Vec<(u32, u16)> = sink.all().iter().map(|r| (r.attempt, r.status)).collect();
+    assert_eq!(
+        calls,
+        [(1, 503), (2, 200)],
+        "failed once, delivered on its retry"
+    );
+    // The copy entered its tier after the first call; the tier's TTL is a lower bound on the
+    // second. A copy still carrying the publisher's 200 ms left the tier at that mark instead.
+    let all = sink.all();
+    let waited = all[1].at - all[0].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "the retry copy left its 1s tier after {waited:?}: the message's expiration fired there"
+    );
+    assert_eq!(depth(&t.dlq()).await, 0, "nothing dead-lettered");
+    assert_eq!(depth(&queue).await, 0, "nothing left in the work queue");
+    assert_eq!(
+        depth(&format!("{queue}.retry.1s")).await,
+        0,
+        "nothing left in the tier"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_carries_no_expiration_that_could_drop_it_from_the_dlq() {
+    let t = TestTopology::fast("expiry-dlq").await;
+    let sink = Sink::start(Arc::new(|_| (400, vec![])), Duration::ZERO).await;
+    let w = RunningWorker::http(&t, "notifications.email", &sink);
+    w.wait_ready(WAIT).await;
+    let p = publisher().await;
+    let mut m = job(&t.exchange(), "email", "expiring-dead-letter", 0);
+    m.properties = m.properties.with_expiration("3000".into());
+    p.publish(m).await.expect("confirmed");
+    // The dead-letter queue has no dead-letter exchange: a copy that expired there would be
+    // gone for good, so the copy must not carry an expiration at all.
+    wait_depth(&t.dlq(), 1, WAIT).await;
+    w.stop().await;
+    let dead = drain(&t.dlq()).await;
+    assert_eq!(dead.len(), 1, "the dead letter is in the DLQ");
+    let d = &dead[0];
+    assert_eq!(
+        header_str(d, envelope::REASON).as_deref(),
+        Some("permanent"),
+        "dead-lettered with Courier's reason"
+    );
+    assert_eq!(
+        d.delivery.properties.expiration(),
+        &None,
+        "the dead letter carries the publisher's expiration, so it would expire in the DLQ"
+    );
+    assert_eq!(
+        header_str(d, envelope::ORIGINAL_EXPIRATION).as_deref(),
+        Some("3000"),
+        "the publisher's expiration is kept for the record"
+    );
 }

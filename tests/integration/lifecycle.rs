@@ -304,15 +304,19 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_drain() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let log = PipeLog::new(child.stderr.take());
     signal(&child, "-TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The worker says it is draining once it stopped consuming: the point where a worker that
+    // did not wait for its handler would go on to exit. The exit code 130 below proves it was
+    // still there for the second signal.
+    log.wait_for("finishing in-flight messages", WAIT).await;
     assert!(
         child.try_wait().expect("try_wait").is_none(),
         "the first signal drains: the worker waits for its handler"
     );
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(10)).await;
-    let stderr = take_stderr(&mut child);
+    let stderr = log.finish();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("second signal"), "{stderr}");
 }
@@ -381,10 +385,12 @@ async fn a_worker_that_cannot_log_in_keeps_the_password_out_of_its_logs() {
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn_within(CHILD_DEADLINE);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = PipeLog::new(child.stderr.take());
+    // The refused login has been logged: what the assertions below read.
+    log.wait_for("cannot consume", WAIT).await;
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(10)).await;
-    let stderr = take_stderr(&mut child);
+    let stderr = log.finish();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("cannot consume"), "{stderr}");
     assert!(stderr.contains("guest:***@"), "{stderr}");
@@ -415,10 +421,12 @@ async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn_within(CHILD_DEADLINE);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = PipeLog::new(child.stderr.take());
+    // A warning has been written: the colour check below has a line to look at.
+    log.wait_for("cannot consume", WAIT).await;
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(10)).await;
-    let stderr = take_stderr(&mut child);
+    let stderr = log.finish();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("cannot consume"), "no log line: {stderr}");
     assert!(

@@ -4,6 +4,7 @@
 //! parallel with each other and beside real queues. `scripts/test` starts the broker.
 
 mod compose;
+mod definitions;
 mod demo;
 mod deploy;
 mod guarantees;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub use courier_testkit::process::{
-    output_within, spawn_within, DeadlineChild, SpawnWithin, CHILD_DEADLINE, DEFAULT_DEADLINE,
+    output_within, spawn_within, DeadlineChild, PipeLog, SpawnWithin, CHILD_DEADLINE,
+    DEFAULT_DEADLINE,
 };
 pub use courier_testkit::queues::{
     broker_bindings, broker_queue, depth, percent_encode, wait_depth,

@@ -6,7 +6,7 @@ use courier::envelope;
 use courier::handler::{Handler, HandlerError, HandlerResult, Job};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -57,17 +57,33 @@ async fn a_503_is_retried_through_the_first_tier() {
     })
     .await;
     let queue = t.name("notifications.email");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let retried = w
-        .metrics
-        .messages
-        .with_label_values(&[&queue, "retried"])
-        .get();
-    let first_tier = w
-        .metrics
-        .retries
-        .with_label_values(&[&queue, "100ms"])
-        .get();
+    let counted = |w: &RunningWorker| {
+        let retried = w
+            .metrics
+            .messages
+            .with_label_values(&[&queue, "retried"])
+            .get();
+        let first_tier = w
+            .metrics
+            .retries
+            .with_label_values(&[&queue, "100ms"])
+            .get();
+        (retried, first_tier)
+    };
+    // The counters are bumped once each copy is confirmed; wait until all 20 are in (a count
+    // above 20 would be a retry too many, which the equality below still catches).
+    let deadline = Instant::now() + WAIT;
+    let (retried, first_tier) = loop {
+        let (retried, first_tier) = counted(&w);
+        if retried >= 20 && first_tier >= 20 {
+            break (retried, first_tier);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retries never counted: {retried} retried, {first_tier} via the 100ms tier"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     w.stop().await;
     assert_eq!(
         (retried, first_tier),
@@ -428,17 +444,25 @@ async fn two_workers_compete_and_never_both_get_a_message() {
     let ids = publish_jobs(&p, &t.exchange(), "email", "c", 400).await;
     sink.wait_for(WAIT, "400 deliveries", |r| r.len() >= 400)
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ma = a
-        .metrics
-        .messages
-        .with_label_values(&[&t.name("notifications.email"), "delivered"])
-        .get();
-    let mb = b
-        .metrics
-        .messages
-        .with_label_values(&[&t.name("notifications.email"), "delivered"])
-        .get();
+    let delivered = |w: &RunningWorker| {
+        w.metrics
+            .messages
+            .with_label_values(&[&t.name("notifications.email"), "delivered"])
+            .get()
+    };
+    // The sink answers before the worker counts: wait until both counts add up to every
+    // delivery (more than 400 would be a message handled twice, caught below).
+    let deadline = Instant::now() + WAIT;
+    while delivered(&a) + delivered(&b) < 400 {
+        assert!(
+            Instant::now() < deadline,
+            "deliveries never counted: {} + {}",
+            delivered(&a),
+            delivered(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ma, mb) = (delivered(&a), delivered(&b));
     a.stop().await;
     b.stop().await;
     assert_eq!(
@@ -500,10 +524,10 @@ async fn a_panicking_handler_is_retried_and_the_worker_survives() {
     );
     let p = publisher().await;
     publish_jobs(&p, &t.exchange(), "email", "pan", 10).await;
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = Instant::now() + WAIT;
     while delivered.load(Ordering::SeqCst) < 10 {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "only {} delivered",
             delivered.load(Ordering::SeqCst)
         );

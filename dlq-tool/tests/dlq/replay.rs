@@ -340,3 +340,113 @@ async fn a_replay_pass_never_loops_when_replayed_messages_die_again() {
         .iter()
         .all(|m| int_header(m, envelope::REPLAYED) == Some(2)));
 }
+
+/// `--rate 100/s`: arrivals at the destination, timestamped by a real consumer, never exceed
+/// the limiter's bound in any one-second window. Only an upper bound: a slow machine replays
+/// slower, never faster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rate_holds_in_every_one_second_window() {
+    const N: usize = 300;
+    const RATE: usize = 100;
+    // What the limiter lets through in any one second (send.rs): RATE permits, plus its burst
+    // of 20 ms worth (2 at 100/s).
+    const BURST: usize = 2;
+    // Arrivals are stamped after the publish, the broker and the consumer: a stall on that path
+    // bunches permits granted up to that long apart. Alone, at most 103 arrived in a second
+    // here; with the other replay tests running beside it, 108. 150 ms worth of messages
+    // absorbs that on a shared machine; a limiter 20 % too generous still fails, and without
+    // one all 300 arrive within the first second.
+    const JITTER: usize = RATE * 15 / 100;
+    const BOUND: usize = RATE + BURST + JITTER;
+
+    let env = Env::new("rate").await;
+    let email = env.queue("notifications.email");
+    let p = publisher().await;
+    let now = now_millis();
+    publish_all(
+        &p,
+        (0..N)
+            .map(|i| {
+                worker_dead_letter(
+                    &env,
+                    &format!("r-{i}"),
+                    "email",
+                    Reason::MaxAttempts,
+                    "HTTP 503",
+                    now,
+                )
+            })
+            .collect(),
+    )
+    .await;
+    p.close().await;
+    wait_depth(&env.dlq(), N as u32, Duration::from_secs(20)).await;
+
+    // Subscribed before the pass starts, so every arrival is stamped as it is pushed.
+    let conn = parsed_url()
+        .connect("dlq test rate consumer")
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut consumer = ch
+        .basic_consume(
+            email.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("consume");
+    let arrivals = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut at = Vec::with_capacity(N);
+        while at.len() < N {
+            match tokio::time::timeout(Duration::from_secs(30), consumer.next()).await {
+                Ok(Some(Ok(_))) => at.push(Instant::now()),
+                _ => break,
+            }
+        }
+        at
+    });
+
+    let mut replay = env.command(&["replay", "--rate", "100/s"]);
+    let o = tokio::task::spawn_blocking(move || output_within(&mut replay, DEFAULT_DEADLINE))
+        .await
+        .expect("replay ran");
+    expect_code(&o, 0, "replay --rate 100/s");
+    assert!(
+        stdout(&o).contains(&format!("replayed {N} of {N}")),
+        "{}",
+        stdout(&o)
+    );
+    let at = arrivals.await.expect("consumer task");
+    let _ = conn.close(200, "done".into()).await;
+    assert_eq!(at.len(), N, "every replayed message arrived");
+
+    // The most arrivals in any window [t, t + 1s): the window starting at some arrival holds
+    // the most, so only those are counted.
+    let mut most = (0, 0);
+    let mut end = 0;
+    for start in 0..at.len() {
+        while end < at.len() && at[end] - at[start] < Duration::from_secs(1) {
+            end += 1;
+        }
+        if end - start > most.0 {
+            most = (end - start, start);
+        }
+    }
+    let (count, start) = most;
+    eprintln!(
+        "--rate 100/s: at most {count} arrivals in one second (bound {BOUND}); all {N} in {:?}",
+        at[N - 1] - at[0]
+    );
+    assert!(
+        count <= BOUND,
+        "{count} arrivals within one second from arrival #{start} (+{:?}); \
+         --rate 100/s allows at most {BOUND} ({RATE} + burst {BURST} + jitter {JITTER})",
+        at[start] - at[0]
+    );
+}
