@@ -17,9 +17,7 @@ async fn endpoint_down_longer_than_every_tier_ends_in_the_dlq() {
     let mut w = WorkerProc::spawn(&t, &amqp_url(), &endpoint, &["--concurrency", "10"]);
     let p = publisher().await;
     let ids = publish_jobs(&p, &t.exchange(), "email", "down", 50).await;
-    let start = Instant::now();
-    wait_depth(&t.dlq(), 50, LONG).await;
-    let recovery = start.elapsed();
+    let recovery = settle_depth(&t.dlq(), 50, LONG).await;
     assert!(w.term().await.success(), "{}", w.logs());
     let dead = drain(&t.dlq()).await;
     let reasons: Vec<Option<String>> = dead
@@ -71,7 +69,7 @@ async fn hanging_endpoint_times_out_without_leaking_slots() {
     let hang = publish_jobs(&p, &t.exchange(), "email", "hang", 8).await;
     let ok = publish_jobs(&p, &t.exchange(), "email", "ok", 40).await;
     let start = Instant::now();
-    wait_depth(&t.dlq(), 8, LONG).await;
+    settle_depth(&t.dlq(), 8, LONG).await;
     settle(&sink, &ok, LONG).await;
     let recovery = start.elapsed();
     assert!(w.term().await.success(), "{}", w.logs());

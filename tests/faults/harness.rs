@@ -216,6 +216,16 @@ pub async fn settle(sink: &Sink, ids: &[String], timeout: Duration) -> Duration 
     start.elapsed()
 }
 
+/// Waits until `queue` holds at least `n` ready messages, up to `timeout`, and returns the time
+/// that took. Like [`settle`], it never fails the case: a shortfall shows in the census.
+pub async fn settle_depth(queue: &str, n: u32, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < timeout && depth(queue).await < n {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
 /// How the proxy treats traffic.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
