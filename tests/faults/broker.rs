@@ -25,10 +25,10 @@ async fn memory_alarm_blocks_publishers_without_loss() {
     .await
     .expect("publisher connects");
     let early = publish_jobs(&p, &t.exchange(), "email", "pre", 200).await;
-    let alarm = BrokerFault::inject(
-        &["set_vm_memory_high_watermark", "0.0000001"],
-        &["set_vm_memory_high_watermark", "0.4"],
-    );
+    let mut restore = vec!["set_vm_memory_high_watermark".to_owned()];
+    restore.extend(memory_watermark());
+    let restore: Vec<&str> = restore.iter().map(String::as_str).collect();
+    let alarm = BrokerFault::inject(&["set_vm_memory_high_watermark", "0.0000001"], &restore);
     let raised = Instant::now();
     // Workers keep consuming and acking during the alarm (acks are not publishes).
     let mut w = WorkerProc::spawn(&t, &url, &sink.url, &["--concurrency", "10"]);
@@ -64,7 +64,7 @@ async fn memory_alarm_blocks_publishers_without_loss() {
     c.assert_all_delivered(0);
     c.row(
         "memory alarm (connection.blocked)",
-        "set_vm_memory_high_watermark 1e-7 for ~3 s, then 0.4",
+        "set_vm_memory_high_watermark 1e-7 until a publisher is blocked, then back",
         recovery,
     )
     .passed();

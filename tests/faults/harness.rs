@@ -153,22 +153,22 @@ pub fn rabbitmqctl(args: &[&str]) {
 /// anywhere in the case) runs the restoring command, so a failed case never leaves the broker
 /// alarmed or stopped for the ones after it.
 pub struct BrokerFault {
-    restore: Option<&'static [&'static str]>,
+    restore: Option<Vec<String>>,
 }
 
 impl BrokerFault {
     /// Runs `fault` now; `restore` runs on [`BrokerFault::end`] or on drop.
-    pub fn inject(fault: &[&str], restore: &'static [&'static str]) -> Self {
+    pub fn inject(fault: &[&str], restore: &[&str]) -> Self {
         rabbitmqctl(fault);
         Self {
-            restore: Some(restore),
+            restore: Some(restore.iter().map(|s| s.to_string()).collect()),
         }
     }
 
     /// Ends the fault now, asserting the restore worked.
     pub fn end(mut self) {
         if let Some(args) = self.restore.take() {
-            rabbitmqctl(args);
+            rabbitmqctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
     }
 }
@@ -180,6 +180,29 @@ impl Drop for BrokerFault {
             let _ = ctl_command().args(args).output();
         }
     }
+}
+
+/// The broker's memory high watermark as `set_vm_memory_high_watermark` takes it back: a
+/// fraction (`0.4` on 3.x, `0.6` on 4.x by default) or `absolute N`.
+pub fn memory_watermark() -> Vec<String> {
+    let out = ctl_command()
+        .args([
+            "-q",
+            "eval",
+            "vm_memory_monitor:get_vm_memory_high_watermark().",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "reading the watermark: {text}");
+    if let Some(n) = text
+        .strip_prefix("{absolute,")
+        .and_then(|t| t.strip_suffix('}'))
+    {
+        return vec!["absolute".into(), n.trim().into()];
+    }
+    assert!(text.parse::<f64>().is_ok(), "unexpected watermark {text:?}");
+    vec![text]
 }
 
 /// Waits until the broker accepts AMQP connections again.

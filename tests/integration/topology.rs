@@ -267,6 +267,30 @@ async fn quorum_priority_is_refused_where_the_broker_lacks_it() {
     );
     if version.quorum_priorities() {
         assert!(out.status.success(), "{}", stderr(&out));
+        // RabbitMQ 4 takes no x-max-priority on a quorum queue but has two levels of its own
+        // (5 and above is high): an urgent message still overtakes the bulk ones queued first.
+        let queue = format!("{prefix}notifications.email");
+        assert_eq!(
+            broker_queue(&queue).await.expect("declared")["arguments"]["x-max-priority"],
+            serde_json::Value::Null
+        );
+        let p = publisher().await;
+        let exchange = format!("{prefix}notifications");
+        for i in 0..5 {
+            p.publish(job(&exchange, "email", &format!("bulk-{i}"), 1))
+                .await
+                .expect("confirmed");
+        }
+        p.publish(job(&exchange, "email", "urgent", 9))
+            .await
+            .expect("confirmed");
+        let first = drain(&queue).await;
+        let ids: Vec<&str> = first
+            .iter()
+            .filter_map(|m| courier::envelope::message_id(&m.delivery.properties))
+            .collect();
+        assert_eq!(ids.len(), 6, "{ids:?}");
+        assert_eq!(ids[0], "urgent", "{ids:?}");
     } else {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
