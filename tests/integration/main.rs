@@ -13,6 +13,7 @@ mod lifecycle;
 mod metrics;
 mod monitoring;
 mod publishers;
+mod quorum;
 mod reliability;
 mod sink;
 mod stack;
