@@ -58,9 +58,7 @@ async fn memory_alarm_blocks_publishers_without_loss() {
     settle(&sink, &ids, LONG).await;
     let recovery = raised.elapsed();
     assert!(w.term().await.success(), "{}", w.logs());
-    let mut c = Census::new(&ids);
-    c.add_sink(&sink);
-    c.add_queues(&t).await;
+    let c = Census::of_delivery(&t, &sink, &ids).await;
     c.assert_all_delivered(0);
     c.row(
         "memory alarm (connection.blocked)",

@@ -41,6 +41,15 @@ impl Census {
         }
     }
 
+    /// The census of a delivery case, once every process has stopped: the sink's answers and
+    /// every queue of the topology.
+    pub async fn of_delivery(t: &TestTopology, sink: &Sink, sent: &[String]) -> Self {
+        let mut c = Self::new(sent);
+        c.add_sink(sink);
+        c.add_queues(t).await;
+        c
+    }
+
     /// The sink's 2xx answers, one per delivery (a redelivery answered twice counts twice).
     pub fn add_sink(&mut self, sink: &Sink) {
         self.add(DELIVERED, delivered_ids(sink));

@@ -84,9 +84,7 @@ async fn close_all_connections_three_times_under_load() {
         );
         assert!(w.term().await.success(), "{}", w.logs());
     }
-    let mut c = Census::new(&ids);
-    c.add_sink(&sink);
-    c.add_queues(&t).await;
+    let c = Census::of_delivery(&t, &sink, &ids).await;
     // Each close hands back what both workers held: at most 2 × 20 per round.
     c.assert_all_delivered(3 * 2 * 20);
     c.row(
@@ -147,9 +145,7 @@ async fn broker_restart_under_load_for_workers_and_a_file_publisher() {
     let recovery = back.elapsed();
     assert!(w.alive(), "{}", w.logs());
     assert!(w.term().await.success(), "{}", w.logs());
-    let mut c = Census::new(&ids);
-    c.add_sink(&sink);
-    c.add_queues(&t).await;
+    let c = Census::of_delivery(&t, &sink, &ids).await;
     // Duplicates: the worker's unacked window and the publisher's unconfirmed window.
     c.assert_all_delivered(20 + 8);
     c.row(
@@ -182,9 +178,7 @@ async fn frozen_network_is_detected_by_heartbeats() {
     let recovery = settle(&sink, &ids, LONG).await;
     assert!(w.logs().contains("lost the consumer"), "{}", w.logs());
     assert!(w.term().await.success(), "{}", w.logs());
-    let mut c = Census::new(&ids);
-    c.add_sink(&sink);
-    c.add_queues(&t).await;
+    let c = Census::of_delivery(&t, &sink, &ids).await;
     // The frozen connection's unacked window is redelivered once the broker drops it.
     c.assert_all_delivered(20);
     c.row(

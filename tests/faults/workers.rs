@@ -27,9 +27,7 @@ async fn kill_9_one_of_three_workers_mid_batch() {
     for w in workers.iter_mut().skip(1) {
         assert!(w.term().await.success(), "{}", w.logs());
     }
-    let mut c = Census::new(&ids);
-    c.add_sink(&sink);
-    c.add_queues(&t).await;
+    let c = Census::of_delivery(&t, &sink, &ids).await;
     // A duplicate is a message whose HTTP call succeeded just before the kill, at most the
     // killed worker's prefetch window.
     c.assert_all_delivered(20);
@@ -66,9 +64,7 @@ async fn kill_9_of_every_worker_then_restart() {
     settle(&sink, &ids, LONG).await;
     let recovery = restarted.elapsed();
     assert!(fresh.term().await.success(), "{}", fresh.logs());
-    let mut c = Census::new(&ids);
-    c.add_sink(&sink);
-    c.add_queues(&t).await;
+    let c = Census::of_delivery(&t, &sink, &ids).await;
     c.assert_all_delivered(60);
     // Redelivered messages were counted, not mistaken for poison.
     assert_eq!(c.in_place(DEAD), 0, "{}", c.summary());
@@ -100,9 +96,7 @@ async fn sigterm_under_load_loses_and_duplicates_nothing() {
     let mut b = WorkerProc::spawn(&t, &url, &sink.url, &args);
     let recovery = settle(&sink, &ids, LONG).await;
     assert!(b.term().await.success(), "{}", b.logs());
-    let mut c = Census::new(&ids);
-    c.add_sink(&sink);
-    c.add_queues(&t).await;
+    let c = Census::of_delivery(&t, &sink, &ids).await;
     // The documented bound: a graceful stop finishes what it holds and hands back the rest.
     c.assert_all_delivered(0);
     c.row(
