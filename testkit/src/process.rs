@@ -32,11 +32,15 @@ impl SpawnWithin for Command {
 /// Runs `cmd` to completion with stdin closed (as `Command::output` does), capturing its output; if it
 /// is still running after `deadline`, kills it and panics with what it printed.
 pub fn output_within(cmd: &mut Command, deadline: Duration) -> Output {
+    use std::os::unix::process::CommandExt;
     let what = format!("{cmd:?}");
+    // Its own process group, so the deadline kills whatever it started too: a grandchild that
+    // kept the pipes open would otherwise hold the readers (and the test) until it ended.
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     // Read both pipes on their own threads, so a child filling one pipe cannot block.
@@ -47,6 +51,9 @@ pub fn output_within(cmd: &mut Command, deadline: Duration) -> Output {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() > deadline => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .status();
                 let _ = child.kill();
                 let _ = child.wait();
                 let stderr = err.join().unwrap_or_default();
