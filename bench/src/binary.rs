@@ -149,26 +149,38 @@ async fn raw_drain(env: &Env, id: &str, prefetch: u16) -> Measurement {
                 raw::consume_acking(&url, &queue, prefetch, batch, tally, false, stop, None).await
             }
         });
-        let watched = tokio::select! {
-            w = watch(env, &queue) => w,
-            r = &mut consumer => Err(match r {
-                Ok(Ok(())) => anyhow::anyhow!("the raw consumer stopped early"),
-                Ok(Err(e)) => e,
-                Err(e) => anyhow::Error::from(e),
-            }),
+        // The consumer ends by itself once every id is in (then the watch sees 0 ready a poll
+        // later); it ending with an error ends the scenario.
+        let watching = watch(env, &queue);
+        tokio::pin!(watching);
+        let mut consumed = None;
+        let watched = loop {
+            tokio::select! {
+                w = &mut watching => break w,
+                r = &mut consumer, if consumed.is_none() => {
+                    match r.map_err(anyhow::Error::from).and_then(|r| r) {
+                        Ok(()) => consumed = Some(()),
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
         };
         let (first, empty) = match watched {
             Ok(w) => w,
             Err(e) => {
                 stop.cancel();
-                let _ = consumer.await;
+                if consumed.is_none() && !consumer.is_finished() {
+                    let _ = consumer.await;
+                }
                 return Err(e);
             }
         };
         // The last window is delivered; wait for it so every id is counted and acked.
         let done = tally.wait(env.stall).await;
         stop.cancel();
-        consumer.await??;
+        if consumed.is_none() {
+            consumer.await??;
+        }
         let cpu = before.per_message(&env.cpu(), n, false);
         done.map_err(|s| anyhow::anyhow!("stalled: {} of {n} messages consumed", s.unique))?;
         let (left, where_) = left_over(env).await?;
