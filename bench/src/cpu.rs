@@ -33,6 +33,11 @@ fn times(which: &str) -> Option<[f64; 4]> {
     Some([get(11)?, get(12)?, get(13)?, get(14)?])
 }
 
+/// CPU seconds (user + system) process `pid` has used so far, while it runs.
+pub fn process_seconds(pid: u32) -> Option<f64> {
+    times(&pid.to_string()).map(|t| t[0] + t[1])
+}
+
 /// The local broker's process id, if RabbitMQ runs on this machine.
 pub fn find_broker() -> Option<u32> {
     std::fs::read_dir("/proc")

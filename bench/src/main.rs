@@ -20,12 +20,15 @@
 //! - [`dlq`]: `courier-dlq replay` / `export` timed as processes.
 //! - [`peer`]: the Python pika consumer.
 //! - [`memory`]: the `courier work` binary's peak RSS under a large backlog.
+//! - [`binary`]: the `courier work` binary draining a backlog against raw lapin at prefetch
+//!   200 and 500.
 //! - [`payload`], [`tally`]: the message body with its stamp; counting ids and latency.
 //! - [`cpu`]: client and broker CPU per message, from `/proc`.
 //! - [`broker`]: our prefixed objects on the shared broker, and their clean-up.
 //! - [`sink`]: the HTTP scenario's local endpoint.
 //! - [`report`], [`chart`]: the JSON, the tables and the SVG.
 
+mod binary;
 mod broker;
 mod chart;
 mod courier_lib;
@@ -63,7 +66,7 @@ const RETRY_TOPOLOGY: &str = include_str!("../topology/retry.toml");
 /// prints medians and per-round ratios; writes everything as JSON (--out). Every message id is
 /// counted: a lost message fails the run (exit 1).
 ///
-/// Scenario groups (--only): baseline, courier, retry, http, dlq, peer, memory.
+/// Scenario groups (--only): baseline, courier, retry, http, dlq, peer, memory, binary.
 #[derive(Debug, Parser)]
 #[command(
     name = "courier-bench",
@@ -111,7 +114,8 @@ struct RunArgs {
     #[arg(long)]
     smoke: bool,
     /// Only these scenario groups (comma-separated): baseline, courier, retry, http, dlq,
-    /// peer, memory.
+    /// peer, memory, binary (the `courier work` binary against raw lapin, prefetch 200 and
+    /// 500).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results JSON [default: <target dir>/courier-bench/results.json].
@@ -141,7 +145,7 @@ struct RunArgs {
 }
 
 const GROUPS: &[&str] = &[
-    "baseline", "courier", "retry", "http", "dlq", "peer", "memory",
+    "baseline", "courier", "retry", "http", "dlq", "peer", "memory", "binary",
 ];
 
 impl RunArgs {
@@ -311,11 +315,24 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
     } else {
         None
     };
-    let courier_bin = if args.wants("memory") && memory_backlog > 0 {
+    let wants_memory = args.wants("memory") && memory_backlog > 0;
+    let built = if wants_memory || args.wants("binary") {
         Some(binary(&args, "courier", "courier").await)
     } else {
         None
     };
+    let courier_bin = built.clone().filter(|_| wants_memory);
+    let binary_bin = built.filter(|_| args.wants("binary"));
+    if let Some(Err(why)) = &binary_bin {
+        for (_, raw_id, binary_id) in binary::SIDES {
+            for id in [raw_id, binary_id] {
+                not_measured.push(NotMeasured {
+                    id: id.to_owned(),
+                    why: why.clone(),
+                });
+            }
+        }
+    }
     let selection = Selection {
         baseline: args.wants("baseline"),
         courier: args.wants("courier"),
@@ -323,6 +340,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         http: args.wants("http"),
         dlq,
         peer,
+        binary: binary_bin,
     };
 
     let pid = std::process::id();

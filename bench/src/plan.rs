@@ -8,7 +8,7 @@
 use crate::env::{Env, ROUTING_KEY};
 use crate::report::{Measurement, Round};
 use crate::tally::{Counts, Tally};
-use crate::{courier_lib, dlq, payload, peer, raw};
+use crate::{binary, courier_lib, dlq, payload, peer, raw};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,8 @@ pub struct Selection {
     pub dlq: Option<Result<PathBuf, String>>,
     /// Python peer, or why it cannot be measured.
     pub peer: Option<Result<(), String>>,
+    /// The `courier` binary for the `binary` group, or why it cannot be measured.
+    pub binary: Option<Result<PathBuf, String>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +44,7 @@ enum Step {
     BaselineMove,
     Dlq,
     Peer,
+    Binary,
 }
 
 /// `baseline.publish` then `baseline.drain`.
@@ -351,6 +354,10 @@ async fn step(env: &Env, sel: &Selection, s: Step, round: u32) -> Vec<Measuremen
             Some(Ok(())) => vec![peer::pika(env).await],
             _ => Vec::new(),
         },
+        Step::Binary => match &sel.binary {
+            Some(Ok(bin)) => binary::round(env, bin, round).await,
+            _ => Vec::new(),
+        },
     }
 }
 
@@ -363,6 +370,7 @@ fn enabled(sel: &Selection, s: Step) -> bool {
         Step::Http => sel.http,
         Step::Dlq => matches!(sel.dlq, Some(Ok(_))),
         Step::Peer => matches!(sel.peer, Some(Ok(()))),
+        Step::Binary => matches!(sel.binary, Some(Ok(_))),
     }
 }
 
@@ -391,9 +399,11 @@ pub async fn round(env: &Env, sel: &Selection, round: u32, rounds: u32) -> Round
             BaselineMove,
             Dlq,
             Peer,
+            Binary,
         ]
     } else {
         [
+            Binary,
             CourierPublishDrain,
             BaselinePublishDrain,
             CourierEndToEnd,

@@ -89,6 +89,26 @@ pub const SCENARIOS: &[Scenario] = &[
         kind: Kind::Courier,
     },
     Scenario {
+        id: "baseline.half.p200",
+        label: "raw lapin (ack every P/2): drain, prefetch 200",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "binary.drain.p200",
+        label: "`courier work` binary (noop): drain, prefetch 200",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "baseline.half.p500",
+        label: "raw lapin (ack every P/2): drain, prefetch 500",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "binary.drain.p500",
+        label: "`courier work` binary (noop): drain, prefetch 500",
+        kind: Kind::Courier,
+    },
+    Scenario {
         id: "peer.pika",
         label: "Python pika (ack each): drain backlog",
         kind: Kind::Peer,
@@ -130,6 +150,20 @@ pub const RATIOS: &[RatioSpec] = &[
         numerator: "courier.drain",
         denominator: "baseline.drain",
         target: Some(0.9),
+    },
+    RatioSpec {
+        id: "binary-p200",
+        label: "`courier work` binary drain / raw lapin drain, prefetch 200",
+        numerator: "binary.drain.p200",
+        denominator: "baseline.half.p200",
+        target: None,
+    },
+    RatioSpec {
+        id: "binary-p500",
+        label: "`courier work` binary drain / raw lapin drain, prefetch 500",
+        numerator: "binary.drain.p500",
+        denominator: "baseline.half.p500",
+        target: None,
     },
     RatioSpec {
         id: "publish",
