@@ -28,7 +28,6 @@ use crate::report::Measurement;
 use crate::tally::{Counts, Tally};
 use anyhow::Context;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -208,30 +207,14 @@ async fn binary_drain(env: &Env, courier: &Path, id: &str, prefetch: u16) -> Mea
         let log = std::fs::File::create(&log_path)?;
         let before = env.cpu();
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(courier)
-            .arg("--prefix")
-            .arg(&env.main.prefix)
-            .arg("--topology")
-            .arg(&env.main_topology_file)
-            .args([
-                "work",
-                "--queue",
-                "notifications.email",
-                "--handler",
-                "noop",
-            ])
-            .args(["--prefetch", &prefetch.to_string()])
-            .env("AMQP_URL", &env.url_text)
+        let mut child = env
+            .noop_worker(courier, prefetch, log)
             // The worker's defaults (logging, concurrency, no metrics), whatever the bench's
             // own environment says.
             .env_remove("RUST_LOG")
             .env_remove("COURIER_LOG_FORMAT")
             .env_remove("COURIER_CONCURRENCY")
             .env_remove("COURIER_METRICS_ADDR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", courier.display()))?;
         let pid = child.id().context("the worker exited at once")?;

@@ -6,7 +6,8 @@ use crate::broker::Scratch;
 use crate::cpu;
 use courier::amqp::AmqpUrl;
 use courier::topology::Topology;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// Every scenario publishes with this routing key (the `email` channel).
@@ -64,6 +65,36 @@ impl Env {
     /// CPU counters now (this process, its children, the broker).
     pub fn cpu(&self) -> cpu::Sample {
         cpu::sample(self.broker_pid)
+    }
+
+    /// `courier work --handler noop --prefetch P` on the main topology's email queue, as the
+    /// binary scenarios run it: stdin and stdout closed, stderr to `log`, killed on drop.
+    /// Callers add their flags and environment.
+    pub fn noop_worker(
+        &self,
+        courier: &Path,
+        prefetch: u16,
+        log: std::fs::File,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(courier);
+        cmd.arg("--prefix")
+            .arg(&self.main.prefix)
+            .arg("--topology")
+            .arg(&self.main_topology_file)
+            .args([
+                "work",
+                "--queue",
+                "notifications.email",
+                "--handler",
+                "noop",
+            ])
+            .args(["--prefetch", &prefetch.to_string()])
+            .env("AMQP_URL", &self.url_text)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        cmd
     }
 
     /// Empties every queue a failed scenario could have left messages in.

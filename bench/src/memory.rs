@@ -11,7 +11,6 @@ use crate::raw;
 use crate::report::Memory;
 use anyhow::Context;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -112,26 +111,10 @@ async fn measure(env: &Env, courier: &Path, m: &mut Memory) -> anyhow::Result<()
         m.prefetch
     );
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(courier)
-        .arg("--prefix")
-        .arg(&env.main.prefix)
-        .arg("--topology")
-        .arg(&env.main_topology_file)
-        .args([
-            "work",
-            "--queue",
-            "notifications.email",
-            "--handler",
-            "noop",
-        ])
-        .args(["--prefetch", &m.prefetch.to_string()])
+    let mut child = env
+        .noop_worker(courier, m.prefetch, log)
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .env("AMQP_URL", &env.url_text)
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", courier.display()))?;
     let pid = child.id().context("the worker exited at once")?;

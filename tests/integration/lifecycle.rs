@@ -195,7 +195,11 @@ pub(crate) fn take_stderr(child: &mut Child) -> String {
     stderr
 }
 
-fn spawn_worker_binary(t: &TestTopology, endpoint: &str, extra: &[&str]) -> DeadlineChild {
+pub(crate) fn spawn_worker_binary(
+    t: &TestTopology,
+    endpoint: &str,
+    extra: &[&str],
+) -> DeadlineChild {
     Command::new(env!("CARGO_BIN_EXE_courier"))
         .args([
             "work",

@@ -4,9 +4,9 @@
 //! from zero), so its `--max-redeliveries` acts first and the dead letter says `crash-loop`.
 //! Runs on 3.x and 4.x alike (CI runs both).
 
+use crate::lifecycle::spawn_worker_binary;
 use crate::util::*;
 use courier::envelope;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,23 +41,7 @@ async fn a_crash_looping_message_on_a_quorum_queue_is_dead_lettered_by_courier()
     p.publish(job(&t.exchange(), "email", "looping", 0))
         .await
         .expect("confirmed");
-    let worker = || {
-        Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args([
-                "work",
-                "--queue",
-                "notifications.email",
-                "--handler",
-                "http",
-            ])
-            .args(["--endpoint", &sink.url, "--max-redeliveries", "2"])
-            .env("AMQP_URL", amqp_url())
-            .env("COURIER_PREFIX", &t.prefix)
-            .env("COURIER_TOPOLOGY", &t.file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn_within(CHILD_DEADLINE)
-    };
+    let worker = || spawn_worker_binary(&t, &sink.url, &["--max-redeliveries", "2"]);
     let calls = || arrived.load(Ordering::SeqCst);
     // Three crashes while the endpoint call is in flight: redeliveries 1, 2, 3.
     for crash in 1..=3 {
