@@ -16,8 +16,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -84,6 +84,17 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// 1 while the broker blocks a connection (memory or disk alarm).
     pub blocked: IntGauge,
+}
+
+/// The series of one work queue that every message updates, looked up once per worker.
+#[derive(Clone)]
+pub struct QueueSeries {
+    /// `courier_messages_total{outcome="delivered"}` of the queue.
+    pub delivered: IntCounter,
+    /// `courier_handler_seconds` of the queue.
+    pub handler_seconds: Histogram,
+    /// `courier_in_flight` of the queue.
+    pub in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -215,13 +226,13 @@ impl Metrics {
     /// Creates every series of work queue `queue` at 0: outcomes, latency, in-flight, retries
     /// for each of `tiers` (the labels of the retry tiers it has a queue for), dead letters for
     /// every reason a worker gives, consumer cancels. Idempotent; [`crate::worker::Worker::new`]
-    /// calls it, so `/metrics` shows them before the worker is ready.
-    pub fn init_queue(&self, queue: &str, tiers: &[String]) {
+    /// calls it, so `/metrics` shows them before the worker is ready. Returns the series every
+    /// message touches, resolved once: a `with_label_values` lookup hashes the labels under a
+    /// lock, three times per message otherwise.
+    pub fn init_queue(&self, queue: &str, tiers: &[String]) -> QueueSeries {
         for outcome in label::OUTCOMES {
             self.messages.with_label_values(&[queue, outcome]);
         }
-        self.handler_seconds.with_label_values(&[queue]);
-        self.in_flight.with_label_values(&[queue]);
         for tier in tiers {
             self.retries.with_label_values(&[queue, tier.as_str()]);
         }
@@ -230,6 +241,11 @@ impl Metrics {
                 .with_label_values(&[queue, reason.as_str()]);
         }
         self.consumer_cancels.with_label_values(&[queue]);
+        QueueSeries {
+            delivered: self.messages.with_label_values(&[queue, label::DELIVERED]),
+            handler_seconds: self.handler_seconds.with_label_values(&[queue]),
+            in_flight: self.in_flight.with_label_values(&[queue]),
+        }
     }
 
     /// The Prometheus text exposition of every metric.

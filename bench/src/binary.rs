@@ -25,6 +25,7 @@ use crate::env::{Env, ROUTING_KEY};
 use crate::payload;
 use crate::raw;
 use crate::report::Measurement;
+use crate::sink::HttpSink;
 use crate::tally::{Counts, Tally};
 use anyhow::Context;
 use std::path::Path;
@@ -45,11 +46,26 @@ const POLL: Duration = Duration::from_millis(10);
 /// in 10 ms ticks; a worker handling messages uses far more than one tick per 300 ms).
 const IDLE: Duration = Duration::from_millis(300);
 
-/// Every measurement of one round: per prefetch, raw and binary (order flips every round).
+/// The end-to-end pair (raw consumer, binary), at prefetch [`E2E_PREFETCH`].
+pub const E2E: (&str, &str) = ("baseline.half.e2e", "binary.e2e");
+
+/// The retry-hop pair (raw lapin + reqwest, binary with `--handler http`).
+pub const RETRY: (&str, &str) = ("baseline.http-retry", "binary.retry");
+
+/// Every scenario id of the group, for "not measured" notes.
+pub const IDS: [&str; 8] = [
+    SIDES[0].1, SIDES[0].2, SIDES[1].1, SIDES[1].2, E2E.0, E2E.1, RETRY.0, RETRY.1,
+];
+
+/// The worker's default prefetch, used by the end-to-end and retry pairs.
+const E2E_PREFETCH: u16 = 200;
+
+/// Every measurement of one round: per prefetch, raw and binary, then end to end, then the
+/// retry hop (raw first in odd rounds, binary first in even ones).
 pub async fn round(env: &Env, courier: &Path, round: u32) -> Vec<Measurement> {
     let mut out = Vec::new();
+    let raw_first = round % 2 == 1;
     for (prefetch, raw_id, binary_id) in SIDES {
-        let raw_first = round % 2 == 1;
         for raw_side in [raw_first, !raw_first] {
             env.reset().await;
             out.push(if raw_side {
@@ -58,6 +74,22 @@ pub async fn round(env: &Env, courier: &Path, round: u32) -> Vec<Measurement> {
                 binary_drain(env, courier, binary_id, prefetch).await
             });
         }
+    }
+    for raw_side in [raw_first, !raw_first] {
+        env.reset().await;
+        out.push(if raw_side {
+            raw_e2e(env).await
+        } else {
+            binary_e2e(env, courier).await
+        });
+    }
+    for raw_side in [raw_first, !raw_first] {
+        env.reset().await;
+        out.push(if raw_side {
+            raw_http_retry(env).await
+        } else {
+            binary_retry(env, courier).await
+        });
     }
     out
 }
@@ -192,6 +224,86 @@ async fn raw_drain(env: &Env, id: &str, prefetch: u16) -> Measurement {
     }
 }
 
+/// A `courier work` child process of a scenario.
+struct Worker {
+    child: tokio::process::Child,
+    pid: u32,
+    log: std::path::PathBuf,
+    started: Instant,
+}
+
+impl Worker {
+    /// Starts `cmd` (from [`Env::worker`]) with the worker's defaults for logging, concurrency
+    /// and metrics, whatever the bench's own environment says; its stderr goes to `<id>.log`.
+    fn spawn(
+        env: &Env,
+        id: &str,
+        cmd: impl FnOnce(std::fs::File) -> tokio::process::Command,
+    ) -> anyhow::Result<Self> {
+        let log = env.tmp.join(format!("{id}.log"));
+        let file = std::fs::File::create(&log)?;
+        let started = Instant::now();
+        let mut cmd = cmd(file);
+        let child = cmd
+            .env_remove("RUST_LOG")
+            .env_remove("COURIER_LOG_FORMAT")
+            .env_remove("COURIER_CONCURRENCY")
+            .env_remove("COURIER_METRICS_ADDR")
+            .spawn()
+            .context("cannot start the courier binary")?;
+        let pid = child.id().context("the worker exited at once")?;
+        Ok(Self {
+            child,
+            pid,
+            log,
+            started,
+        })
+    }
+
+    /// Runs `work` unless the worker exits first (an error naming its log).
+    async fn during<T>(
+        &mut self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            w = work => w,
+            s = self.child.wait() => Err(anyhow::anyhow!(
+                "the worker exited early with {} (log: {})",
+                s.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                self.log.display()
+            )),
+        }
+    }
+
+    /// Waits until the worker is idle (when `settle`), then stops it with SIGTERM, the way an
+    /// orchestrator does: it finishes in-flight work, acks and closes, and must exit 0.
+    async fn stop(mut self, env: &Env, settle: bool) -> anyhow::Result<()> {
+        // No message ready still leaves up to a prefetch window delivered but not handled (a
+        // SIGTERM now would send those back): its CPU time stops growing once they are acked.
+        if settle {
+            idle(self.pid, env.stall).await;
+        }
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        let status = match tokio::time::timeout(Duration::from_secs(45), self.child.wait()).await {
+            Ok(s) => s.ok(),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                None
+            }
+        };
+        anyhow::ensure!(
+            status.is_some_and(|s| s.success()),
+            "the worker did not exit cleanly on SIGTERM ({}; log: {})",
+            status.map_or_else(|| "killed after 45 s".to_owned(), |s| s.to_string()),
+            self.log.display()
+        );
+        Ok(())
+    }
+}
+
 /// The binary side: `courier work --handler noop` as a child process.
 async fn binary_drain(env: &Env, courier: &Path, id: &str, prefetch: u16) -> Measurement {
     let n = env.messages;
@@ -203,58 +315,15 @@ async fn binary_drain(env: &Env, courier: &Path, id: &str, prefetch: u16) -> Mea
     };
     let run = async {
         fill(env, &queue).await?;
-        let log_path = env.tmp.join(format!("{id}.log"));
-        let log = std::fs::File::create(&log_path)?;
         let before = env.cpu();
-        let started = Instant::now();
-        let mut child = env
-            .noop_worker(courier, prefetch, log)
-            // The worker's defaults (logging, concurrency, no metrics), whatever the bench's
-            // own environment says.
-            .env_remove("RUST_LOG")
-            .env_remove("COURIER_LOG_FORMAT")
-            .env_remove("COURIER_CONCURRENCY")
-            .env_remove("COURIER_METRICS_ADDR")
-            .spawn()
-            .with_context(|| format!("cannot start {}", courier.display()))?;
-        let pid = child.id().context("the worker exited at once")?;
-        let watched = tokio::select! {
-            w = watch(env, &queue) => w,
-            s = child.wait() => Err(anyhow::anyhow!(
-                "the worker exited early with {} (log: {})",
-                s.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                log_path.display()
-            )),
-        };
-        // Ready 0 still leaves up to a prefetch window delivered but not handled (a SIGTERM
-        // now would send those back), so wait until the worker is idle: its CPU time stops
-        // growing once the last window is handled and acked.
-        if watched.is_ok() {
-            idle(pid, env.stall).await;
-        }
-        // SIGTERM, the way an orchestrator stops it: it finishes in-flight work, acks, closes.
-        let _ = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-        let status = match tokio::time::timeout(Duration::from_secs(45), child.wait()).await {
-            Ok(s) => s.ok(),
-            Err(_) => {
-                let _ = child.kill().await;
-                None
-            }
-        };
+        let mut worker = Worker::spawn(env, id, |log| env.noop_worker(courier, prefetch, log))?;
+        let watched = worker.during(watch(env, &queue)).await;
+        let stopped = worker_stop(worker, env, watched.is_ok()).await;
         let cpu = before.per_message(&env.cpu(), n, true);
-        let (first, empty) = watched?;
+        let ((first, empty), started) = (watched?, stopped?);
         eprintln!(
             "courier-bench: binary: prefetch {prefetch}: first message taken {:.0} ms after the process started",
             first.saturating_duration_since(started).as_secs_f64() * 1e3
-        );
-        anyhow::ensure!(
-            status.is_some_and(|s| s.success()),
-            "the worker did not exit cleanly on SIGTERM ({}; log: {})",
-            status.map_or_else(|| "killed after 45 s".to_owned(), |s| s.to_string()),
-            log_path.display()
         );
         // The worker is gone, so anything it did not ack is back in the queue by now.
         let (left, where_) = left_over(env).await?;
@@ -265,5 +334,301 @@ async fn binary_drain(env: &Env, courier: &Path, id: &str, prefetch: u16) -> Mea
     match run.await {
         Ok((elapsed, cpu)) => Measurement::new(id, elapsed, counts).with_cpu(cpu),
         Err(e) => Measurement::failed(id, counts, format!("{e:#}")),
+    }
+}
+
+/// Stops `worker` (see [`Worker::stop`]); returns when it was started.
+async fn worker_stop(worker: Worker, env: &Env, settle: bool) -> anyhow::Result<Instant> {
+    let started = worker.started;
+    worker.stop(env, settle).await.map(|()| started)
+}
+
+/// Publishes the run's N messages (priority 5) to the main exchange while a consumer is on the
+/// email queue; returns the first publish and the first poll after the last confirm that sees
+/// no message ready (the same observer as [`watch`], for both sides).
+async fn publish_and_watch(env: &Env, queue: &str) -> anyhow::Result<(Instant, Instant)> {
+    let target = raw::Target {
+        exchange: env.main_exchange(),
+        routing_key: ROUTING_KEY.to_owned(),
+    };
+    let p = raw::publish(&env.url, &target, env.messages, env.window, |seq| {
+        payload::properties(seq).with_priority(5)
+    })
+    .await?;
+    let mut last = (u32::MAX, Instant::now());
+    loop {
+        let d = env.scratch.depth(queue).await?;
+        if d == 0 {
+            return Ok((p.started, Instant::now()));
+        }
+        if d != last.0 {
+            last = (d, Instant::now());
+        } else if last.1.elapsed() > env.stall {
+            anyhow::bail!("stalled with {d} messages still ready in {queue}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `baseline.half.e2e`: the raw consumer (ack every P/2) on the queue first, then N confirmed
+/// publishes; from the first publish to an empty queue.
+async fn raw_e2e(env: &Env) -> Measurement {
+    let (id, n) = (E2E.0, env.messages);
+    let queue = env.work_queue(&env.main).to_owned();
+    let tally = Arc::new(Tally::new(n, false));
+    let run = async {
+        let stop = CancellationToken::new();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let consumer = tokio::spawn({
+            let (url, queue, tally, stop) =
+                (env.url.clone(), queue.clone(), tally.clone(), stop.clone());
+            let batch = u64::from(E2E_PREFETCH / 2);
+            async move {
+                raw::consume_acking(
+                    &url,
+                    &queue,
+                    E2E_PREFETCH,
+                    batch,
+                    tally,
+                    false,
+                    stop,
+                    Some(ready_tx),
+                )
+                .await
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        let before = env.cpu();
+        let watched = publish_and_watch(env, &queue).await;
+        let done = tally.wait(env.stall).await;
+        stop.cancel();
+        let consumed = consumer.await;
+        let cpu = before.per_message_all(&env.cpu(), n);
+        let (first, empty) = watched?;
+        consumed??;
+        done.map_err(|s| anyhow::anyhow!("stalled: {} of {n} messages consumed", s.unique))?;
+        let (left, where_) = left_over(env).await?;
+        anyhow::ensure!(left == 0, "{left} messages left: {}", where_.join(", "));
+        anyhow::Ok((empty - first, cpu))
+    };
+    match run.await {
+        Ok((elapsed, cpu)) => Measurement::new(id, elapsed, tally.counts()).with_cpu(cpu),
+        Err(e) => Measurement::failed(id, tally.counts(), format!("{e:#}")),
+    }
+}
+
+/// `binary.e2e`: `courier work --handler noop` consuming first, then N confirmed publishes from
+/// this process; from the first publish to an empty queue.
+async fn binary_e2e(env: &Env, courier: &Path) -> Measurement {
+    let (id, n) = (E2E.1, env.messages);
+    let queue = env.work_queue(&env.main).to_owned();
+    let mut counts = Counts {
+        expected: n,
+        lost: n,
+        ..Counts::default()
+    };
+    let run = async {
+        let mut worker = Worker::spawn(env, id, |log| env.noop_worker(courier, E2E_PREFETCH, log))?;
+        // Consuming before the clock starts, as the raw consumer is.
+        let subscribed = worker
+            .during(async {
+                let started = Instant::now();
+                while env.scratch.consumers(&queue).await? == 0 {
+                    anyhow::ensure!(
+                        started.elapsed() < Duration::from_secs(30),
+                        "the worker did not subscribe to {queue} within 30 s"
+                    );
+                    tokio::time::sleep(POLL).await;
+                }
+                anyhow::Ok(())
+            })
+            .await;
+        let before = env.cpu();
+        let watched = match subscribed {
+            Ok(()) => worker.during(publish_and_watch(env, &queue)).await,
+            Err(e) => Err(e),
+        };
+        let stopped = worker_stop(worker, env, watched.is_ok()).await;
+        let cpu = before.per_message_all(&env.cpu(), n);
+        let (first, empty) = watched?;
+        stopped?;
+        let (left, where_) = left_over(env).await?;
+        counts.lost = left;
+        anyhow::ensure!(left == 0, "{left} messages left: {}", where_.join(", "));
+        anyhow::Ok((empty - first, cpu))
+    };
+    match run.await {
+        Ok((elapsed, cpu)) => Measurement::new(id, elapsed, counts).with_cpu(cpu),
+        Err(e) => Measurement::failed(id, counts, format!("{e:#}")),
+    }
+}
+
+/// Messages left in the retry topology's queues.
+async fn retry_left_over(env: &Env) -> anyhow::Result<()> {
+    for q in &env.retry.queues {
+        let left = env.scratch.depth(&q.name).await?;
+        anyhow::ensure!(left == 0, "{left} messages left in {}", q.name);
+    }
+    Ok(())
+}
+
+/// `binary.retry`: a backlog of N in the retry topology's email queue (10 ms first tier),
+/// delivered by `courier work --handler http` to a local server that answers every first
+/// attempt 503 and every second 200; from the first request to the last success.
+async fn binary_retry(env: &Env, courier: &Path) -> Measurement {
+    let (id, n) = (RETRY.1, env.messages);
+    let ok = Arc::new(Tally::new(n, false));
+    let failed = Arc::new(Tally::new(n, false));
+    let run = async {
+        crate::courier_lib::fill(env, &env.retry).await?;
+        let sink = HttpSink::start_failing_first(ok.clone(), failed.clone())?;
+        let endpoint = format!("http://{}/", sink.addr);
+        let before = env.cpu();
+        let spawned = Worker::spawn(env, id, |log| {
+            env.worker(
+                courier,
+                (&env.retry, &env.retry_topology_file),
+                &["--handler", "http", "--endpoint", &endpoint],
+                E2E_PREFETCH,
+                log,
+            )
+        });
+        let mut worker = match spawned {
+            Ok(w) => w,
+            Err(e) => {
+                sink.stop();
+                return Err(e);
+            }
+        };
+        let end = worker
+            .during(async {
+                ok.wait(env.stall).await.map_err(|s| {
+                    anyhow::anyhow!("stalled: {} of {n} delivered on attempt 2", s.unique)
+                })
+            })
+            .await;
+        let stopped = worker_stop(worker, env, end.is_ok()).await;
+        sink.stop();
+        let cpu = before.per_message_all(&env.cpu(), n);
+        let end = end?;
+        stopped?;
+        anyhow::ensure!(
+            failed.counts().lost == 0,
+            "{} messages never had a failing first attempt",
+            failed.counts().lost
+        );
+        retry_left_over(env).await?;
+        anyhow::Ok((failed.drain_time(end), cpu))
+    };
+    match run.await {
+        Ok((elapsed, cpu)) => Measurement::new(id, elapsed, ok.counts()).with_cpu(cpu),
+        Err(e) => Measurement::failed(id, ok.counts(), format!("{e:#}")),
+    }
+}
+
+/// `baseline.http-retry`: the same work as [`binary_retry`] by plain lapin and reqwest: consume
+/// (prefetch 200), POST with the same headers the worker sends, on 503 a confirmed copy to the
+/// 10 ms tier with `x-courier-attempts = 1` and then the ack, on 200 the ack.
+async fn raw_http_retry(env: &Env) -> Measurement {
+    let (id, n) = (RETRY.0, env.messages);
+    let ok = Arc::new(Tally::new(n, false));
+    let failed = Arc::new(Tally::new(n, false));
+    let run = async {
+        crate::courier_lib::fill(env, &env.retry).await?;
+        let work = env.work_queue(&env.retry).to_owned();
+        let tier = env
+            .retry
+            .work_queue(&work)
+            .and_then(|w| w.retry_queues.first())
+            .cloned()
+            .context("the retry topology has no tier")?;
+        // Where the worker's copy says the message came from.
+        let origin = courier::envelope::Origin {
+            exchange: env
+                .retry
+                .exchanges
+                .first()
+                .map(|e| e.name.clone())
+                .unwrap_or_default(),
+            routing_key: ROUTING_KEY.to_owned(),
+            queue: work.clone(),
+        };
+        let sink = HttpSink::start_failing_first(ok.clone(), failed.clone())?;
+        let endpoint = format!("http://{}/", sink.addr);
+        let client = reqwest::Client::new();
+        let decide = |d: &lapin::message::Delivery| {
+            let headers = d.properties.headers().as_ref();
+            let attempt = courier::envelope::attempts(headers).saturating_add(1);
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            let request = client
+                .post(&endpoint)
+                .header("content-type", "application/json")
+                .header(courier::handler::http::IDEMPOTENCY_KEY, id)
+                .header(courier::handler::http::X_COURIER_ATTEMPT, attempt)
+                .body(d.data.clone());
+            let (properties, tier, origin) = (d.properties.clone(), tier.clone(), origin.clone());
+            raw::Decision::Later(Box::pin(async move {
+                let failed = match request.send().await {
+                    Ok(r) => {
+                        let failed = !r.status().is_success();
+                        let _ = r.bytes().await;
+                        failed
+                    }
+                    // The server is local and up: treat a transport error as a failure.
+                    Err(_) => true,
+                };
+                failed.then(|| {
+                    let h = courier::envelope::retry_headers(
+                        properties.headers().as_ref(),
+                        attempt,
+                        "HTTP 503 Service Unavailable (courier-bench)",
+                        &origin,
+                        courier::envelope::now_millis(),
+                    );
+                    (
+                        raw::Target {
+                            exchange: String::new(),
+                            routing_key: tier,
+                        },
+                        courier::envelope::with_headers(&properties, h),
+                    )
+                })
+            }))
+        };
+        let before = env.cpu();
+        let stop = CancellationToken::new();
+        let relay = raw::relay(
+            &env.url,
+            &work,
+            E2E_PREFETCH,
+            env.window,
+            decide,
+            None,
+            ok.clone(),
+            stop.clone(),
+        );
+        let (relayed, end) = tokio::join!(relay, async {
+            let end = ok.wait(env.stall).await;
+            if end.is_err() {
+                stop.cancel();
+            }
+            end
+        });
+        sink.stop();
+        let cpu = before.per_message_all(&env.cpu(), n);
+        relayed?;
+        let end = end
+            .map_err(|s| anyhow::anyhow!("stalled: {} of {n} delivered on attempt 2", s.unique))?;
+        retry_left_over(env).await?;
+        anyhow::Ok((failed.drain_time(end), cpu))
+    };
+    match run.await {
+        Ok((elapsed, cpu)) => Measurement::new(id, elapsed, ok.counts()).with_cpu(cpu),
+        Err(e) => Measurement::failed(id, ok.counts(), format!("{e:#}")),
     }
 }

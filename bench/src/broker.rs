@@ -72,6 +72,19 @@ impl Scratch {
         Ok(state.ready)
     }
 
+    /// Consumers subscribed to `queue`.
+    ///
+    /// # Errors
+    /// When the queue does not exist or the broker is gone.
+    pub async fn consumers(&self, queue: &str) -> anyhow::Result<u32> {
+        let state = self
+            .admin
+            .queue_state(queue)
+            .await?
+            .with_context(|| format!("queue {queue} is missing"))?;
+        Ok(state.consumers)
+    }
+
     /// Waits until `queue` holds `n` ready messages (confirmed publishes can take a moment to
     /// show in the count), at most `within`.
     ///

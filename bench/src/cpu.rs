@@ -86,12 +86,23 @@ impl Sample {
     /// CPU per message from `self` to `later`, for `n` messages; `child` when the client was
     /// a child process (its time shows up once it has been waited for).
     pub fn per_message(&self, later: &Sample, n: u64, child: bool) -> PerMessage {
-        let n = n.max(1) as f64;
         let client = if child {
             later.children - self.children
         } else {
             later.own - self.own
         };
+        self.per_message_of(later, n, client)
+    }
+
+    /// [`Sample::per_message`] counting this process and its waited-for children together (a
+    /// scenario whose client work is split between them: a publisher here, a worker there).
+    pub fn per_message_all(&self, later: &Sample, n: u64) -> PerMessage {
+        let client = (later.own - self.own) + (later.children - self.children);
+        self.per_message_of(later, n, client)
+    }
+
+    fn per_message_of(&self, later: &Sample, n: u64, client: f64) -> PerMessage {
+        let n = n.max(1) as f64;
         PerMessage {
             client_us: Some(client * 1e6 / n),
             broker_us: match (self.broker, later.broker) {

@@ -27,6 +27,8 @@ pub struct Env {
     pub retry: Topology,
     /// `main` as a file, for the child processes' `--topology`.
     pub main_topology_file: PathBuf,
+    /// `retry` as a file, for the `binary` group's retry worker.
+    pub retry_topology_file: PathBuf,
     /// Messages per scenario.
     pub messages: u64,
     /// Outstanding confirms of every publisher.
@@ -76,18 +78,32 @@ impl Env {
         prefetch: u16,
         log: std::fs::File,
     ) -> tokio::process::Command {
+        self.worker(
+            courier,
+            (&self.main, &self.main_topology_file),
+            &["--handler", "noop"],
+            prefetch,
+            log,
+        )
+    }
+
+    /// `courier work --queue notifications.email <handler> --prefetch P` on `topology` (given
+    /// with its file), otherwise as [`Env::noop_worker`].
+    pub fn worker(
+        &self,
+        courier: &Path,
+        (topology, file): (&Topology, &Path),
+        handler: &[&str],
+        prefetch: u16,
+        log: std::fs::File,
+    ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(courier);
         cmd.arg("--prefix")
-            .arg(&self.main.prefix)
+            .arg(&topology.prefix)
             .arg("--topology")
-            .arg(&self.main_topology_file)
-            .args([
-                "work",
-                "--queue",
-                "notifications.email",
-                "--handler",
-                "noop",
-            ])
+            .arg(file)
+            .args(["work", "--queue", "notifications.email"])
+            .args(handler)
             .args(["--prefetch", &prefetch.to_string()])
             .env("AMQP_URL", &self.url_text)
             .stdin(Stdio::null())

@@ -324,13 +324,11 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
     let courier_bin = built.clone().filter(|_| wants_memory);
     let binary_bin = built.filter(|_| args.wants("binary"));
     if let Some(Err(why)) = &binary_bin {
-        for (_, raw_id, binary_id) in binary::SIDES {
-            for id in [raw_id, binary_id] {
-                not_measured.push(NotMeasured {
-                    id: id.to_owned(),
-                    why: why.clone(),
-                });
-            }
+        for id in binary::IDS {
+            not_measured.push(NotMeasured {
+                id: id.to_owned(),
+                why: why.clone(),
+            });
         }
     }
     let selection = Selection {
@@ -355,6 +353,8 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
     std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     let main_topology_file = tmp.join("notifications.toml");
     std::fs::write(&main_topology_file, MAIN_TOPOLOGY)?;
+    let retry_topology_file = tmp.join("retry.toml");
+    std::fs::write(&retry_topology_file, RETRY_TOPOLOGY)?;
     let scratch = broker::Scratch::connect(&url).await?;
     let rabbitmq = courier::broker::probe_version(&url)
         .await
@@ -368,6 +368,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         main,
         retry,
         main_topology_file,
+        retry_topology_file,
         messages: args.messages,
         window: args.window,
         prefetch: args.prefetch,

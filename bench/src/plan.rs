@@ -221,7 +221,7 @@ async fn baseline_retry(env: &Env) -> Vec<Measurement> {
             let seq = payload::read(&d.data).map_or(u64::MAX, |s| s.seq);
             if courier::envelope::attempts(headers) > 0 {
                 ok.record(seq, None);
-                return None;
+                return raw::Decision::Now(None);
             }
             failed.record(seq, None);
             let h = courier::envelope::retry_headers(
@@ -231,13 +231,13 @@ async fn baseline_retry(env: &Env) -> Vec<Measurement> {
                 &origin,
                 courier::envelope::now_millis(),
             );
-            Some((
+            raw::Decision::Now(Some((
                 raw::Target {
                     exchange: String::new(),
                     routing_key: tier.clone(),
                 },
                 courier::envelope::with_headers(&d.properties, h),
-            ))
+            )))
         };
         let before = env.cpu();
         let stop = CancellationToken::new();
@@ -288,7 +288,9 @@ async fn baseline_move(env: &Env) -> Vec<Measurement> {
             exchange: env.main_exchange(),
             routing_key: ROUTING_KEY.to_owned(),
         };
-        let decide = |d: &lapin::message::Delivery| Some((target.clone(), d.properties.clone()));
+        let decide = |d: &lapin::message::Delivery| {
+            raw::Decision::Now(Some((target.clone(), d.properties.clone())))
+        };
         let before = env.cpu();
         let started = std::time::Instant::now();
         let stop = CancellationToken::new();

@@ -231,6 +231,20 @@ pub async fn consume_acking(
     result
 }
 
+/// What the relay does with a delivery: forward a copy of it to a target (then ack the original
+/// once the copy is confirmed), or ack it as it is (`None`); known at once, or after some work
+/// (the HTTP retry baseline asks a server first).
+// Unboxed on purpose: `Now` is the per-message path of the baselines, and an allocation per
+// message there would slow the limit Courier is compared with.
+#[allow(clippy::large_enum_variant)]
+pub enum Decision {
+    /// Decided on the spot.
+    Now(Option<(Target, BasicProperties)>),
+    /// Decided once this future resolves; the relay keeps consuming meanwhile (up to `window`
+    /// undecided or unconfirmed deliveries).
+    Later(futures_util::future::BoxFuture<'static, Option<(Target, BasicProperties)>>),
+}
+
 /// Relays deliveries of `queue`: `decide` returns where to forward a copy (then the original is
 /// acked once the copy is confirmed), or `None` to ack it as it is. Forwarded copies are
 /// recorded in `forwarded` when confirmed; the relay stops when `finished` is complete and no
@@ -256,7 +270,7 @@ pub async fn relay<F>(
     stop: CancellationToken,
 ) -> anyhow::Result<()>
 where
-    F: Fn(&lapin::message::Delivery) -> Option<(Target, BasicProperties)>,
+    F: Fn(&lapin::message::Delivery) -> Decision,
 {
     // Separate connections for consuming and publishing, as Courier has.
     let cconn = url.connect("courier-bench raw relay (consume)").await?;
@@ -295,12 +309,23 @@ where
                     None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
                 };
                 max_tag = d.delivery_tag;
-                if let Some((target, properties)) = decide(&d) {
+                let decided = match decide(&d) {
+                    Decision::Now(None) => None,
+                    d => Some(d),
+                };
+                if let Some(decided) = decided {
                     pending.insert(d.delivery_tag);
                     let (pch, tag) = (pch.clone(), d.delivery_tag);
                     let seq = payload::read(&d.data).map_or(u64::MAX, |s| s.seq);
                     let body = d.data;
                     confirms.push(async move {
+                        let copy = match decided {
+                            Decision::Now(copy) => copy,
+                            Decision::Later(f) => f.await,
+                        };
+                        let Some((target, properties)) = copy else {
+                            return (tag, seq, None);
+                        };
                         let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
                         let r = match pch
                             .basic_publish(
@@ -315,20 +340,23 @@ where
                             Ok(c) => c.await,
                             Err(e) => Err(e),
                         };
-                        (tag, seq, r)
+                        (tag, seq, Some(r))
                     });
                 }
             }
             Some((tag, seq, r)) = confirms.next(), if !confirms.is_empty() => {
                 match r {
-                    Ok(lapin::Confirmation::Ack(None)) => {
+                    None => {
+                        pending.remove(&tag);
+                    }
+                    Some(Ok(lapin::Confirmation::Ack(None))) => {
                         pending.remove(&tag);
                         if let Some(f) = &forwarded {
                             f.record(seq, None);
                         }
                     }
-                    Ok(c) => break Err(anyhow::anyhow!("a relayed copy was not stored: {c:?}")),
-                    Err(e) => break Err(anyhow::Error::from(e).context("relayed publish failed")),
+                    Some(Ok(c)) => break Err(anyhow::anyhow!("a relayed copy was not stored: {c:?}")),
+                    Some(Err(e)) => break Err(anyhow::Error::from(e).context("relayed publish failed")),
                 }
             }
             _ = tick.tick() => flush = true,

@@ -1,5 +1,5 @@
-//! The HTTP scenario's endpoint: a minimal local server that answers 200 at once and counts
-//! each request's `Idempotency-Key` (= the message id).
+//! The HTTP scenarios' endpoint: a minimal local server that answers at once (200, or 503 to a
+//! first attempt when asked to) and counts each request's `Idempotency-Key` (= the message id).
 //!
 //! It runs on its own thread and single-threaded runtime, like a separate service would, so its
 //! tasks do not queue behind the worker's on the benchmark's runtime.
@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use courier::handler::http::IDEMPOTENCY_KEY;
+use courier::handler::http::{IDEMPOTENCY_KEY, X_COURIER_ATTEMPT};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -26,12 +26,31 @@ pub struct HttpSink {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-async fn receive(State(seen): State<Arc<Tally>>, headers: HeaderMap, _body: Bytes) -> StatusCode {
+/// Who the server tells about requests.
+#[derive(Clone)]
+struct Seen {
+    /// Requests answered 200, by `Idempotency-Key`.
+    ok: Arc<Tally>,
+    /// With `Some`, a first attempt (`X-Courier-Attempt: 1`) is answered 503 and counted here.
+    failed_first: Option<Arc<Tally>>,
+}
+
+async fn receive(State(seen): State<Seen>, headers: HeaderMap, _body: Bytes) -> StatusCode {
     // The body is extracted (read) so that the connection stays reusable, as a real server's.
-    match headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()) {
-        Some(id) => seen.record_id(id),
-        None => seen.record(u64::MAX, None),
+    let record = |tally: &Tally| match headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()) {
+        Some(id) => tally.record_id(id),
+        None => tally.record(u64::MAX, None),
+    };
+    if let Some(failed) = &seen.failed_first {
+        let first = headers
+            .get(X_COURIER_ATTEMPT)
+            .is_none_or(|v| v.as_bytes() == b"1");
+        if first {
+            record(failed);
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
     }
+    record(&seen.ok);
     StatusCode::OK
 }
 
@@ -41,6 +60,26 @@ impl HttpSink {
     /// # Errors
     /// When no port can be bound or the thread cannot start.
     pub fn start(seen: Arc<Tally>) -> anyhow::Result<Self> {
+        Self::serve(Seen {
+            ok: seen,
+            failed_first: None,
+        })
+    }
+
+    /// Starts a server that answers a message's first attempt (`X-Courier-Attempt: 1`, or no
+    /// such header) with 503, counted in `failed`, and later attempts with 200, counted in `ok`:
+    /// every message takes one retry hop.
+    ///
+    /// # Errors
+    /// When no port can be bound or the thread cannot start.
+    pub fn start_failing_first(ok: Arc<Tally>, failed: Arc<Tally>) -> anyhow::Result<Self> {
+        Self::serve(Seen {
+            ok,
+            failed_first: Some(failed),
+        })
+    }
+
+    fn serve(seen: Seen) -> anyhow::Result<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the HTTP sink")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;

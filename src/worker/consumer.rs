@@ -1,5 +1,6 @@
 //! The consume loop of one session: subscribe with the prefetch window, take a delivery only
-//! when a handler slot is free, tell the acker about it, and hand it to a message task.
+//! when a handler slot is free, tell the acker about it, start handling it here, and hand it
+//! to a message task of its own only if it has to wait.
 //!
 //! Why the loop is this small: memory stays bounded only if nothing is taken from the stream
 //! ahead of a free slot (`prefetch` bounds what the broker sends, `concurrency` what runs), and
@@ -85,10 +86,14 @@ pub(super) async fn consume<H: Handler>(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
+    // One waiter for the whole session: `cancelled()` made afresh for each select would join
+    // and leave the token's waiter list (a lock each way) twice per message.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let permit = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            () = &mut cancelled => return SessionEnd::Shutdown,
             p = slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return SessionEnd::Shutdown,
@@ -96,7 +101,7 @@ pub(super) async fn consume<H: Handler>(
         };
         let next = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            () = &mut cancelled => return SessionEnd::Shutdown,
             n = consumer.next() => n,
         };
         let delivery = match next {
@@ -120,11 +125,25 @@ pub(super) async fn consume<H: Handler>(
         }
         let ctx = ctx.clone();
         let events = events.clone();
-        tracker.spawn(async move {
+        let mut task = Box::pin(async move {
             let tag = delivery.delivery_tag;
             let settle = ctx.process(delivery).await;
             let _ = events.send(AckEvent::Settled(tag, settle));
             drop(permit);
         });
+        // Eager start: the first poll runs here, and only a message that then waits (a request
+        // in flight, a timer, a publish) becomes a task of its own. A handler that finishes at
+        // once (noop, a cache hit) settles without a spawn, a scheduler wake-up or a hop to the
+        // other runtime thread — the per-message cost that kept the binary below raw lapin.
+        // A pending task keeps the waker of its spawned task from its next poll on; this one
+        // may see one spurious wake-up, which is harmless.
+        if futures_util::poll!(task.as_mut()).is_pending() {
+            tracker.spawn(task);
+        } else {
+            // With a backlog and a fast handler nothing above ever waits; spend the task's
+            // cooperative budget so the loop still yields to the acker and the other tasks
+            // on this thread (on a current-thread runtime they would starve otherwise).
+            tokio::task::consume_budget().await;
+        }
     }
 }

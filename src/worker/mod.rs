@@ -231,7 +231,7 @@ impl<H: Handler> Worker<H> {
             .collect();
         // Every series from the start (see `metrics`): the tiers this queue can retry to.
         let tiers = tier_labels.len().min(work.retry_queues.len());
-        metrics.init_queue(&config.queue, &tier_labels[..tiers]);
+        let series = metrics.init_queue(&config.queue, &tier_labels[..tiers]);
         let limits = Limits {
             retry: topology.retry.clone(),
             retry_queues: work.retry_queues.len(),
@@ -249,6 +249,7 @@ impl<H: Handler> Worker<H> {
                 handler,
                 publisher,
                 metrics,
+                series,
                 // `run` replaces it with a child of its token, known only there.
                 stopping: CancellationToken::new(),
             },

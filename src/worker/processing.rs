@@ -11,7 +11,7 @@ use super::acker::Settle;
 use super::WorkerSettings;
 use crate::envelope::{self, Origin, Reason};
 use crate::handler::{Handler, HandlerError, Job};
-use crate::metrics::{label, Metrics};
+use crate::metrics::{label, Metrics, QueueSeries};
 use crate::outcome::{self, Action, Facts, Limits, Next};
 use crate::publisher::{Outgoing, Publisher};
 use crate::retry::RetryPolicy;
@@ -45,6 +45,8 @@ pub(super) struct Ctx<H> {
     pub(super) publisher: Publisher,
     /// Counters, gauges and timings.
     pub(super) metrics: Metrics,
+    /// The consumed queue's series that every message updates, resolved once.
+    pub(super) series: QueueSeries,
     /// Cancelled once the worker stops (a child of the token given to `Worker::run`) or its
     /// drain deadline passes: a copy that fails then is not retried, its original is requeued.
     pub(super) stopping: CancellationToken,
@@ -60,11 +62,9 @@ impl<H: Handler> Ctx<H> {
 
     /// Handles one delivery and decides how it is settled. Never panics on input.
     pub(super) async fn process(&self, delivery: Delivery) -> Settle {
-        let queue = self.config.queue.as_str();
-        let gauge = self.metrics.in_flight.with_label_values(&[queue]);
-        gauge.inc();
+        self.series.in_flight.inc();
         let settle = self.process_inner(&delivery).await;
-        gauge.dec();
+        self.series.in_flight.dec();
         settle
     }
 
@@ -100,8 +100,10 @@ impl<H: Handler> Ctx<H> {
                 }
                 Next::Settle(Action::Ack) => {
                     let attempts = facts.attempts.saturating_add(1);
-                    self.reply(d, id, "delivered", None, attempts).await;
-                    self.count(label::DELIVERED);
+                    if d.properties.reply_to().is_some() {
+                        Box::pin(self.reply(d, id, "delivered", None, attempts)).await;
+                    }
+                    self.series.delivered.inc();
                     return Settle::Ack;
                 }
                 Next::Settle(Action::Retry {
@@ -147,9 +149,8 @@ impl<H: Handler> Ctx<H> {
         };
         let started = Instant::now();
         let result = self.call_handler(job).await;
-        self.metrics
+        self.series
             .handler_seconds
-            .with_label_values(&[queue])
             .observe(started.elapsed().as_secs_f64());
         result
     }

@@ -109,6 +109,26 @@ pub const SCENARIOS: &[Scenario] = &[
         kind: Kind::Courier,
     },
     Scenario {
+        id: "baseline.half.e2e",
+        label: "raw publish + raw lapin (ack every P/2): end to end, prefetch 200",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "binary.e2e",
+        label: "raw publish + `courier work` binary (noop): end to end, prefetch 200",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "baseline.http-retry",
+        label: "raw lapin + reqwest: HTTP 503, retry hop, HTTP 200",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "binary.retry",
+        label: "`courier work` binary (http): 503, retry hop, 200",
+        kind: Kind::Courier,
+    },
+    Scenario {
         id: "peer.pika",
         label: "Python pika (ack each): drain backlog",
         kind: Kind::Peer,
@@ -156,14 +176,28 @@ pub const RATIOS: &[RatioSpec] = &[
         label: "`courier work` binary drain / raw lapin drain, prefetch 200",
         numerator: "binary.drain.p200",
         denominator: "baseline.half.p200",
-        target: None,
+        target: Some(0.9),
     },
     RatioSpec {
         id: "binary-p500",
         label: "`courier work` binary drain / raw lapin drain, prefetch 500",
         numerator: "binary.drain.p500",
         denominator: "baseline.half.p500",
-        target: None,
+        target: Some(0.9),
+    },
+    RatioSpec {
+        id: "binary-e2e",
+        label: "`courier work` binary end to end / raw lapin end to end, prefetch 200",
+        numerator: "binary.e2e",
+        denominator: "baseline.half.e2e",
+        target: Some(0.9),
+    },
+    RatioSpec {
+        id: "binary-retry",
+        label: "`courier work` binary retry hop / raw lapin + reqwest doing the same",
+        numerator: "binary.retry",
+        denominator: "baseline.http-retry",
+        target: Some(0.9),
     },
     RatioSpec {
         id: "publish",
