@@ -93,6 +93,12 @@ pub type HandlerResult = Result<(), HandlerError>;
 
 /// Delivers one message. Must be cheap to share across tasks (`Send + Sync`); heavy CPU work
 /// belongs in `tokio::task::spawn_blocking` so heartbeats keep flowing.
+///
+/// The worker starts `handle` on its consume loop and moves it to a task of its own only when
+/// it first waits (an HTTP request, a timer): a handler that answers at once costs no task
+/// spawn. So whatever a handler does before its first `.await` delays the next delivery;
+/// keep that part short (build the request, then await it), which `spawn_blocking` also does
+/// for CPU-heavy work.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one attempt of one message.
     fn handle(&self, job: Job<'_>) -> impl Future<Output = HandlerResult> + Send;
