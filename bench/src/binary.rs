@@ -601,8 +601,7 @@ async fn raw_http_retry(env: &Env) -> Measurement {
             }))
         };
         let before = env.cpu();
-        let stop = CancellationToken::new();
-        let relay = raw::relay(
+        let (relayed, end) = raw::relay_until(
             &env.url,
             &work,
             E2E_PREFETCH,
@@ -610,15 +609,9 @@ async fn raw_http_retry(env: &Env) -> Measurement {
             decide,
             None,
             ok.clone(),
-            stop.clone(),
-        );
-        let (relayed, end) = tokio::join!(relay, async {
-            let end = ok.wait(env.stall).await;
-            if end.is_err() {
-                stop.cancel();
-            }
-            end
-        });
+            env.stall,
+        )
+        .await;
         sink.stop();
         let cpu = before.per_message_all(&env.cpu(), n);
         relayed?;

@@ -240,8 +240,7 @@ async fn baseline_retry(env: &Env) -> Vec<Measurement> {
             )))
         };
         let before = env.cpu();
-        let stop = CancellationToken::new();
-        let relay = raw::relay(
+        let (relayed, end) = raw::relay_until(
             &env.url,
             &work,
             env.prefetch,
@@ -249,16 +248,9 @@ async fn baseline_retry(env: &Env) -> Vec<Measurement> {
             decide,
             None,
             ok.clone(),
-            stop.clone(),
-        );
-        // The relay stops by itself once every id is through; the watcher only ends a stall.
-        let (relayed, end) = tokio::join!(relay, async {
-            let end = ok.wait(env.stall).await;
-            if end.is_err() {
-                stop.cancel();
-            }
-            end
-        });
+            env.stall,
+        )
+        .await;
         let cpu = before.per_message(&env.cpu(), n, false);
         relayed?;
         let end = end.map_err(|s| anyhow::anyhow!("stalled: {} of {n} retried", s.unique))?;
@@ -293,11 +285,10 @@ async fn baseline_move(env: &Env) -> Vec<Measurement> {
         };
         let before = env.cpu();
         let started = std::time::Instant::now();
-        let stop = CancellationToken::new();
         // A prefetch that covers the confirm window, as `courier-dlq` sizes its own: with the
         // workers' prefetch the relay would wait on confirm latency, not on the broker.
         let prefetch = u16::try_from(env.window + 64).unwrap_or(u16::MAX);
-        let relay = raw::relay(
+        let (relayed, waited) = raw::relay_until(
             &env.url,
             &env.main.dead_letter_queue,
             prefetch,
@@ -305,15 +296,9 @@ async fn baseline_move(env: &Env) -> Vec<Measurement> {
             decide,
             Some(moved.clone()),
             moved.clone(),
-            stop.clone(),
-        );
-        let (relayed, waited) = tokio::join!(relay, async {
-            let end = moved.wait(env.stall).await;
-            if end.is_err() {
-                stop.cancel();
-            }
-            end
-        });
+            env.stall,
+        )
+        .await;
         let elapsed = started.elapsed();
         relayed?;
         waited.map_err(|s| anyhow::anyhow!("stalled: {} of {n} moved", s.unique))?;

@@ -231,6 +231,43 @@ pub async fn consume_acking(
     result
 }
 
+/// [`relay`] until every message is in `finished`; no progress for `stall` stops it. Returns
+/// the relay's own result and when the last message was recorded (or the stall).
+#[allow(clippy::too_many_arguments)]
+pub async fn relay_until<F>(
+    url: &AmqpUrl,
+    queue: &str,
+    prefetch: u16,
+    window: usize,
+    decide: F,
+    forwarded: Option<Arc<Tally>>,
+    finished: Arc<Tally>,
+    stall: Duration,
+) -> (anyhow::Result<()>, Result<Instant, crate::tally::Stalled>)
+where
+    F: Fn(&lapin::message::Delivery) -> Decision,
+{
+    let stop = CancellationToken::new();
+    let relay = relay(
+        url,
+        queue,
+        prefetch,
+        window,
+        decide,
+        forwarded,
+        finished.clone(),
+        stop.clone(),
+    );
+    // The relay stops by itself once every id is through; the watcher only ends a stall.
+    tokio::join!(relay, async {
+        let end = finished.wait(stall).await;
+        if end.is_err() {
+            stop.cancel();
+        }
+        end
+    })
+}
+
 /// What the relay does with a delivery: forward a copy of it to a target (then ack the original
 /// once the copy is confirmed), or ack it as it is (`None`); known at once, or after some work
 /// (the HTTP retry baseline asks a server first).

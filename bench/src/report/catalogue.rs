@@ -218,7 +218,7 @@ pub const RATIOS: &[RatioSpec] = &[
         label: "Courier retry path / raw lapin doing the same hops",
         numerator: "courier.retry",
         denominator: "baseline.retry",
-        target: None,
+        target: Some(0.9),
     },
     RatioSpec {
         id: "http",
@@ -239,7 +239,7 @@ pub const RATIOS: &[RatioSpec] = &[
         label: "courier-dlq replay / raw lapin moving queue to queue",
         numerator: "dlq.replay",
         denominator: "baseline.move",
-        target: None,
+        target: Some(0.9),
     },
     RatioSpec {
         id: "export",
