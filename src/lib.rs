@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod publisher;
 pub mod retry;
+pub mod runtime;
 pub mod shutdown;
 pub mod topology;
 pub mod worker;

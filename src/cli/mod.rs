@@ -136,13 +136,10 @@ pub fn main() -> ExitCode {
         "info"
     };
     init_logging(cli.global.log_format, level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match courier::runtime::multi_thread() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -540,6 +540,32 @@ fn readme_diagram_is_the_current_export() {
     );
 }
 
+/// tokio panics on a `TOKIO_WORKER_THREADS` it cannot use; the binary refuses it by name.
+#[test]
+fn a_bad_tokio_worker_threads_is_an_error_not_a_panic() {
+    for bad in ["", "zero", "0"] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+        cmd.args(["topology", "export", "--format", "definitions"])
+            .env("TOKIO_WORKER_THREADS", bad)
+            .env_remove("COURIER_PREFIX");
+        let out = output_within(&mut cmd, DEFAULT_DEADLINE);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {err}");
+        assert!(err.contains("TOKIO_WORKER_THREADS="), "{bad:?}: {err}");
+        assert!(!err.contains("panicked"), "{bad:?}: {err}");
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.args(["topology", "export", "--format", "definitions"])
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env_remove("COURIER_PREFIX");
+    let out = output_within(&mut cmd, DEFAULT_DEADLINE);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `courier topology export | head -n 1`: the reader closes the pipe after one line while the
 /// export is still being written. The write fails with EPIPE, which must end the command quietly
 /// with exit 0 (as ripgrep does), not panic.
