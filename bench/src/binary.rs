@@ -377,32 +377,15 @@ async fn raw_e2e(env: &Env) -> Measurement {
     let queue = env.work_queue(&env.main).to_owned();
     let tally = Arc::new(Tally::new(n, false));
     let run = async {
-        let stop = CancellationToken::new();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let consumer = tokio::spawn({
-            let (url, queue, tally, stop) =
-                (env.url.clone(), queue.clone(), tally.clone(), stop.clone());
-            let batch = u64::from(E2E_PREFETCH / 2);
-            async move {
-                raw::consume_acking(
-                    &url,
-                    &queue,
-                    E2E_PREFETCH,
-                    batch,
-                    tally,
-                    false,
-                    stop,
-                    Some(ready_tx),
-                )
-                .await
-            }
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        let batch = u64::from(E2E_PREFETCH / 2);
+        let consumer =
+            raw::start_consumer(&env.url, &queue, E2E_PREFETCH, batch, tally.clone(), false)
+                .await?;
         let before = env.cpu();
         let watched = publish_and_watch(env, &queue).await;
         let done = tally.wait(env.stall).await;
-        stop.cancel();
-        let consumed = consumer.await;
+        consumer.stop.cancel();
+        let consumed = consumer.task.await;
         let cpu = before.per_message_all(&env.cpu(), n);
         let (first, empty) = watched?;
         consumed??;
@@ -463,15 +446,6 @@ async fn binary_e2e(env: &Env, courier: &Path) -> Measurement {
     }
 }
 
-/// Messages left in the retry topology's queues.
-async fn retry_left_over(env: &Env) -> anyhow::Result<()> {
-    for q in &env.retry.queues {
-        let left = env.scratch.depth(&q.name).await?;
-        anyhow::ensure!(left == 0, "{left} messages left in {}", q.name);
-    }
-    Ok(())
-}
-
 /// `binary.retry`: a backlog of N in the retry topology's email queue (10 ms first tier),
 /// delivered by `courier work --handler http` to a local server that answers every first
 /// attempt 503 and every second 200; from the first request to the last success.
@@ -517,7 +491,7 @@ async fn binary_retry(env: &Env, courier: &Path) -> Measurement {
             "{} messages never had a failing first attempt",
             failed.counts().lost
         );
-        retry_left_over(env).await?;
+        env.expect_empty(&env.retry).await?;
         anyhow::Ok((failed.drain_time(end), cpu))
     };
     match run.await {
@@ -535,24 +509,7 @@ async fn raw_http_retry(env: &Env) -> Measurement {
     let failed = Arc::new(Tally::new(n, false));
     let run = async {
         crate::courier_lib::fill(env, &env.retry).await?;
-        let work = env.work_queue(&env.retry).to_owned();
-        let tier = env
-            .retry
-            .work_queue(&work)
-            .and_then(|w| w.retry_queues.first())
-            .cloned()
-            .context("the retry topology has no tier")?;
-        // Where the worker's copy says the message came from.
-        let origin = courier::envelope::Origin {
-            exchange: env
-                .retry
-                .exchanges
-                .first()
-                .map(|e| e.name.clone())
-                .unwrap_or_default(),
-            routing_key: ROUTING_KEY.to_owned(),
-            queue: work.clone(),
-        };
+        let (work, tier, origin) = env.retry_route()?;
         let sink = HttpSink::start_failing_first(ok.clone(), failed.clone())?;
         let endpoint = format!("http://{}/", sink.addr);
         let client = reqwest::Client::new();
@@ -617,7 +574,7 @@ async fn raw_http_retry(env: &Env) -> Measurement {
         relayed?;
         let end = end
             .map_err(|s| anyhow::anyhow!("stalled: {} of {n} delivered on attempt 2", s.unique))?;
-        retry_left_over(env).await?;
+        env.expect_empty(&env.retry).await?;
         anyhow::Ok((failed.drain_time(end), cpu))
     };
     match run.await {

@@ -64,12 +64,7 @@ impl Scratch {
     /// # Errors
     /// When the queue does not exist or the broker is gone.
     pub async fn depth(&self, queue: &str) -> anyhow::Result<u32> {
-        let state = self
-            .admin
-            .queue_state(queue)
-            .await?
-            .with_context(|| format!("queue {queue} is missing"))?;
-        Ok(state.ready)
+        Ok(self.state(queue).await?.ready)
     }
 
     /// Consumers subscribed to `queue`.
@@ -77,12 +72,14 @@ impl Scratch {
     /// # Errors
     /// When the queue does not exist or the broker is gone.
     pub async fn consumers(&self, queue: &str) -> anyhow::Result<u32> {
-        let state = self
-            .admin
+        Ok(self.state(queue).await?.consumers)
+    }
+
+    async fn state(&self, queue: &str) -> anyhow::Result<courier::broker::QueueState> {
+        self.admin
             .queue_state(queue)
             .await?
-            .with_context(|| format!("queue {queue} is missing"))?;
-        Ok(state.consumers)
+            .with_context(|| format!("queue {queue} is missing"))
     }
 
     /// Waits until `queue` holds `n` ready messages (confirmed publishes can take a moment to

@@ -297,10 +297,7 @@ pub async fn retry(env: &Env) -> Vec<Measurement> {
             "{} messages never had a failing first attempt (delivered as attempt > 1?)",
             first.lost
         );
-        for q in &env.retry.queues {
-            let left = env.scratch.depth(&q.name).await?;
-            anyhow::ensure!(left == 0, "{left} messages left in {}", q.name);
-        }
+        env.expect_empty(&env.retry).await?;
         anyhow::Ok((elapsed, cpu))
     };
     vec![match run.await {

@@ -64,6 +64,45 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// The retry topology's email work queue, its first (10 ms) tier queue, and the origin a
+    /// worker records on a copy of a message from it: what a retry-hop baseline needs to do
+    /// the worker's work by hand.
+    ///
+    /// # Errors
+    /// When the retry topology has no tier (it always has, unless its file changes).
+    pub fn retry_route(&self) -> anyhow::Result<(String, String, courier::envelope::Origin)> {
+        let work = self.work_queue(&self.retry).to_owned();
+        let tier = self
+            .retry
+            .work_queue(&work)
+            .and_then(|w| w.retry_queues.first())
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("the retry topology has no tier"))?;
+        let origin = courier::envelope::Origin {
+            exchange: self
+                .retry
+                .exchanges
+                .first()
+                .map(|e| e.name.clone())
+                .unwrap_or_default(),
+            routing_key: ROUTING_KEY.to_owned(),
+            queue: work.clone(),
+        };
+        Ok((work, tier, origin))
+    }
+
+    /// Fails, naming the queue, when any queue of `topology` still holds a ready message.
+    ///
+    /// # Errors
+    /// A queue that is not empty, or the broker gone.
+    pub async fn expect_empty(&self, topology: &Topology) -> anyhow::Result<()> {
+        for q in &topology.queues {
+            let left = self.scratch.depth(&q.name).await?;
+            anyhow::ensure!(left == 0, "{left} messages left in {}", q.name);
+        }
+        Ok(())
+    }
+
     /// CPU counters now (this process, its children, the broker).
     pub fn cpu(&self) -> cpu::Sample {
         cpu::sample(self.broker_pid)

@@ -147,23 +147,16 @@ async fn baseline_end_to_end(env: &Env) -> Vec<Measurement> {
     let queue = env.work_queue(&env.main).to_owned();
     let tally = Arc::new(Tally::new(n, true));
     let run = async {
-        let stop = CancellationToken::new();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let consumer = tokio::spawn({
-            let (url, queue, tally, stop) =
-                (env.url.clone(), queue.clone(), tally.clone(), stop.clone());
-            let prefetch = env.prefetch;
-            async move { raw::consume(&url, &queue, prefetch, tally, true, stop, Some(ready_tx)).await }
-        });
         // Consuming before the clock starts, like Courier's worker in its end-to-end run.
-        if tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .is_err()
-        {
-            stop.cancel();
-            consumer.await??;
-            anyhow::bail!("the raw consumer did not start");
-        }
+        let consumer = raw::start_consumer(
+            &env.url,
+            &queue,
+            env.prefetch,
+            raw::batch_for(env.prefetch),
+            tally.clone(),
+            true,
+        )
+        .await?;
         let target = raw::Target {
             exchange: env.main_exchange(),
             routing_key: ROUTING_KEY.to_owned(),
@@ -173,8 +166,8 @@ async fn baseline_end_to_end(env: &Env) -> Vec<Measurement> {
             raw::publish(&env.url, &target, n, env.window, payload::properties),
             tally.wait(env.stall)
         );
-        stop.cancel();
-        consumer.await??;
+        consumer.stop.cancel();
+        consumer.task.await??;
         let cpu = before.per_message(&env.cpu(), n, false);
         let published = published?;
         let end = end.map_err(|s| anyhow::anyhow!("stalled: {} of {n} consumed", s.unique))?;
@@ -199,23 +192,7 @@ async fn baseline_retry(env: &Env) -> Vec<Measurement> {
     let failed = Arc::new(Tally::new(n, false));
     let run = async {
         courier_lib::fill(env, &env.retry).await?;
-        let work = env.work_queue(&env.retry).to_owned();
-        let tier = env
-            .retry
-            .work_queue(&work)
-            .and_then(|w| w.retry_queues.first())
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("the retry topology has no tier"))?;
-        let origin = courier::envelope::Origin {
-            exchange: env
-                .retry
-                .exchanges
-                .first()
-                .map(|e| e.name.clone())
-                .unwrap_or_default(),
-            routing_key: ROUTING_KEY.to_owned(),
-            queue: work.clone(),
-        };
+        let (work, tier, origin) = env.retry_route()?;
         let decide = |d: &lapin::message::Delivery| {
             let headers = d.properties.headers().as_ref();
             let seq = payload::read(&d.data).map_or(u64::MAX, |s| s.seq);
@@ -254,10 +231,7 @@ async fn baseline_retry(env: &Env) -> Vec<Measurement> {
         let cpu = before.per_message(&env.cpu(), n, false);
         relayed?;
         let end = end.map_err(|s| anyhow::anyhow!("stalled: {} of {n} retried", s.unique))?;
-        for q in &env.retry.queues {
-            let left = env.scratch.depth(&q.name).await?;
-            anyhow::ensure!(left == 0, "{left} messages left in {}", q.name);
-        }
+        env.expect_empty(&env.retry).await?;
         anyhow::Ok((failed.drain_time(end), cpu))
     };
     vec![match run.await {

@@ -135,10 +135,73 @@ pub async fn consume(
     stop: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<()> {
-    // A quarter of the prefetch per ack frame: few frames, and credit returns to the broker
-    // long before the prefetch window runs dry.
-    let batch = u64::from(prefetch / 4).max(1);
-    consume_acking(url, queue, prefetch, batch, tally, latency, stop, ready).await
+    consume_acking(
+        url,
+        queue,
+        prefetch,
+        batch_for(prefetch),
+        tally,
+        latency,
+        stop,
+        ready,
+    )
+    .await
+}
+
+/// The baseline consumer's ack batch: a quarter of the prefetch per ack frame, so few frames,
+/// and credit returns to the broker long before the prefetch window runs dry.
+pub fn batch_for(prefetch: u16) -> u64 {
+    u64::from(prefetch / 4).max(1)
+}
+
+/// A raw consumer running in a task of its own.
+pub struct Started {
+    /// Ends the consumer (it also ends by itself once its tally is complete).
+    pub stop: CancellationToken,
+    /// The consumer's task.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts [`consume_acking`] on `queue` in a task and returns once it is subscribed, so a
+/// scenario's clock starts with the consumer already in place.
+///
+/// # Errors
+/// When it is not subscribed within 10 s (then its own error, if it has one).
+pub async fn start_consumer(
+    url: &AmqpUrl,
+    queue: &str,
+    prefetch: u16,
+    batch: u64,
+    tally: Arc<Tally>,
+    latency: bool,
+) -> anyhow::Result<Started> {
+    let stop = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn({
+        let (url, queue, stop) = (url.clone(), queue.to_owned(), stop.clone());
+        async move {
+            consume_acking(
+                &url,
+                &queue,
+                prefetch,
+                batch,
+                tally,
+                latency,
+                stop,
+                Some(ready_tx),
+            )
+            .await
+        }
+    });
+    if tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .is_err()
+    {
+        stop.cancel();
+        task.await??;
+        bail!("the raw consumer did not start");
+    }
+    Ok(Started { stop, task })
 }
 
 /// [`consume`] with an explicit ack batch: one `basic.ack(multiple)` every `batch` deliveries
@@ -296,7 +359,7 @@ pub enum Decision {
 /// # Errors
 /// Connection or channel failures, and a copy that is nacked or returned.
 #[allow(clippy::too_many_arguments)]
-pub async fn relay<F>(
+async fn relay<F>(
     url: &AmqpUrl,
     queue: &str,
     prefetch: u16,
