@@ -19,8 +19,9 @@ use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// Label values the worker counts with, so the series created at start are the ones it uses.
@@ -84,6 +85,11 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// 1 while the broker blocks a connection (memory or disk alarm).
     pub blocked: IntGauge,
+    /// `courier_broker_node{connection, node}`: 1 for the node each connection is on now
+    /// (`host:port` from `AMQP_URL`); see [`Metrics::set_node`].
+    pub broker_node: IntGaugeVec,
+    /// The node each connection role last reported, so the old series goes when it moves.
+    nodes: Arc<Mutex<BTreeMap<&'static str, String>>>,
 }
 
 /// The series of one work queue that every message updates, looked up once per worker.
@@ -182,6 +188,14 @@ impl Metrics {
             "1 while the broker blocks publishing",
         )
         .expect("metric");
+        let broker_node = IntGaugeVec::new(
+            Opts::new(
+                "courier_broker_node",
+                "1 for the broker node (host:port) each connection is on",
+            ),
+            &["connection", "node"],
+        )
+        .expect("metric");
         for c in [
             Box::new(messages.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(handler_seconds.clone()),
@@ -194,6 +208,7 @@ impl Metrics {
             Box::new(consumer_cancels.clone()),
             Box::new(ready.clone()),
             Box::new(blocked.clone()),
+            Box::new(broker_node.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -210,6 +225,8 @@ impl Metrics {
             consumer_cancels,
             ready,
             blocked,
+            broker_node,
+            nodes: Arc::default(),
         };
         for connection in label::CONNECTIONS {
             metrics.reconnects.with_label_values(&[connection]);
@@ -248,6 +265,23 @@ impl Metrics {
         }
     }
 
+    /// Records that `connection` ([`label::CONNECTIONS`]) is now on `node`: its series reads 1,
+    /// and the series of the node it was on before is removed (not left at 1, which would show
+    /// a process on two nodes).
+    pub fn set_node(&self, connection: &'static str, node: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = nodes.insert(connection, node.to_owned()) {
+            if old != node {
+                let _ = self
+                    .broker_node
+                    .remove_label_values(&[connection, old.as_str()]);
+            }
+        }
+        self.broker_node
+            .with_label_values(&[connection, node])
+            .set(1);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -267,12 +301,24 @@ impl Default for Metrics {
 pub struct Health {
     /// True while connected and consuming.
     ready: Arc<AtomicBool>,
+    /// The broker node (`host:port`) the consumer is on, for `/readyz`.
+    node: Arc<Mutex<Option<String>>>,
 }
 
 impl Health {
     /// Marks the worker ready or not.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Records the broker node the consumer is on (or was on last).
+    pub fn set_node(&self, node: Option<String>) {
+        *self.node.lock().unwrap_or_else(|e| e.into_inner()) = node;
+    }
+
+    /// The broker node the consumer is on (or was on last), as `host:port`.
+    pub fn node(&self) -> Option<String> {
+        self.node.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// True while connected and consuming.
@@ -295,13 +341,17 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    match (s.health.is_ready(), s.health.node()) {
+        (true, Some(node)) => (StatusCode::OK, format!("ready: consuming on {node}\n")),
+        (true, None) => (StatusCode::OK, "ready\n".to_owned()),
+        (false, Some(node)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not connected or not consuming\n",
-        )
+            format!("not ready: not connected or not consuming (last on {node})\n"),
+        ),
+        (false, None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not connected or not consuming\n".to_owned(),
+        ),
     }
 }
 

@@ -10,7 +10,7 @@
 //! - A deadline on every confirm: during `connection.blocked` lapin queues writes forever.
 //! - A lost channel fails exactly the publishes in flight on it; the next publish reconnects.
 
-use crate::amqp::{AmqpError, AmqpUrl};
+use crate::amqp::{AmqpError, AmqpUrl, Node};
 use crate::metrics::Metrics;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -175,6 +175,8 @@ struct Live {
     conn: Connection,
     channel: Channel,
     tx: mpsc::UnboundedSender<Request>,
+    /// The broker node the connection is on.
+    node: Node,
 }
 
 struct Inner {
@@ -282,6 +284,8 @@ impl Publisher {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(old) = old {
+            // With a node list, reconnect elsewhere first: the node may be hung, not dead.
+            self.inner.url.mark_lost(&old.node);
             // A dead connection's close can hang; it must not hold every publish hostage.
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -289,7 +293,8 @@ impl Publisher {
             )
             .await;
         }
-        if self.inner.connected_once.load(Ordering::Relaxed) {
+        let reconnecting = self.inner.connected_once.load(Ordering::Relaxed);
+        if reconnecting {
             self.inner
                 .metrics
                 .reconnects
@@ -310,6 +315,9 @@ impl Publisher {
                     self.inner.url
                 ))
             })??;
+        if reconnecting {
+            tracing::info!(node = %fresh.node, "publisher reconnected");
+        }
         let tx = fresh.tx.clone();
         *self
             .inner
@@ -321,8 +329,10 @@ impl Publisher {
 
     /// Opens a connection and a confirm-mode channel, and starts the channel's actor.
     async fn open(&self) -> Result<Live, PublishError> {
-        let conn = self.inner.url.connect(&self.inner.config.name).await?;
-        let scrub = |e: lapin::Error| PublishError::Connect(self.inner.url.scrub(&e.to_string()));
+        let (conn, node) = self.inner.url.connect_node(&self.inner.config.name).await?;
+        let scrub = |e: lapin::Error| {
+            PublishError::Connect(format!("{node}: {}", self.inner.url.scrub(&e.to_string())))
+        };
         let channel = conn.create_channel().await.map_err(scrub)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -332,7 +342,15 @@ impl Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(actor(channel.clone(), rx, self.inner.clone()));
         self.inner.connected_once.store(true, Ordering::Relaxed);
-        Ok(Live { conn, channel, tx })
+        self.inner
+            .metrics
+            .set_node(crate::metrics::label::PUBLISHER, &node.address);
+        Ok(Live {
+            conn,
+            channel,
+            tx,
+            node,
+        })
     }
 
     /// Publishes one message (mandatory) and waits for its confirm.

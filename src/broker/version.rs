@@ -85,8 +85,25 @@ pub struct ServerInfo {
 /// # Errors
 /// [`VersionProbeError`] if the broker cannot be reached or does not speak AMQP 0-9-1.
 pub async fn probe_server(url: &AmqpUrl) -> Result<ServerInfo, VersionProbeError> {
-    let uri = url.uri().clone();
-    let redacted = url.to_string();
+    // The nodes in the order a connection would try them: the version is the answering node's
+    // (a rolling upgrade can leave a cluster's nodes on two versions for a while).
+    let mut last = None;
+    for (_, uri) in url.nodes_in_turn() {
+        match probe_node(uri.clone(), url.to_string()).await {
+            Ok(info) => return Ok(info),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| VersionProbeError::Io {
+        url: url.to_string(),
+        reason: "no node to probe".to_owned(),
+    }))
+}
+
+async fn probe_node(
+    uri: lapin::uri::AMQPUri,
+    redacted: String,
+) -> Result<ServerInfo, VersionProbeError> {
     let fail = move |reason: String| VersionProbeError::Io {
         url: redacted.clone(),
         reason,

@@ -11,7 +11,7 @@
 
 use super::consumer::{self, SessionEnd};
 use super::processing::Ctx;
-use crate::amqp::AmqpUrl;
+use crate::amqp::{AmqpUrl, Node};
 use crate::handler::Handler;
 use crate::metrics::{label, Health};
 use crate::retry::RetryPolicy;
@@ -77,7 +77,7 @@ impl<H: Handler> Supervisor<H> {
                     r.unwrap_or_else(|_| Err("connecting took longer than 30s".to_owned()))
                 }
             };
-            let (conn, channel, consumer) = match opened {
+            let (conn, channel, consumer, node) = match opened {
                 Ok(s) => s,
                 Err(reason) => {
                     let wait = backoff.next_delay();
@@ -89,8 +89,10 @@ impl<H: Handler> Supervisor<H> {
                 }
             };
             backoff.reset();
+            self.health.set_node(Some(node.address.clone()));
+            ctx.metrics.set_node(label::CONSUMER, &node.address);
             self.set_ready(true);
-            tracing::info!(%queue, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
+            tracing::info!(%queue, %node, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
             let (events, acker_task) = consumer::start_acker(&ctx, &channel);
             ackers.push(acker_task);
             let end =
@@ -117,7 +119,10 @@ impl<H: Handler> Supervisor<H> {
                 }
                 SessionEnd::Lost(reason) => {
                     let wait = backoff.next_delay();
-                    tracing::warn!(%queue, %reason, reconnect_in = ?wait, "lost the consumer; unacked messages return to the queue");
+                    // With a node list, the next attempt starts at another node: this one may
+                    // be hung rather than dead, and would hold the reconnect for its timeout.
+                    self.url.mark_lost(&node);
+                    tracing::warn!(%queue, %node, %reason, reconnect_in = ?wait, "lost the consumer; unacked messages return to the queue");
                     let _ =
                         tokio::time::timeout(BROKER_CALL, conn.close(200, "reconnecting".into()))
                             .await;
@@ -160,15 +165,28 @@ impl<H: Handler> Supervisor<H> {
     }
 
     /// Connects, opens a channel and subscribes; errors are worded without the password.
-    async fn open(&self) -> Result<(Connection, Channel, Consumer), String> {
-        let conn = self
+    async fn open(&self) -> Result<(Connection, Channel, Consumer, Node), String> {
+        let (conn, node) = self
             .url
-            .connect(&format!("courier work {}", self.ctx.config.queue))
+            .connect_node(&format!("courier work {}", self.ctx.config.queue))
             .await
             .map_err(|e| e.to_string())?;
-        let scrub = |e: lapin::Error| self.url.scrub(&e.to_string());
-        let channel = conn.create_channel().await.map_err(scrub)?;
-        let consumer = consumer::subscribe(&channel, &self.ctx.config, scrub).await?;
-        Ok((conn, channel, consumer))
+        let scrub = |e: lapin::Error| format!("{node}: {}", self.url.scrub(&e.to_string()));
+        let subscribed = async {
+            let channel = conn.create_channel().await.map_err(scrub)?;
+            let consumer = consumer::subscribe(&channel, &self.ctx.config, scrub).await?;
+            Ok((channel, consumer))
+        };
+        match subscribed.await {
+            Ok((channel, consumer)) => Ok((conn, channel, consumer, node)),
+            Err(e) => {
+                // A node that takes the connection but cannot serve the queue (its replica not
+                // yet elected, a node booting) must not be the next attempt's first choice.
+                self.url.mark_lost(&node);
+                let _ =
+                    tokio::time::timeout(BROKER_CALL, conn.close(200, "giving up".into())).await;
+                Err(e)
+            }
+        }
     }
 }
