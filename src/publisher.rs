@@ -177,6 +177,9 @@ struct Live {
     tx: mpsc::UnboundedSender<Request>,
     /// The broker node the connection is on.
     node: Node,
+    /// Set by the actor on a nack: the next publish goes on a fresh connection (see
+    /// [`Publisher::reconnect`]).
+    stale: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -257,7 +260,10 @@ impl Publisher {
         guard
             .as_ref()
             .filter(|l| {
-                l.channel.status().connected() && l.conn.status().connected() && !l.tx.is_closed()
+                l.channel.status().connected()
+                    && l.conn.status().connected()
+                    && !l.tx.is_closed()
+                    && !l.stale.load(Ordering::Relaxed)
             })
             .map(|l| l.tx.clone())
     }
@@ -284,14 +290,30 @@ impl Publisher {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(old) = old {
-            // With a node list, reconnect elsewhere first: the node may be hung, not dead.
-            self.inner.url.mark_lost(&old.node);
-            // A dead connection's close can hang; it must not hold every publish hostage.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                old.conn.close(200, "replacing a failed channel".into()),
-            )
-            .await;
+            let alive = old.channel.status().connected() && old.conn.status().connected();
+            if old.stale.load(Ordering::Relaxed) && alive {
+                // Replaced after a nack, not a failure: the publishes still in flight on it get
+                // their confirms first, then it closes.
+                tracing::info!(node = %old.node, "publisher opens a fresh channel after a nack");
+                let grace = self.inner.config.confirm_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        old.conn.close(200, "replaced after a nack".into()),
+                    )
+                    .await;
+                });
+            } else {
+                // With a node list, reconnect elsewhere first: the node may be hung, not dead.
+                self.inner.url.mark_lost(&old.node);
+                // A dead connection's close can hang; it must not hold every publish hostage.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    old.conn.close(200, "replacing a failed channel".into()),
+                )
+                .await;
+            }
         }
         let reconnecting = self.inner.connected_once.load(Ordering::Relaxed);
         if reconnecting {
@@ -340,7 +362,13 @@ impl Publisher {
             .map_err(scrub)?;
         watch_blocked(&conn, self.inner.metrics.clone());
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(actor(channel.clone(), rx, self.inner.clone()));
+        let stale = Arc::new(AtomicBool::new(false));
+        tokio::spawn(actor(
+            channel.clone(),
+            rx,
+            self.inner.clone(),
+            stale.clone(),
+        ));
         self.inner.connected_once.store(true, Ordering::Relaxed);
         self.inner
             .metrics
@@ -350,6 +378,7 @@ impl Publisher {
             channel,
             tx,
             node,
+            stale,
         })
     }
 

@@ -132,11 +132,18 @@ fn id_of(d: &Delivery) -> String {
         .to_owned()
 }
 
+/// Why a pass stopped when its connection (or channel) to the broker went away: the one failure
+/// after which another pass over what is left is safe, since every unacknowledged message went
+/// back to the queue ([`anyhow::Error::downcast_ref`] finds it in the error's chain).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Lost(&'static str);
+
 /// Runs a pass. The report is returned even when the pass failed midway, with the error.
 pub async fn run(
     broker: &Admin,
     publisher: &Publisher,
-    config: PassConfig,
+    config: &PassConfig,
     mut action: Action,
 ) -> (Report, Option<anyhow::Error>) {
     let started = Instant::now();
@@ -144,7 +151,7 @@ pub async fn run(
     let failure = Pass {
         broker,
         publisher,
-        config: &config,
+        config,
         action: &mut action,
         report: &mut report,
         jobs: FuturesUnordered::new(),
@@ -272,9 +279,9 @@ impl Pass<'_> {
                     if !channel.status().connected() {
                         stop = true;
                         pending = None;
-                        failure.get_or_insert_with(|| anyhow::anyhow!(
+                        failure.get_or_insert_with(|| anyhow::Error::new(Lost(
                             "the connection to the broker was lost; unacknowledged messages stay in the queue"
-                        ));
+                        )));
                     }
                 }
                 _ = wait_rate(limiter.as_ref()), if pending.is_some() => {
@@ -308,9 +315,9 @@ impl Pass<'_> {
                         }
                         Some(Err(e)) => {
                             stop = true;
-                            failure.get_or_insert_with(|| anyhow::Error::new(e).context(
+                            failure.get_or_insert_with(|| anyhow::Error::new(e).context(Lost(
                                 "the connection to the broker failed; unacknowledged messages stay in the queue"
-                            ));
+                            )));
                         }
                         None => {
                             stop = true;
@@ -403,9 +410,9 @@ impl Pass<'_> {
                 );
                 if let Err(e) = deadline("acknowledging", sent).await {
                     bar.finish_and_clear();
-                    return Err(anyhow::Error::new(e).context(
+                    return Err(anyhow::Error::new(e).context(Lost(
                         "the channel was lost; unacknowledged messages stay in the queue, and copies already confirmed may now exist twice",
-                    ));
+                    )));
                 }
             }
         }

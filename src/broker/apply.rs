@@ -30,6 +30,9 @@ pub struct ApplyReport {
     pub bindings: usize,
     /// The broker's version, when it could be read.
     pub broker_version: Option<BrokerVersion>,
+    /// What the broker does differently from what the file says, on this version (e.g. a
+    /// quorum queue's priority levels). Also logged at warn level.
+    pub notes: Vec<String>,
 }
 
 impl ApplyReport {
@@ -132,7 +135,9 @@ pub struct CheckReport {
     pub drift: Vec<Drift>,
     /// How many objects were compared.
     pub checked: usize,
-    /// What could not be verified and why (e.g. bindings without the management API).
+    /// What could not be verified and why (e.g. bindings without the management API), and what
+    /// this broker version does differently from the file (a quorum queue's priority levels,
+    /// what `apply` would refuse).
     pub notes: Vec<String>,
 }
 
@@ -337,8 +342,14 @@ impl Declarer<'_> {
     }
 }
 
-/// Refuses what the broker cannot do before anything is declared.
-fn check_support(topology: &Topology, version: Option<BrokerVersion>) -> Result<(), ApplyError> {
+/// What the topology asks of this broker that it cannot do, as `(object, reason)`: `apply`
+/// refuses the first before declaring anything, `check` lists them as notes.
+fn unsupported(topology: &Topology, version: Option<BrokerVersion>) -> Vec<(String, String)> {
+    let seen = version.map_or_else(
+        || "an unknown version".to_owned(),
+        |v| format!("RabbitMQ {v}"),
+    );
+    let mut found = Vec::new();
     for wq in &topology.work_queues {
         let Some(def) = topology.queue(&wq.name) else {
             continue;
@@ -346,22 +357,107 @@ fn check_support(topology: &Topology, version: Option<BrokerVersion>) -> Result<
         if def.queue_type == QueueType::Quorum && wq.max_priority.is_some() {
             let supported = version.is_some_and(BrokerVersion::quorum_priorities);
             if !supported {
-                let seen = version.map_or_else(
-                    || "an unknown version".to_owned(),
-                    |v| format!("RabbitMQ {v}"),
-                );
-                return Err(ApplyError::Unsupported {
-                    object: format!("queue '{}'", wq.name),
-                    reason: format!(
+                found.push((
+                    format!("queue '{}'", wq.name),
+                    format!(
                         "quorum queues have message priorities only from RabbitMQ 4.0, and this broker is {seen}. \
                          Use type = \"classic\" for this queue, or remove max_priority (and queue_defaults.max_priority) to keep it quorum without priorities"
                     ),
-                    done: Vec::new(),
-                });
+                ));
             }
         }
     }
-    Ok(())
+    // Quorum retry tiers need message TTL, and the at-least-once strategy, both from 3.10. An
+    // unknown version is left to the broker: it refuses what it does not know.
+    if let Some(v) = version.filter(|v| !v.quorum_ttl_and_at_least_once()) {
+        for q in topology
+            .queues
+            .iter()
+            .filter(|q| q.queue_type == QueueType::Quorum)
+        {
+            let object = format!("queue '{}'", q.name);
+            if q.arguments.contains_key("x-message-ttl") {
+                found.push((
+                    object,
+                    format!(
+                        "quorum queues have message TTL only from RabbitMQ 3.10, and this broker is RabbitMQ {v}: \
+                         this retry tier could never return a message to its work queue. Use type = \"classic\" for the work queue, or upgrade the broker"
+                    ),
+                ));
+            } else if q.arguments.get("x-dead-letter-strategy")
+                == Some(&ArgValue::Str("at-least-once".to_owned()))
+            {
+                found.push((
+                    object,
+                    format!(
+                        "at-least-once dead-lettering needs RabbitMQ 3.10, and this broker is RabbitMQ {v}. \
+                         Write dead_letter_strategy = \"at-most-once\" for this queue (a message the broker dead-letters can then be lost if a node fails on the way), or upgrade the broker"
+                    ),
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// Refuses what the broker cannot do before anything is declared.
+fn check_support(topology: &Topology, version: Option<BrokerVersion>) -> Result<(), ApplyError> {
+    match unsupported(topology, version).into_iter().next() {
+        Some((object, reason)) => Err(ApplyError::Unsupported {
+            object,
+            reason,
+            done: Vec::new(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What a quorum queue with `max_priority` gets on this broker version, in words: quorum queues
+/// take no `x-max-priority` (refused up to 4.2, ignored from 4.3), so the file's `0..=max`
+/// maps onto the broker's own levels. Nothing is said for 3.x (refused, see [`unsupported`]) or
+/// an unknown version.
+fn quorum_priority_notes(topology: &Topology, version: Option<BrokerVersion>) -> Vec<String> {
+    let Some(v) = version else {
+        return Vec::new();
+    };
+    let mut notes = Vec::new();
+    for wq in &topology.work_queues {
+        let Some(p) = wq.max_priority else {
+            continue;
+        };
+        if topology.queue(&wq.name).map(|q| q.queue_type) != Some(QueueType::Quorum) {
+            continue;
+        }
+        let name = &wq.name;
+        let note = match v.quorum_priority_levels() {
+            0 => continue,
+            2 if p >= 5 => format!(
+                "quorum queue '{name}': RabbitMQ {v} gives two priority levels (0-4 normal, 5-{p} high; \
+                 while both wait, two high messages are delivered for each normal one), not the 0-{p} in order that max_priority = {p} asks for; \
+                 x-max-priority is not declared (quorum queues refuse it on this version). Where strict order matters, use a classic queue"
+            ),
+            2 => format!(
+                "quorum queue '{name}': RabbitMQ {v} gives two priority levels (0-4 normal, 5 and above high), \
+                 so priorities 0-{p} (max_priority = {p}) are all normal here: no message overtakes another; \
+                 x-max-priority is not declared (quorum queues refuse it on this version)"
+            ),
+            levels => {
+                let top = u32::from(levels) - 1;
+                let clamped = if u32::from(p) > top {
+                    format!(", and priorities above {top} count as {top}")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "quorum queue '{name}': RabbitMQ {v} orders quorum queue priorities strictly over {levels} levels (0-{top}), \
+                     so 0-{p} (max_priority = {p}) keep their order as on a classic queue, except that a message without a priority counts as 4, not 0{clamped}; \
+                     x-max-priority is not declared (quorum queues ignore it)"
+                )
+            }
+        };
+        notes.push(note);
+    }
+    notes
 }
 
 /// Declares every exchange, queue and binding; idempotent. A conflict's message cannot show the
@@ -388,8 +484,13 @@ pub async fn apply_with(
     check_support(topology, version)?;
     let admin = Admin::connect(url, "courier topology apply").await?;
     let mut d = Declarer { admin: &admin };
+    let notes = quorum_priority_notes(topology, version);
+    for note in &notes {
+        tracing::warn!("{note}");
+    }
     let mut report = ApplyReport {
         broker_version: version,
+        notes,
         ..Default::default()
     };
     let mut done: Vec<String> = Vec::new();
@@ -490,9 +591,18 @@ pub async fn check(
     topology: &Topology,
     management: Option<&Management>,
 ) -> Result<CheckReport, ApplyError> {
+    let version = super::version::probe_version(url).await.ok().flatten();
     let admin = Admin::connect(url, "courier topology check").await?;
     let mut d = Declarer { admin: &admin };
     let mut report = CheckReport::default();
+    for (object, reason) in unsupported(topology, version) {
+        report.notes.push(format!(
+            "{object}: `courier topology apply` would refuse it: {reason}"
+        ));
+    }
+    report
+        .notes
+        .extend(quorum_priority_notes(topology, version));
     for e in &topology.exchanges {
         let object = format!("exchange '{}'", e.name);
         report.checked += 1;
@@ -540,4 +650,118 @@ pub async fn check(
         },
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = crate::topology::BUILT_IN_DEFAULT;
+
+    fn quorum(text: &str) -> Topology {
+        let text = text.replace("type = \"classic\"     #", "type = \"quorum\" #");
+        Topology::parse(&text, "t.toml", "").expect("valid")
+    }
+
+    fn v(s: &str) -> Option<BrokerVersion> {
+        BrokerVersion::parse(s)
+    }
+
+    #[test]
+    fn quorum_priorities_are_refused_on_3x_and_an_unknown_version() {
+        let t = quorum(DEFAULT);
+        for version in [v("3.13.7"), None] {
+            let found = unsupported(&t, version);
+            assert_eq!(found.len(), 4, "one per work queue: {found:?}");
+            let (object, reason) = &found[0];
+            assert_eq!(object, "queue 'notifications.email'");
+            assert!(
+                reason.contains("only from RabbitMQ 4.0") && reason.contains("type = \"classic\""),
+                "{reason}"
+            );
+            assert!(quorum_priority_notes(&t, version).is_empty());
+        }
+        assert!(unsupported(&t, v("4.0.5")).is_empty());
+        // Classic queues have priorities everywhere.
+        let classic = Topology::parse(DEFAULT, "t", "").expect("valid");
+        assert!(unsupported(&classic, v("3.10.8")).is_empty());
+        assert!(quorum_priority_notes(&classic, v("4.0.5")).is_empty());
+    }
+
+    #[test]
+    fn quorum_tiers_and_at_least_once_need_3_10() {
+        let no_priority = DEFAULT.replace("max_priority = 9     #", "#");
+        let t = quorum(&no_priority);
+        let found = unsupported(&t, v("3.9.29"));
+        let tier = found
+            .iter()
+            .find(|(o, _)| o == "queue 'notifications.email.retry.1s'")
+            .expect("tier refused");
+        assert!(
+            tier.1.contains("message TTL only from RabbitMQ 3.10"),
+            "{tier:?}"
+        );
+        let work = found
+            .iter()
+            .find(|(o, _)| o == "queue 'notifications.email'")
+            .expect("work queue refused");
+        assert!(
+            work.1
+                .contains("at-least-once dead-lettering needs RabbitMQ 3.10")
+                && work.1.contains("dead_letter_strategy = \"at-most-once\""),
+            "{work:?}"
+        );
+        assert!(unsupported(&t, v("3.10.0")).is_empty());
+        // Unknown: left to the broker, which refuses what it does not know.
+        assert!(unsupported(&t, None).is_empty());
+        // At most once and no tiers: nothing 3.9 lacks.
+        let plain = quorum(
+            &no_priority
+                .replace(
+                    "type = \"classic\"     #",
+                    "dead_letter_strategy = \"at-most-once\"\ntype = \"classic\"     #",
+                )
+                .replace(
+                    "tiers = [\"1s\", \"10s\", \"1m\", \"10m\"]\nmax_attempts = 5",
+                    "disabled = true",
+                ),
+        );
+        assert!(unsupported(&plain, v("3.9.29")).is_empty());
+    }
+
+    #[test]
+    fn notes_say_what_a_quorum_queue_with_priorities_gets() {
+        let t = quorum(DEFAULT);
+        let notes = quorum_priority_notes(&t, v("4.0.5"));
+        assert_eq!(notes.len(), 4, "{notes:?}");
+        assert!(
+            notes[0].starts_with("quorum queue 'notifications.email': RabbitMQ 4.0.5 gives two priority levels (0-4 normal, 5-9 high")
+                && notes[0].contains("not the 0-9 in order that max_priority = 9 asks for")
+                && notes[0].contains("x-max-priority is not declared"),
+            "{}",
+            notes[0]
+        );
+        let low = quorum(&DEFAULT.replace("max_priority = 9", "max_priority = 3"));
+        let notes = quorum_priority_notes(&low, v("4.2.1"));
+        assert!(
+            notes[0].contains("priorities 0-3 (max_priority = 3) are all normal here"),
+            "{}",
+            notes[0]
+        );
+        let notes = quorum_priority_notes(&t, v("4.3.0"));
+        assert!(
+            notes[0].contains("strictly over 32 levels (0-31)")
+                && notes[0].contains("without a priority counts as 4")
+                && !notes[0].contains("above 31"),
+            "{}",
+            notes[0]
+        );
+        let high = quorum(&DEFAULT.replace("max_priority = 9", "max_priority = 40"));
+        let notes = quorum_priority_notes(&high, v("4.3.0"));
+        assert!(
+            notes[0].contains("priorities above 31 count as 31"),
+            "{}",
+            notes[0]
+        );
+    }
 }

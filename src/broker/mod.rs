@@ -27,7 +27,7 @@ pub use apply::{apply, apply_with, check, ApplyError, ApplyReport, CheckReport, 
 pub use inspect::{inspect, InspectError, Sample, MAX_INSPECT};
 pub use version::{probe_server, probe_version, BrokerVersion, ServerInfo, VersionProbeError};
 
-use crate::amqp::{AmqpError, AmqpUrl};
+use crate::amqp::{AmqpError, AmqpUrl, Node};
 use crate::topology::Topology;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueDeclareOptions,
@@ -180,6 +180,8 @@ pub struct Admin {
     url: AmqpUrl,
     /// The connection every channel here is opened on.
     conn: Connection,
+    /// The node the connection went to.
+    node: Node,
     /// The shared channel for operations that cannot close it in normal use; `None` or closed
     /// after a soft error, and then replaced by [`Admin::channel`].
     channel: Mutex<Option<Channel>>,
@@ -191,12 +193,18 @@ impl Admin {
     /// # Errors
     /// [`AmqpError`] with the redacted URL when the broker cannot be reached.
     pub async fn connect(url: &AmqpUrl, name: &str) -> Result<Self, AmqpError> {
-        let conn = url.connect(name).await?;
+        let (conn, node) = url.connect_node(name).await?;
         Ok(Self {
             url: url.clone(),
             conn,
+            node,
             channel: Mutex::new(None),
         })
+    }
+
+    /// The broker node this connection is on.
+    pub fn node(&self) -> &Node {
+        &self.node
     }
 
     /// The broker's URL (displays without the password).

@@ -42,6 +42,29 @@ impl BrokerVersion {
     pub fn quorum_priorities(self) -> bool {
         self.major >= 4
     }
+
+    /// How many message priority levels a quorum queue has on this version (RabbitMQ's quorum
+    /// queue documentation for 3.13, 4.0-4.2 and 4.3). Quorum queues never take
+    /// `x-max-priority`: 3.x and 4.0-4.2 refuse it (406 PRECONDITION_FAILED), 4.3 ignores it.
+    /// - 0 on 3.x: no message priorities, messages leave in publish order;
+    /// - 2 on 4.0-4.2, always on: priority 0-4 (or none) is normal, 5 and above is high; while
+    ///   both wait, two high messages are delivered for every normal one (and a high message
+    ///   published before a normal one always goes first);
+    /// - 32 from 4.3: strict levels 0-31 (higher values count as 31); a message without a
+    ///   priority counts as 4, where a classic queue counts it as 0.
+    pub fn quorum_priority_levels(self) -> u8 {
+        match (self.major, self.minor) {
+            (0..=3, _) => 0,
+            (4, 0..=2) => 2,
+            _ => 32,
+        }
+    }
+
+    /// Quorum queues have message TTL and `x-dead-letter-strategy = at-least-once` from
+    /// RabbitMQ 3.10: retry tiers that are quorum queues need both.
+    pub fn quorum_ttl_and_at_least_once(self) -> bool {
+        (self.major, self.minor) >= (3, 10)
+    }
 }
 
 impl fmt::Display for BrokerVersion {
@@ -178,5 +201,18 @@ mod tests {
         assert_eq!(BrokerVersion::parse("garbage"), None);
         assert!(!BrokerVersion::parse("3.13.7").is_some_and(|v| v.quorum_priorities()));
         assert!(BrokerVersion::parse("4.1.0").is_some_and(|v| v.quorum_priorities()));
+    }
+
+    #[test]
+    fn quorum_features_by_version() {
+        let v = |s: &str| BrokerVersion::parse(s).expect("version");
+        assert_eq!(v("3.13.7").quorum_priority_levels(), 0);
+        assert_eq!(v("4.0.5").quorum_priority_levels(), 2);
+        assert_eq!(v("4.2.4").quorum_priority_levels(), 2);
+        assert_eq!(v("4.3.0").quorum_priority_levels(), 32);
+        assert_eq!(v("5.0.0").quorum_priority_levels(), 32);
+        assert!(!v("3.9.29").quorum_ttl_and_at_least_once());
+        assert!(v("3.10.0").quorum_ttl_and_at_least_once());
+        assert!(v("4.0.5").quorum_ttl_and_at_least_once());
     }
 }

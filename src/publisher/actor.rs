@@ -36,10 +36,17 @@ pub(super) fn watch_blocked(conn: &Connection, metrics: Metrics) {
 /// some confirm resolved at or before it. Hence, whenever a confirm resolves, every finished
 /// write and every resolved confirm is collected first, the returns are tallied by their own
 /// `message_id`, and only then is each resolved publish judged.
+///
+/// A nack sets `stale`: the publisher then sends the next publishes on a fresh connection. A
+/// nack is the broker saying it could not take the message, and the channel may be why: seen on
+/// RabbitMQ 3.10, a channel that first published to a quorum queue while the queue was electing
+/// a new leader (its old leader's node just killed) nacked every later publish to that queue,
+/// for minutes, while a new channel on the same node published at once.
 pub(super) async fn actor(
     channel: Channel,
     mut rx: mpsc::UnboundedReceiver<Request>,
     inner: Arc<Inner>,
+    stale: Arc<AtomicBool>,
 ) {
     let mut sending: FuturesUnordered<Sending> = FuturesUnordered::new();
     let mut confirming: FuturesUnordered<Confirming> = FuturesUnordered::new();
@@ -92,6 +99,9 @@ pub(super) async fn actor(
                     })
                     .collect();
                 for (meta, outcome) in judged {
+                    if outcome == Ok(false) {
+                        stale.store(true, Ordering::Relaxed);
+                    }
                     judge(meta, outcome, &mut returned, &inner);
                 }
             }

@@ -13,6 +13,21 @@
 //! - `Q` itself dead-letters (broker-side rejects, expiry, overflow) to the dead-letter exchange,
 //!   which is bound to the dead-letter queue.
 //!
+//! Quorum queues (`type = "quorum"`) get more arguments, all version-independent (RabbitMQ 3.10
+//! and later take them alike):
+//! - `x-quorum-initial-group-size` where the file sets `replicas` (else the broker's default:
+//!   up to 3 members, one per node, `quorum_cluster_size`);
+//! - on `Q` and its tiers, unless the file asks for `dead_letter_strategy = "at-most-once"`:
+//!   `x-dead-letter-strategy = at-least-once` with the `x-overflow = reject-publish` it needs
+//!   (with any other overflow RabbitMQ silently falls back to at-most-once, which can lose a
+//!   message dead-lettered while a node fails, e.g. one leaving a tier for its work queue);
+//! - on `Q`, `x-delivery-limit`: the file's `delivery_limit`, else [`DEFAULT_DELIVERY_LIMIT`]
+//!   declared explicitly (3.x has no default limit, 4.0+ has 20), so the broker's backstop is the
+//!   same on every version and sits above the worker's own crash-loop guard;
+//! - on a quorum dead-letter queue, `x-delivery-limit` = [`DEAD_LETTER_QUEUE_DELIVERY_LIMIT`]:
+//!   it has nowhere to dead-letter to, so a limit would delete messages that `courier-dlq`
+//!   inspected (requeued) too often.
+//!
 //! This module is the file format alone (parse, validate, the model, exports): it opens no
 //! connection. Declaring it on a broker and comparing it with one is [`crate::broker`]'s work.
 
@@ -51,6 +66,21 @@ const MAX_PRIORITY: i64 = 255;
 
 /// AMQP short strings (names) are at most 255 bytes.
 const MAX_NAME_LEN: usize = 255;
+
+/// `x-delivery-limit` of a quorum work queue whose file sets no `delivery_limit`: RabbitMQ 4.0's
+/// own default, declared explicitly so that 3.x (which has no default limit) and 4.x behave
+/// alike. RabbitMQ dead-letters a message returned more than this many times (the 21st return,
+/// on 3.10 and 4.0 alike), to the dead-letter exchange with `x-death` reason `delivery_limit`.
+/// The worker's `--max-redeliveries` (default 5) acts long before: it replaces every redelivered
+/// message with a fresh copy, which the broker counts from zero.
+pub const DEFAULT_DELIVERY_LIMIT: i64 = 20;
+
+/// `x-delivery-limit` of a quorum dead-letter queue: no limit in practice, on every version. The
+/// dead-letter queue has no dead-letter exchange, so a message over its limit would be deleted,
+/// and `courier-dlq` requeues what it inspects (on 4.0-4.2 every requeue counts; 4.0's default
+/// limit is 20). `-1`, which means "no limit" from 4.0, cannot be used: 3.x dead-letters (here:
+/// deletes) a message at its first return when the limit is -1 (seen on 3.10.8).
+pub const DEAD_LETTER_QUEUE_DELIVERY_LIMIT: i64 = i32::MAX as i64;
 
 /// Why a topology file was refused. Every variant names the file; `Invalid` also names the key.
 #[derive(Debug, thiserror::Error)]

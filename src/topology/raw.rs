@@ -35,6 +35,8 @@ pub(super) struct RawQueueDefaults {
     pub(super) queue_type: Option<String>,
     pub(super) max_priority: Option<i64>,
     pub(super) delivery_limit: Option<i64>,
+    pub(super) replicas: Option<i64>,
+    pub(super) dead_letter_strategy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +49,8 @@ pub(super) struct RawQueue {
     pub(super) queue_type: Option<String>,
     pub(super) max_priority: Option<i64>,
     pub(super) delivery_limit: Option<i64>,
+    pub(super) replicas: Option<i64>,
+    pub(super) dead_letter_strategy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,4 +79,5 @@ pub(super) struct RawDeadLetter {
     pub(super) queue_type: Option<String>,
     pub(super) max_length: Option<i64>,
     pub(super) overflow: Option<String>,
+    pub(super) replicas: Option<i64>,
 }

@@ -345,3 +345,319 @@ fn no_retry_is_disabled_in_place_of_tiers_and_max_attempts() {
         "README's topology section must say what goes with disabled = true"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Quorum queues: replicas, dead-letter strategy, delivery limits
+// ---------------------------------------------------------------------------------------------
+
+/// The default file with quorum work queues (and tiers); `extra` goes into [queue_defaults].
+fn quorum_defaults(extra: &str) -> String {
+    DEFAULT.replace(
+        "type = \"classic\"     #",
+        &format!("{extra}\ntype = \"quorum\" #"),
+    )
+}
+
+/// The default file with `extra` added to its [dead_letter] table.
+fn dead_letter(extra: &str) -> String {
+    let dlq = "queue = \"notifications.dlq\"\n";
+    assert!(DEFAULT.contains(dlq));
+    DEFAULT.replace(dlq, &format!("{dlq}{extra}\n"))
+}
+
+/// The default file with `extra` added to the first [[queues]] entry (notifications.email).
+fn email_queue(extra: &str) -> String {
+    let email = "name = \"notifications.email\"\n";
+    assert!(DEFAULT.contains(email));
+    DEFAULT.replace(email, &format!("{email}{extra}\n"))
+}
+
+fn arg(t: &Topology, queue: &str, key: &str) -> Option<ArgValue> {
+    t.queue(queue)
+        .unwrap_or_else(|| panic!("{queue} declared"))
+        .arguments
+        .get(key)
+        .cloned()
+}
+
+fn s(v: &str) -> Option<ArgValue> {
+    Some(ArgValue::Str(v.to_owned()))
+}
+
+fn i(v: i64) -> Option<ArgValue> {
+    Some(ArgValue::Int(v))
+}
+
+#[test]
+fn classic_queues_carry_no_quorum_arguments() {
+    let t = Topology::parse(DEFAULT, "t", "").expect("valid");
+    for q in &t.queues {
+        for key in [
+            "x-quorum-initial-group-size",
+            "x-dead-letter-strategy",
+            "x-overflow",
+            "x-delivery-limit",
+        ] {
+            assert!(!q.arguments.contains_key(key), "{}: {key}", q.name);
+        }
+    }
+}
+
+#[test]
+fn quorum_work_queues_and_tiers_dead_letter_at_least_once_by_default() {
+    let t = Topology::parse(&quorum_defaults(""), "t", "").expect("valid");
+    for q in ["notifications.sms", "notifications.sms.retry.1s"] {
+        assert_eq!(arg(&t, q, "x-queue-type"), s("quorum"), "{q}");
+        assert_eq!(
+            arg(&t, q, "x-dead-letter-strategy"),
+            s("at-least-once"),
+            "{q}"
+        );
+        // RabbitMQ falls back to at-most-once without reject-publish, silently.
+        assert_eq!(arg(&t, q, "x-overflow"), s("reject-publish"), "{q}");
+        // Left out: the broker's default group size.
+        assert_eq!(arg(&t, q, "x-quorum-initial-group-size"), None, "{q}");
+    }
+    // The work queue's backstop is declared explicitly, the same on 3.x and 4.x; tiers have no
+    // consumers, so no limit of theirs is ever reached.
+    assert_eq!(
+        arg(&t, "notifications.sms", "x-delivery-limit"),
+        i(DEFAULT_DELIVERY_LIMIT)
+    );
+    assert_eq!(DEFAULT_DELIVERY_LIMIT, 20);
+    assert_eq!(
+        arg(&t, "notifications.sms.retry.10m", "x-delivery-limit"),
+        None
+    );
+    // The dead-letter queue stays classic in the default file: nothing quorum on it.
+    assert_eq!(arg(&t, "notifications.dlq", "x-queue-type"), s("classic"));
+    assert_eq!(arg(&t, "notifications.dlq", "x-delivery-limit"), None);
+}
+
+#[test]
+fn at_most_once_is_the_brokers_default_and_declares_nothing() {
+    let t = Topology::parse(
+        &quorum_defaults("dead_letter_strategy = \"at-most-once\""),
+        "t",
+        "",
+    )
+    .expect("valid");
+    for q in ["notifications.push", "notifications.push.retry.1m"] {
+        assert_eq!(arg(&t, q, "x-dead-letter-strategy"), None, "{q}");
+        assert_eq!(arg(&t, q, "x-overflow"), None, "{q}");
+    }
+    // A queue's own key wins over [queue_defaults].
+    let text = quorum_defaults("dead_letter_strategy = \"at-most-once\"").replace(
+        "name = \"notifications.email\"\n",
+        "name = \"notifications.email\"\ndead_letter_strategy = \"at-least-once\"\n",
+    );
+    let t = Topology::parse(&text, "t", "").expect("valid");
+    assert_eq!(
+        arg(&t, "notifications.email.retry.1s", "x-dead-letter-strategy"),
+        s("at-least-once")
+    );
+    assert_eq!(arg(&t, "notifications.sms", "x-dead-letter-strategy"), None);
+    // On a classic queue at-most-once is what it does anyway: accepted, nothing declared.
+    let t = Topology::parse(
+        &email_queue("dead_letter_strategy = \"at-most-once\""),
+        "t",
+        "",
+    )
+    .expect("valid");
+    assert_eq!(
+        arg(&t, "notifications.email", "x-dead-letter-strategy"),
+        None
+    );
+}
+
+#[test]
+fn unknown_dead_letter_strategy_is_refused() {
+    let e = err(&quorum_defaults("dead_letter_strategy = \"exactly-once\""));
+    assert!(
+        e.contains("queue_defaults.dead_letter_strategy")
+            && e.contains("exactly-once")
+            && e.contains("\"at-least-once\"")
+            && e.contains("\"at-most-once\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn at_least_once_on_a_classic_queue_is_refused() {
+    let e = err(&email_queue("dead_letter_strategy = \"at-least-once\""));
+    assert!(
+        e.contains("queues[0].dead_letter_strategy")
+            && e.contains("quorum queues only")
+            && e.contains("classic queue refuses x-dead-letter-strategy"),
+        "{e}"
+    );
+    // Inherited from [queue_defaults]: the error names that key and the classic queue.
+    let e = err(&DEFAULT.replace(
+        "max_priority = 9     #",
+        "dead_letter_strategy = \"at-least-once\"\nmax_priority = 9     #",
+    ));
+    assert!(
+        e.contains("queue_defaults.dead_letter_strategy")
+            && e.contains("`notifications.email` (which inherits it) is a classic queue"),
+        "{e}"
+    );
+}
+
+#[test]
+fn replicas_set_the_initial_group_size_of_every_quorum_queue() {
+    let text = quorum_defaults("replicas = 3").replace(
+        "queue = \"notifications.dlq\"\ntype = \"classic\"",
+        "queue = \"notifications.dlq\"\ntype = \"quorum\"\nreplicas = 5",
+    );
+    let t = Topology::parse(&text, "t", "").expect("valid");
+    for q in ["notifications.webhook", "notifications.webhook.retry.10s"] {
+        assert_eq!(arg(&t, q, "x-quorum-initial-group-size"), i(3), "{q}");
+    }
+    assert_eq!(
+        arg(&t, "notifications.dlq", "x-quorum-initial-group-size"),
+        i(5)
+    );
+    // A queue's own value wins.
+    let t = Topology::parse(
+        &quorum_defaults("replicas = 3").replace(
+            "name = \"notifications.sms\"\n",
+            "name = \"notifications.sms\"\nreplicas = 7\n",
+        ),
+        "t",
+        "",
+    )
+    .expect("valid");
+    assert_eq!(
+        arg(
+            &t,
+            "notifications.sms.retry.1s",
+            "x-quorum-initial-group-size"
+        ),
+        i(7)
+    );
+    assert_eq!(
+        arg(&t, "notifications.email", "x-quorum-initial-group-size"),
+        i(3)
+    );
+}
+
+#[test]
+fn replicas_must_be_at_least_one() {
+    let e = err(&quorum_defaults("replicas = 0"));
+    assert!(
+        e.contains("queue_defaults.replicas")
+            && e.contains("at least 1")
+            && e.contains("x-quorum-initial-group-size"),
+        "{e}"
+    );
+    let e = err(&email_queue("type = \"quorum\"\nreplicas = -3"));
+    assert!(e.contains("queues[0].replicas"), "{e}");
+    let e = err(&dead_letter("replicas = 0").replace(
+        "queue = \"notifications.dlq\"\nreplicas = 0\ntype = \"classic\"",
+        "queue = \"notifications.dlq\"\nreplicas = 0\ntype = \"quorum\"",
+    ));
+    assert!(
+        e.contains("dead_letter.replicas") && e.contains("at least 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn replicas_on_a_classic_queue_are_refused() {
+    let e = err(&email_queue("replicas = 3"));
+    assert!(
+        e.contains("queues[0].replicas")
+            && e.contains("quorum queues only")
+            && e.contains("no replicas"),
+        "{e}"
+    );
+    let e = err(&DEFAULT.replace(
+        "max_priority = 9     #",
+        "replicas = 3\nmax_priority = 9     #",
+    ));
+    assert!(
+        e.contains("queue_defaults.replicas") && e.contains("`notifications.email`"),
+        "{e}"
+    );
+    let e = err(&dead_letter("replicas = 3"));
+    assert!(
+        e.contains("dead_letter.replicas") && e.contains("the dead-letter queue is classic"),
+        "{e}"
+    );
+}
+
+#[test]
+fn delivery_limit_is_quorum_only_and_at_least_one() {
+    let e = err(&email_queue("delivery_limit = 5"));
+    assert!(
+        e.contains("queues[0].delivery_limit") && e.contains("--max-redeliveries"),
+        "{e}"
+    );
+    let e = err(&DEFAULT.replace(
+        "max_priority = 9     #",
+        "delivery_limit = 5\nmax_priority = 9     #",
+    ));
+    assert!(
+        e.contains("queue_defaults.delivery_limit") && e.contains("`notifications.email`"),
+        "{e}"
+    );
+    let e = err(&quorum_defaults("delivery_limit = 0"));
+    assert!(
+        e.contains("queue_defaults.delivery_limit") && e.contains("at least 1"),
+        "{e}"
+    );
+    let t = Topology::parse(&quorum_defaults("delivery_limit = 50"), "t", "").expect("valid");
+    assert_eq!(arg(&t, "notifications.email", "x-delivery-limit"), i(50));
+}
+
+#[test]
+fn a_quorum_dead_letter_queue_has_no_delivery_limit_in_practice() {
+    let t = Topology::parse(
+        &DEFAULT.replace(
+            "queue = \"notifications.dlq\"\ntype = \"classic\"",
+            "queue = \"notifications.dlq\"\ntype = \"quorum\"",
+        ),
+        "t",
+        "",
+    )
+    .expect("valid");
+    assert_eq!(
+        arg(&t, "notifications.dlq", "x-delivery-limit"),
+        i(DEAD_LETTER_QUEUE_DELIVERY_LIMIT)
+    );
+    // Not -1: RabbitMQ 3.x deletes a message at its first return with that.
+    assert_eq!(DEAD_LETTER_QUEUE_DELIVERY_LIMIT, 2_147_483_647);
+    // It dead-letters nowhere, so no strategy.
+    assert_eq!(arg(&t, "notifications.dlq", "x-dead-letter-strategy"), None);
+}
+
+#[test]
+fn reject_publish_dlx_is_refused_on_a_quorum_dead_letter_queue() {
+    let quorum = DEFAULT.replace(
+        "queue = \"notifications.dlq\"\ntype = \"classic\"",
+        "queue = \"notifications.dlq\"\ntype = \"quorum\"\nmax_length = 100\noverflow = \"reject-publish-dlx\"",
+    );
+    let e = err(&quorum);
+    assert!(
+        e.contains("dead_letter.overflow")
+            && e.contains("quorum queues do not support \"reject-publish-dlx\"")
+            && e.contains("drop-head"),
+        "{e}"
+    );
+    let ok = Topology::parse(
+        &quorum.replace("reject-publish-dlx", "reject-publish"),
+        "t",
+        "",
+    )
+    .expect("reject-publish is fine on quorum");
+    assert_eq!(
+        arg(&ok, "notifications.dlq", "x-overflow"),
+        s("reject-publish")
+    );
+    let classic = Topology::parse(&dead_letter("overflow = \"reject-publish-dlx\""), "t", "")
+        .expect("classic takes reject-publish-dlx");
+    assert_eq!(
+        arg(&classic, "notifications.dlq", "x-overflow"),
+        s("reject-publish-dlx")
+    );
+}

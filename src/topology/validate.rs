@@ -85,6 +85,55 @@ impl Validator<'_> {
         }
     }
 
+    fn replicas(&self, key: &str, value: Option<i64>) -> Result<Option<i64>, TopologyError> {
+        match value {
+            Some(v) if v < 1 => Err(self.invalid(
+                key,
+                format!("{v} must be at least 1: it is how many nodes hold a copy of the queue (x-quorum-initial-group-size); leave it out for the broker's default (up to 3, one per node)"),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    fn strategy(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Option<DeadLetterStrategy>, TopologyError> {
+        match value {
+            None => Ok(None),
+            Some("at-least-once") => Ok(Some(DeadLetterStrategy::AtLeastOnce)),
+            Some("at-most-once") => Ok(Some(DeadLetterStrategy::AtMostOnce)),
+            Some(other) => Err(self.invalid(
+                key,
+                format!("unknown dead-letter strategy `{other}`; use \"at-least-once\" (the default for quorum queues) or \"at-most-once\""),
+            )),
+        }
+    }
+
+    /// Refuses a quorum-only setting on a classic queue, naming the key it came from (the
+    /// queue's own, or `queue_defaults.*` for every queue that inherits it).
+    fn quorum_only<T>(
+        &self,
+        setting: &Setting<T>,
+        queue: &str,
+        what: &str,
+        why: &str,
+    ) -> Result<(), TopologyError> {
+        let Some(key) = setting.key() else {
+            return Ok(());
+        };
+        let whose = if setting.inherited() {
+            format!(" and `{queue}` (which inherits it) is a classic queue")
+        } else {
+            " and this is a classic queue".to_owned()
+        };
+        Err(self.invalid(
+            key,
+            format!("{what} applies to quorum queues only{whose}: {why}. Set type = \"quorum\" for the queue, or remove the key"),
+        ))
+    }
+
     pub(super) fn validate(mut self, raw: RawTopology) -> Result<Topology, TopologyError> {
         let mut exchanges = Vec::new();
         let mut exchange_names = BTreeMap::new();
@@ -127,6 +176,25 @@ impl Validator<'_> {
             "x-queue-type".to_owned(),
             ArgValue::Str(dlq_type.as_str().to_owned()),
         );
+        let dlq_replicas = self.replicas("dead_letter.replicas", dl.replicas)?;
+        match (dlq_type, dlq_replicas) {
+            (QueueType::Classic, Some(_)) => {
+                return Err(self.invalid(
+                    "dead_letter.replicas",
+                    "replicas applies to quorum queues only and the dead-letter queue is classic: a classic queue lives on one node and has no replicas. Set dead_letter.type = \"quorum\", or remove replicas",
+                ))
+            }
+            (QueueType::Quorum, replicas) => {
+                if let Some(n) = replicas {
+                    dlq_args.insert("x-quorum-initial-group-size".to_owned(), ArgValue::Int(n));
+                }
+                dlq_args.insert(
+                    "x-delivery-limit".to_owned(),
+                    ArgValue::Int(DEAD_LETTER_QUEUE_DELIVERY_LIMIT),
+                );
+            }
+            (QueueType::Classic, None) => {}
+        }
         if let Some(max) = self.positive("dead_letter.max_length", dl.max_length)? {
             dlq_args.insert("x-max-length".to_owned(), ArgValue::Int(max));
         }
@@ -137,6 +205,12 @@ impl Validator<'_> {
                     return Err(self.invalid(
                         "dead_letter.overflow",
                         "\"drop-head\" would silently delete the oldest dead letters; use \"reject-publish\" so the worker keeps the message and retries",
+                    ));
+                }
+                if o == "reject-publish-dlx" && dlq_type == QueueType::Quorum {
+                    return Err(self.invalid(
+                        "dead_letter.overflow",
+                        "quorum queues do not support \"reject-publish-dlx\": RabbitMQ accepts it, then confirms every publish and deletes the oldest dead letters as \"drop-head\" would (seen on 3.10 and 4.0). Use \"reject-publish\": the worker's copy is refused, so it keeps the message and retries",
                     ));
                 }
                 dlq_args.insert("x-overflow".to_owned(), ArgValue::Str(o.to_owned()));
@@ -161,6 +235,11 @@ impl Validator<'_> {
             self.priority("queue_defaults.max_priority", defaults.max_priority)?;
         let default_limit =
             self.positive("queue_defaults.delivery_limit", defaults.delivery_limit)?;
+        let default_replicas = self.replicas("queue_defaults.replicas", defaults.replicas)?;
+        let default_strategy = self.strategy(
+            "queue_defaults.dead_letter_strategy",
+            defaults.dead_letter_strategy.as_deref(),
+        )?;
 
         if raw.queues.is_empty() {
             return Err(self.invalid(
@@ -181,16 +260,73 @@ impl Validator<'_> {
             let max_priority = self
                 .priority(&format!("{key}.max_priority"), q.max_priority)?
                 .or(default_priority);
-            let delivery_limit = self
-                .positive(&format!("{key}.delivery_limit"), q.delivery_limit)?
-                .or(default_limit);
-            if delivery_limit.is_some() && queue_type == QueueType::Classic {
-                return Err(self.invalid(
-                    format!("{key}.delivery_limit"),
-                    "delivery_limit applies to quorum queues only (classic queues have no delivery limit; the worker's --max-redeliveries guards them)",
-                ));
+            let delivery_limit = Setting::of(
+                self.positive(&format!("{key}.delivery_limit"), q.delivery_limit)?,
+                &format!("{key}.delivery_limit"),
+                default_limit,
+                "queue_defaults.delivery_limit",
+            );
+            let replicas = Setting::of(
+                self.replicas(&format!("{key}.replicas"), q.replicas)?,
+                &format!("{key}.replicas"),
+                default_replicas,
+                "queue_defaults.replicas",
+            );
+            let strategy = Setting::of(
+                self.strategy(
+                    &format!("{key}.dead_letter_strategy"),
+                    q.dead_letter_strategy.as_deref(),
+                )?,
+                &format!("{key}.dead_letter_strategy"),
+                default_strategy,
+                "queue_defaults.dead_letter_strategy",
+            );
+            // Arguments a quorum work queue and its retry tiers share.
+            let mut quorum_args = BTreeMap::new();
+            match queue_type {
+                QueueType::Classic => {
+                    self.quorum_only(
+                        &delivery_limit,
+                        &q.name,
+                        "delivery_limit",
+                        "classic queues have no delivery limit; the worker's --max-redeliveries guards them",
+                    )?;
+                    self.quorum_only(
+                        &replicas,
+                        &q.name,
+                        "replicas",
+                        "a classic queue lives on one node and has no replicas",
+                    )?;
+                    if strategy.value == Some(DeadLetterStrategy::AtLeastOnce) {
+                        self.quorum_only(
+                            &strategy,
+                            &q.name,
+                            "at-least-once dead-lettering",
+                            "a classic queue refuses x-dead-letter-strategy and dead-letters at most once",
+                        )?;
+                    }
+                }
+                QueueType::Quorum => {
+                    if let Some(n) = replicas.value {
+                        quorum_args
+                            .insert("x-quorum-initial-group-size".to_owned(), ArgValue::Int(n));
+                    }
+                    if strategy.value.unwrap_or(DeadLetterStrategy::AtLeastOnce)
+                        == DeadLetterStrategy::AtLeastOnce
+                    {
+                        // Without reject-publish RabbitMQ silently dead-letters at most once.
+                        quorum_args.insert(
+                            "x-dead-letter-strategy".to_owned(),
+                            ArgValue::Str("at-least-once".to_owned()),
+                        );
+                        quorum_args.insert(
+                            "x-overflow".to_owned(),
+                            ArgValue::Str("reject-publish".to_owned()),
+                        );
+                    }
+                }
             }
-            let mut args = BTreeMap::new();
+            let mut args = quorum_args.clone();
             args.insert(
                 "x-queue-type".to_owned(),
                 ArgValue::Str(queue_type.as_str().to_owned()),
@@ -203,7 +339,8 @@ impl Validator<'_> {
             if let (Some(p), QueueType::Classic) = (max_priority, queue_type) {
                 args.insert("x-max-priority".to_owned(), ArgValue::Int(i64::from(p)));
             }
-            if let Some(limit) = delivery_limit {
+            if queue_type == QueueType::Quorum {
+                let limit = delivery_limit.value.unwrap_or(DEFAULT_DELIVERY_LIMIT);
                 args.insert("x-delivery-limit".to_owned(), ArgValue::Int(limit));
             }
             for (j, b) in q.bindings.iter().enumerate() {
@@ -239,7 +376,7 @@ impl Validator<'_> {
                     &format!("retry.tiers[{t}]"),
                     &format!("{}.retry.{}", q.name, tier_label(*delay)),
                 )?;
-                let mut targs = BTreeMap::new();
+                let mut targs = quorum_args.clone();
                 targs.insert(
                     "x-queue-type".to_owned(),
                     ArgValue::Str(queue_type.as_str().to_owned()),
@@ -370,5 +507,45 @@ impl Validator<'_> {
             tiers,
             max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
         })
+    }
+}
+
+/// `dead_letter_strategy`: how a quorum queue hands its dead letters on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadLetterStrategy {
+    /// `x-dead-letter-strategy = at-least-once` (with `x-overflow = reject-publish`): the queue
+    /// keeps a dead letter until its target confirmed it.
+    AtLeastOnce,
+    /// RabbitMQ's default: a dead letter in transit is lost if a node fails.
+    AtMostOnce,
+}
+
+/// A per-queue setting: the `[[queues]]` entry's own value, else `[queue_defaults]`'s, with the
+/// key it came from, for messages.
+struct Setting<T> {
+    value: Option<T>,
+    own_key: String,
+    from_defaults: Option<&'static str>,
+}
+
+impl<T: Copy> Setting<T> {
+    fn of(own: Option<T>, own_key: &str, default: Option<T>, default_key: &'static str) -> Self {
+        Self {
+            value: own.or(default),
+            own_key: own_key.to_owned(),
+            from_defaults: own.is_none().then_some(default_key),
+        }
+    }
+}
+
+impl<T> Setting<T> {
+    /// The key the value came from, or `None` if neither table sets it.
+    fn key(&self) -> Option<&str> {
+        self.value.as_ref()?;
+        Some(self.from_defaults.unwrap_or(&self.own_key))
+    }
+
+    fn inherited(&self) -> bool {
+        self.value.is_some() && self.from_defaults.is_some()
     }
 }

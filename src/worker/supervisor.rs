@@ -32,6 +32,12 @@ const BROKER_CALL: Duration = Duration::from_secs(5);
 /// stall any step of it.
 const OPEN: Duration = Duration::from_secs(30);
 
+/// Deadline for channel, qos and consume once connected. A quorum queue whose leader hangs
+/// (its node frozen, not dead) takes a consume and answers only after a new leader is elected,
+/// sometimes not even then (seen on 3.10: over 20 s); giving up early and subscribing again,
+/// next node first, is what ends the stall.
+const SUBSCRIBE: Duration = Duration::from_secs(8);
+
 /// Runs one worker's sessions.
 pub(super) struct Supervisor<H> {
     /// The broker.
@@ -177,7 +183,15 @@ impl<H: Handler> Supervisor<H> {
             let consumer = consumer::subscribe(&channel, &self.ctx.config, scrub).await?;
             Ok((channel, consumer))
         };
-        match subscribed.await {
+        let subscribed = tokio::time::timeout(SUBSCRIBE, subscribed)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{node}: no answer to the subscription within {}s (a queue without a leader?)",
+                    SUBSCRIBE.as_secs()
+                ))
+            });
+        match subscribed {
             Ok((channel, consumer)) => Ok((conn, channel, consumer, node)),
             Err(e) => {
                 // A node that takes the connection but cannot serve the queue (its replica not

@@ -178,3 +178,58 @@ async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
     )
     .passed();
 }
+
+#[tokio::test]
+async fn dlq_replay_resumes_after_the_broker_closes_its_connection() {
+    let t = TestTopology::fast("f.replaycut").await;
+    let ids = seed_dead_letters(&t, "rc", 3000).await;
+    let replay = std::process::Command::new(dlq_bin())
+        .args(["replay", "--rate", "1000/s"])
+        .env("AMQP_URL", amqp_url())
+        .env("COURIER_PREFIX", &t.prefix)
+        .env("COURIER_TOPOLOGY", &t.file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn_within(CHILD_DEADLINE);
+    let queue = t.name("notifications.email");
+    wait_depth(&queue, 500, LONG).await;
+    rabbitmqctl(&["close_all_connections", "fault test"]);
+    let cut = Instant::now();
+    let moved = depth(&queue).await as usize;
+    assert!(
+        moved < ids.len(),
+        "the replay was done ({moved} replayed) before its connection was closed"
+    );
+    let out = tokio::task::spawn_blocking(move || replay.wait_with_output())
+        .await
+        .expect("join")
+        .expect("replay output");
+    let err = stderr(&out);
+    assert!(
+        out.status.success(),
+        "the replay did not finish by itself: {}\n{}{err}",
+        out.status,
+        stdout(&out)
+    );
+    assert!(err.contains("resuming on what is left"), "{err}");
+    let mut c = Census::new(&ids);
+    c.add_queues(&t).await;
+    assert!(
+        c.lost().is_empty() && c.unexpected().is_empty(),
+        "{}",
+        c.summary()
+    );
+    assert_eq!(
+        c.in_place(QUEUED),
+        ids.len(),
+        "every one replayed: {}",
+        c.summary()
+    );
+    assert_eq!(c.in_place(DEAD), 0, "left in the DLQ: {}", c.summary());
+    c.row(
+        "`courier-dlq replay` loses its connection",
+        "rabbitmqctl close_all_connections after ~500 of 3000 replayed; the replay resumes",
+        cut.elapsed(),
+    )
+    .passed();
+}

@@ -32,7 +32,7 @@ impl WorkerProc {
     /// those deliveries are unacked, so a kill now leaves work for the broker to redeliver.
     /// Returns how many it held.
     pub async fn wait_holding(&self, timeout: Duration) -> u64 {
-        let addr = self.metrics.as_deref().expect("spawned with spawn_watched");
+        let addr = self.metrics_addr();
         let deadline = Instant::now() + timeout;
         loop {
             let held: u64 = match reqwest::get(format!("http://{addr}/metrics")).await {
@@ -55,6 +55,11 @@ impl WorkerProc {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// `host:port` of its /metrics, /readyz (spawned with [`WorkerProc::spawn_watched`]).
+    pub fn metrics_addr(&self) -> &str {
+        self.metrics.as_deref().expect("spawned with spawn_watched")
     }
 
     pub fn spawn(t: &TestTopology, url: &str, endpoint: &str, extra: &[&str]) -> Self {

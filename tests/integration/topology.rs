@@ -265,8 +265,26 @@ async fn quorum_priority_is_refused_where_the_broker_lacks_it() {
             "apply",
         ],
     );
+    let path = file.to_str().expect("utf8");
+    let check = courier(&prefix, &["--topology", path, "topology", "check"]);
+    let email = format!("{prefix}notifications.email");
     if version.quorum_priorities() {
         assert!(out.status.success(), "{}", stderr(&out));
+        // apply and check say what the broker gives in place of 0-9 (apply in its log).
+        let says = match version.quorum_priority_levels() {
+            2 => format!("quorum queue '{email}': RabbitMQ {version} gives two priority levels (0-4 normal, 5-9 high"),
+            levels => {
+                assert_eq!(levels, 32, "{version}");
+                format!("quorum queue '{email}': RabbitMQ {version} orders quorum queue priorities strictly over 32 levels (0-31)")
+            }
+        };
+        assert!(stderr(&out).contains(&says), "{}", stderr(&out));
+        assert_eq!(check.status.code(), Some(0), "{}", stdout(&check));
+        assert!(
+            stdout(&check).contains(&format!("note: {says}")),
+            "{}",
+            stdout(&check)
+        );
         // RabbitMQ 4 takes no x-max-priority on a quorum queue but has two levels of its own
         // (5 and above is high): an urgent message still overtakes the bulk ones queued first.
         let queue = format!("{prefix}notifications.email");
@@ -300,6 +318,13 @@ async fn quorum_priority_is_refused_where_the_broker_lacks_it() {
         );
         assert!(err.contains(&version.to_string()), "{err}");
         assert!(err.contains("nothing was declared"), "{err}");
+        // check says the same, beside the missing objects.
+        let text = stdout(&check);
+        assert_eq!(check.status.code(), Some(3), "{text}");
+        assert!(
+            text.contains(&format!("note: queue '{email}': `courier topology apply` would refuse it: quorum queues have message priorities only from RabbitMQ 4.0")),
+            "{text}"
+        );
         assert!(broker_queue(&format!("{prefix}notifications.email"))
             .await
             .is_none());

@@ -41,7 +41,7 @@ pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
         file,
         remove: a.remove,
     };
-    let (report, failure) = pass::run(&broker, &publisher, config, action).await;
+    let (report, failure) = pass::run(&broker, &publisher, &config, action).await;
     close_publisher(&publisher).await;
     broker.close().await;
     if report.started {

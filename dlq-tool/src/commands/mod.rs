@@ -10,11 +10,13 @@ mod show;
 mod stats;
 
 use crate::cli::{Cli, Command, Global};
+use crate::pass::{self, Action, PassConfig};
 use courier::amqp::AmqpUrl;
-use courier::broker::Admin;
+use courier::broker::{Admin, BrokerError};
 use courier::metrics::Metrics;
 use courier::publisher::{Publisher, PublisherConfig};
-use courier::topology::QueueType;
+use courier::retry::RetryPolicy;
+use courier::topology::{ArgValue, QueueType, DEAD_LETTER_QUEUE_DELIVERY_LIMIT};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,17 +61,25 @@ async fn close_publisher(p: &Publisher) {
     let _ = tokio::time::timeout(Duration::from_secs(45), p.close()).await;
 }
 
-/// Inspection gives messages back with a requeue; on a quorum queue that may count as a
-/// delivery attempt (and a 4.x default `x-delivery-limit` of 20 would eventually drop them).
+/// Inspection gives messages back with a requeue; on a quorum queue that counts as a delivery
+/// attempt. Courier declares a quorum DLQ with an effectively unlimited `x-delivery-limit`, but a
+/// topology whose DLQ says otherwise (or a broker default of 20 on 4.x for a DLQ declared some
+/// other way) would eventually drop messages inspected many times.
 fn warn_if_quorum(g: &Global, queue: &str) {
-    if let Ok(t) = g.topology() {
-        if t.queue(queue)
-            .is_some_and(|q| q.queue_type == QueueType::Quorum)
-        {
-            eprintln!(
-                "warning: {queue} is a quorum queue: inspecting requeues the messages it looks at, which may count against x-delivery-limit; set the DLQ's delivery limit to unlimited, or keep it classic (the default)"
-            );
-        }
+    let Ok(t) = g.topology() else { return };
+    let Some(q) = t.queue(queue) else { return };
+    if q.queue_type != QueueType::Quorum {
+        return;
+    }
+    let limit = match q.arguments.get("x-delivery-limit") {
+        Some(ArgValue::Int(n)) => Some(*n),
+        _ => None,
+    };
+    if limit.is_none_or(|n| n < DEAD_LETTER_QUEUE_DELIVERY_LIMIT) {
+        eprintln!(
+            "warning: {queue} is a quorum queue with a delivery limit of {}: inspecting requeues the messages it looks at, and each look counts against it; leave the dead-letter queue's delivery limit to Courier (unlimited), or keep the queue classic",
+            limit.map_or_else(|| "the broker's default".to_owned(), |n| n.to_string())
+        );
     }
 }
 
@@ -132,6 +142,103 @@ fn print_report(verb: &str, queue: &str, r: &crate::pass::Report) {
                 thousands(r.stayed - r.stayed_list.len() as u64)
             );
         }
+    }
+}
+
+/// How long a replay or purge keeps resuming after it lost its connection: long enough for a
+/// cluster to elect new queue leaders or a broker to restart, short enough that a broker gone
+/// for good ends the command with its error.
+const RESUME_FOR: Duration = Duration::from_secs(120);
+
+/// Runs passes of `action` over `config.queue` on `broker` until one ends for any reason but a
+/// lost connection. After a loss, every unacknowledged message is back in the queue, so another
+/// pass over what is left is safe: it connects again (to the next node first, when `AMQP_URL`
+/// lists several), with backoff, for up to [`RESUME_FOR`], and acts on at most what `--limit`
+/// has left. Each pass prints its own report. Export does not resume: its file would need
+/// reopening (`--append`), which is the user's call.
+async fn resuming(
+    url: &AmqpUrl,
+    mut broker: Admin,
+    what: &str,
+    verb: &str,
+    mut config: PassConfig,
+    action: impl Fn() -> Action,
+) -> anyhow::Result<ExitCode> {
+    let queue = config.queue.clone();
+    // A replay publishes its copies; a purge only puts back what is not selected. Either way
+    // the publisher connects on first use, and reconnects by itself after a loss.
+    let publisher = publisher(
+        url,
+        what,
+        &queue,
+        config.window.try_into().unwrap_or(u16::MAX),
+    );
+    let mut waits = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(10)).delays();
+    let mut stayed = 0u64;
+    let mut since: Option<std::time::Instant> = None;
+    loop {
+        let (report, failure) = pass::run(&broker, &publisher, &config, action()).await;
+        if report.started {
+            print_report(verb, &queue, &report);
+        }
+        stayed += report.stayed;
+        let resumable = failure.as_ref().is_some_and(|e| {
+            e.downcast_ref::<pass::Lost>().is_some()
+                // The first pass after a loss can find the old consumer still registered, until
+                // the broker notices that its connection is gone.
+                || (since.is_some()
+                    && matches!(e.downcast_ref::<BrokerError>(), Some(BrokerError::QueueBusy { .. })))
+        });
+        let started = *since.get_or_insert_with(std::time::Instant::now);
+        let e = match failure {
+            Some(e) if resumable && started.elapsed() < RESUME_FOR => e,
+            failure => {
+                close_publisher(&publisher).await;
+                broker.close().await;
+                if failure.is_none() && stayed > 0 {
+                    anyhow::bail!(
+                        "{stayed} selected message(s) could not be moved and are still in {queue} (listed above)"
+                    );
+                }
+                return pass_outcome(&report, failure, &queue);
+            }
+        };
+        config.limit = config.limit.map(|l| l.saturating_sub(report.acted));
+        url.mark_lost(broker.node());
+        let wait = waits.next_delay();
+        if matches!(
+            e.downcast_ref::<BrokerError>(),
+            Some(BrokerError::QueueBusy { .. })
+        ) {
+            // Seen on a cluster: a quorum queue keeps the consumer of a node that went down
+            // registered ("suspected down") until that node is back.
+            eprintln!(
+                "warning: {queue} still lists a consumer, most likely the lost connection's (a quorum queue keeps the consumer of a node that is down until the node returns); resuming on what is left in {wait:?}"
+            );
+        } else {
+            eprintln!(
+                "warning: {e:#}; resuming on what is left in {queue} in {wait:?}{}",
+                if url.node_count() > 1 {
+                    " (on another node first)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), broker.close()).await;
+        broker = loop {
+            tokio::time::sleep(wait).await;
+            match connect(url, what, &queue).await {
+                Ok(b) => break b,
+                Err(e) if started.elapsed() < RESUME_FOR => {
+                    eprintln!("warning: {e:#}; trying again");
+                }
+                Err(e) => {
+                    close_publisher(&publisher).await;
+                    return Err(e.context(format!("resuming the pass over {queue}")));
+                }
+            }
+        };
     }
 }
 

@@ -1,10 +1,10 @@
 //! `courier-dlq purge`: delete selected dead letters for good; refuses without `--yes`.
 
 use super::dry_run::{self, Verb};
-use super::{close_publisher, connect, pass_outcome, print_report, publisher};
+use super::{connect, resuming};
 use crate::cli::{Global, PurgeArgs};
 use crate::error::UsageError;
-use crate::pass::{self, Action, PassConfig};
+use crate::pass::{Action, PassConfig};
 use std::process::ExitCode;
 
 pub async fn run(g: &Global, a: PurgeArgs) -> anyhow::Result<ExitCode> {
@@ -21,21 +21,13 @@ pub async fn run(g: &Global, a: PurgeArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let broker = connect(&url, "purge", &queue).await?;
-    // Only unselected messages are published (put back in order), so connect on first use.
-    let publisher = publisher(&url, "purge", &queue, a.pass.window);
     let config = PassConfig {
-        queue: queue.clone(),
+        queue,
         filter,
         limit: a.pass.limit,
         rate: a.pass.rate,
         window: usize::from(a.pass.window),
         progress: true,
     };
-    let (report, failure) = pass::run(&broker, &publisher, config, Action::Purge).await;
-    close_publisher(&publisher).await;
-    broker.close().await;
-    if report.started {
-        print_report("purged", &queue, &report);
-    }
-    pass_outcome(&report, failure, &queue)
+    resuming(&url, broker, "purge", "purged", config, || Action::Purge).await
 }

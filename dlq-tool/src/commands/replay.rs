@@ -1,9 +1,9 @@
 //! `courier-dlq replay`: send dead letters back, confirmed, with attempts reset.
 
 use super::dry_run::{self, Verb};
-use super::{close_publisher, connect, pass_outcome, print_report, publisher};
+use super::{connect, resuming};
 use crate::cli::{Global, ReplayArgs};
-use crate::pass::{self, Action, PassConfig};
+use crate::pass::{Action, PassConfig};
 use std::process::ExitCode;
 
 pub async fn run(g: &Global, a: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -24,21 +24,18 @@ pub async fn run(g: &Global, a: ReplayArgs) -> anyhow::Result<ExitCode> {
             )
             .await?;
     }
-    let publisher = publisher(&url, "replay", &queue, a.pass.window);
     let config = PassConfig {
-        queue: queue.clone(),
+        queue,
         filter,
         limit: a.pass.limit,
         rate: a.pass.rate,
         window: usize::from(a.pass.window),
         progress: true,
     };
-    let (report, failure) =
-        pass::run(&broker, &publisher, config, Action::Replay { to_queue }).await;
-    close_publisher(&publisher).await;
-    broker.close().await;
-    if report.started {
-        print_report("replayed", &queue, &report);
-    }
-    pass_outcome(&report, failure, &queue)
+    resuming(&url, broker, "replay", "replayed", config, || {
+        Action::Replay {
+            to_queue: to_queue.clone(),
+        }
+    })
+    .await
 }

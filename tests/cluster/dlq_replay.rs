@@ -1,0 +1,148 @@
+//! `courier-dlq replay` whose node dies midway: it resumes on another node by itself, and every
+//! dead letter ends up replayed exactly once or, at worst, twice — never lost.
+
+use crate::census::*;
+use crate::cluster::*;
+use crate::node_loss::{cluster_topology, ids};
+use crate::util::*;
+use crate::SETTLE;
+use courier::envelope;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEAD_LETTERS: usize = 3_000;
+
+/// The `courier-dlq` binary of this workspace (built by the workspace test run before this one).
+fn dlq_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("courier-dlq");
+    if !bin.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-p", "dlq-tool", "--bin", "courier-dlq"])
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "cannot build courier-dlq");
+    }
+    bin
+}
+
+/// Fills the dead-letter queue with worker-style dead letters whose origin is the email queue.
+async fn seed(t: &TestTopology, ids: &[String]) {
+    let p = publisher().await;
+    let origin = envelope::Origin {
+        exchange: t.exchange(),
+        routing_key: "email".into(),
+        queue: t.name("notifications.email"),
+    };
+    let futs = ids.iter().map(|id| {
+        let mut m = job("", &t.dlq(), id, 0);
+        m.properties = m.properties.with_headers(envelope::dead_letter_headers(
+            None,
+            5,
+            envelope::Reason::MaxAttempts,
+            "HTTP 503",
+            &origin,
+            envelope::now_millis(),
+        ));
+        p.publish(m)
+    });
+    for r in futures_util::future::join_all(futs).await {
+        r.expect("seeded");
+    }
+    p.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_node_dies_midway_resumes_on_another_and_loses_nothing() {
+    let t = cluster_topology("c.replay").await;
+    let sent = ids("cd", DEAD_LETTERS);
+    seed(&t, &sent).await;
+    let work = t.name("notifications.email");
+    let doomed = leader(&t.dlq()).await;
+    let log = std::env::temp_dir().join(format!("{}replay.err", t.prefix));
+    let mut replay = Command::new(dlq_bin())
+        .args(["replay", "--rate", "500/s"])
+        .env("AMQP_URL", url_from(doomed))
+        .env("COURIER_PREFIX", &t.prefix)
+        .env("COURIER_TOPOLOGY", &t.file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn_within(CHILD_DEADLINE);
+    wait_depth(&work, 500, SETTLE).await;
+    assert!(
+        matches!(replay.try_wait(), Ok(None)),
+        "the replay finished before the fault"
+    );
+    let fault = NodeFault::kill(doomed).await;
+    let killed_at = Instant::now();
+    let moved_at_kill = depth(&work).await as usize;
+    assert!(
+        moved_at_kill < DEAD_LETTERS,
+        "the node died after the replay was done"
+    );
+    // The replay notices and resumes; but a quorum queue keeps the consumer of a node that is
+    // down registered (suspected down) until the node is back, so the resumed pass cannot take
+    // the queue exclusively until then: the node is restarted, as its supervisor would.
+    let deadline = Instant::now() + SETTLE;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("resuming on what is left")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replay never noticed: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = fault.restart().await;
+    let out = tokio::task::spawn_blocking(move || replay.wait_with_output())
+        .await
+        .expect("join")
+        .expect("replay output");
+    let failover = killed_at.elapsed();
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the replay did not finish by itself: {}\n{}{err}",
+        out.status,
+        stdout(&out)
+    );
+    assert!(
+        err.contains("resuming on what is left"),
+        "the replay never lost its node: {err}"
+    );
+    let mut c = Census::new(&sent);
+    c.add(QUEUED, drain(&work).await.iter().map(id_of));
+    c.add(DEAD, drain(&t.dlq()).await.iter().map(id_of));
+    assert!(
+        c.lost().is_empty() && c.unexpected().is_empty(),
+        "{}",
+        c.summary()
+    );
+    assert_eq!(
+        c.in_place(QUEUED),
+        DEAD_LETTERS,
+        "every dead letter replayed: {}",
+        c.summary()
+    );
+    assert_eq!(c.in_place(DEAD), 0, "left in the DLQ: {}", c.summary());
+    eprintln!(
+        "node {doomed} killed with {moved_at_kill} of {DEAD_LETTERS} replayed; the replay \
+         finished {failover:?} later; {}",
+        c.summary()
+    );
+    ClusterRow::new(
+        &format!(
+            "`courier-dlq replay --rate 500/s` whose node (the DLQ's leader) is killed midway, then restarted (back in {:.0} s)",
+            back.as_secs_f64()
+        ),
+        DEAD_LETTERS,
+        &c,
+        failover,
+        Duration::ZERO,
+    )
+    .passed();
+}
