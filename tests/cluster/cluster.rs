@@ -3,9 +3,7 @@
 
 use crate::census::{run, Census};
 use crate::util::*;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The nodes' AMQP URLs: `COURIER_CLUSTER_NODES` (space separated, as `scripts/rabbitmq-cluster
@@ -241,23 +239,10 @@ impl ClusterRow {
         }
     }
 
-    /// Writes the row: call it after the case's last assertion. One file per broker version,
-    /// holding one run (the first row of a run replaces what an earlier run left).
+    /// Writes the row to `target/tmp/cluster-<broker version>.jsonl`: call it after the case's
+    /// last assertion.
     pub fn passed(self) {
-        let line = serde_json::to_string(&self).expect("row JSON");
-        eprintln!("CLUSTER {line}");
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("cluster-{}.jsonl", self.run.broker));
-        static FRESH: OnceLock<()> = OnceLock::new();
-        FRESH.get_or_init(|| {
-            let _ = std::fs::remove_file(&path);
-        });
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        writeln!(f, "{line}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = format!("cluster-{}.jsonl", self.run.broker);
+        crate::census::append_row("CLUSTER", &name, &self);
     }
 }

@@ -3,62 +3,19 @@
 
 use crate::census::*;
 use crate::cluster::*;
-use crate::node_loss::{cluster_topology, ids};
+use crate::harness::{dlq_bin, seed_dead_letters};
+use crate::node_loss::cluster_topology;
 use crate::util::*;
 use crate::SETTLE;
-use courier::envelope;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DEAD_LETTERS: usize = 3_000;
 
-/// The `courier-dlq` binary of this workspace (built by the workspace test run before this one).
-fn dlq_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("courier-dlq");
-    if !bin.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "dlq-tool", "--bin", "courier-dlq"])
-            .status()
-            .expect("cargo build")
-            .success();
-        assert!(ok, "cannot build courier-dlq");
-    }
-    bin
-}
-
-/// Fills the dead-letter queue with worker-style dead letters whose origin is the email queue.
-async fn seed(t: &TestTopology, ids: &[String]) {
-    let p = publisher().await;
-    let origin = envelope::Origin {
-        exchange: t.exchange(),
-        routing_key: "email".into(),
-        queue: t.name("notifications.email"),
-    };
-    let futs = ids.iter().map(|id| {
-        let mut m = job("", &t.dlq(), id, 0);
-        m.properties = m.properties.with_headers(envelope::dead_letter_headers(
-            None,
-            5,
-            envelope::Reason::MaxAttempts,
-            "HTTP 503",
-            &origin,
-            envelope::now_millis(),
-        ));
-        p.publish(m)
-    });
-    for r in futures_util::future::join_all(futs).await {
-        r.expect("seeded");
-    }
-    p.close().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_whose_node_dies_midway_resumes_on_another_and_loses_nothing() {
     let t = cluster_topology("c.replay").await;
-    let sent = ids("cd", DEAD_LETTERS);
-    seed(&t, &sent).await;
+    let sent = seed_dead_letters(&t, "cd", DEAD_LETTERS).await;
     let work = t.name("notifications.email");
     let doomed = leader(&t.dlq()).await;
     let log = std::env::temp_dir().join(format!("{}replay.err", t.prefix));

@@ -255,23 +255,31 @@ impl Row {
     /// version (`target/tmp/reliability-<version>.jsonl`) and holds one run only: the first
     /// row of a run replaces whatever an earlier run left.
     pub fn passed(self) {
-        let line = serde_json::to_string(&self).expect("row JSON");
-        eprintln!("RELIABILITY {line}");
-        let path = results_file(&self.run);
-        static FRESH: OnceLock<()> = OnceLock::new();
-        FRESH.get_or_init(|| {
-            let _ = std::fs::remove_file(&path);
-        });
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        writeln!(f, "{line}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = format!("reliability-{}.jsonl", self.run.broker);
+        append_row("RELIABILITY", &name, &self);
     }
 }
 
-fn results_file(run: &Run) -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("reliability-{}.jsonl", run.broker))
+/// Appends `row` as a JSON line to `target/tmp/<file>` (echoed on stderr after `tag`). A file
+/// holds one run only: the first row a test process writes to it replaces what an earlier run
+/// left.
+pub fn append_row(tag: &str, file: &str, row: &impl serde::Serialize) {
+    let line = serde_json::to_string(row).expect("row JSON");
+    eprintln!("{tag} {line}");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(file);
+    static FRESH: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut fresh = FRESH.lock().unwrap_or_else(|e| e.into_inner());
+        if !fresh.contains(&path) {
+            let _ = std::fs::remove_file(&path);
+            fresh.push(path.clone());
+        }
+    }
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    writeln!(f, "{line}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }

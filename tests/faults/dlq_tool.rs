@@ -5,52 +5,7 @@ use crate::census::*;
 use crate::harness::*;
 use crate::util::*;
 use crate::LONG;
-use courier::envelope;
 use std::time::{Duration, Instant};
-
-/// The `courier-dlq` binary of this workspace (built by the workspace test run before this one).
-fn dlq_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("courier-dlq");
-    if !bin.exists() {
-        let ok = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "dlq-tool", "--bin", "courier-dlq"])
-            .status()
-            .expect("cargo build")
-            .success();
-        assert!(ok, "cannot build courier-dlq");
-    }
-    bin
-}
-
-/// Fills the DLQ with `n` worker-style dead letters whose origin is the email queue.
-async fn seed_dead_letters(t: &TestTopology, tag: &str, n: usize) -> Vec<String> {
-    let p = publisher().await;
-    let origin = envelope::Origin {
-        exchange: t.exchange(),
-        routing_key: "email".into(),
-        queue: t.name("notifications.email"),
-    };
-    let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
-    let futs = ids.iter().map(|id| {
-        let mut m = job("", &t.dlq(), id, 0);
-        let h = envelope::dead_letter_headers(
-            None,
-            5,
-            envelope::Reason::MaxAttempts,
-            "HTTP 503",
-            &origin,
-            envelope::now_millis(),
-        );
-        m.properties = m.properties.with_headers(h);
-        p.publish(m)
-    });
-    for r in futures_util::future::join_all(futs).await {
-        r.expect("seeded");
-    }
-    ids
-}
 
 /// Waits until `queue` has no consumer: the broker has taken back a dead tool's deliveries
 /// (they return to the queue as its consumer goes). AMQP's count is current; the management

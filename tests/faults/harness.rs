@@ -1,6 +1,7 @@
 //! Fault-suite harness: worker processes, broker control, a TCP proxy, result rows.
 
 use crate::util::*;
+use courier::envelope;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -422,4 +423,48 @@ async fn pipe(client: TcpStream, server: TcpStream, controls: Controls) {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
+}
+
+/// The `courier-dlq` binary of this workspace (built by the workspace test run before this one).
+pub fn dlq_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("courier-dlq");
+    if !bin.exists() {
+        let ok = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "dlq-tool", "--bin", "courier-dlq"])
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "cannot build courier-dlq");
+    }
+    bin
+}
+
+/// Fills the DLQ with `n` worker-style dead letters whose origin is the email queue.
+pub async fn seed_dead_letters(t: &TestTopology, tag: &str, n: usize) -> Vec<String> {
+    let p = publisher().await;
+    let origin = envelope::Origin {
+        exchange: t.exchange(),
+        routing_key: "email".into(),
+        queue: t.name("notifications.email"),
+    };
+    let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    let futs = ids.iter().map(|id| {
+        let mut m = job("", &t.dlq(), id, 0);
+        let h = envelope::dead_letter_headers(
+            None,
+            5,
+            envelope::Reason::MaxAttempts,
+            "HTTP 503",
+            &origin,
+            envelope::now_millis(),
+        );
+        m.properties = m.properties.with_headers(h);
+        p.publish(m)
+    });
+    for r in futures_util::future::join_all(futs).await {
+        r.expect("seeded");
+    }
+    ids
 }
