@@ -242,3 +242,37 @@ async fn a_worker_waiting_for_its_queue_serves_every_family_and_counts_its_retri
         .await
         .success());
 }
+
+#[tokio::test]
+async fn a_ready_worker_names_its_broker_node_in_metrics_and_readyz() {
+    let t = TestTopology::fast("metrics-node").await;
+    let addr = free_addr();
+    let mut child = spawn_noop_worker_with_metrics(&t.prefix, &t.file, &addr);
+    let node = parsed_url().nodes_in_turn()[0].0.address.clone();
+    let series = format!("courier_broker_node{{connection=\"consumer\",node=\"{node}\"}} 1");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = first_metrics(&addr).await;
+        // A line of its own: the HELP text says "courier_ready 1 while ...".
+        if text.lines().any(|l| l == "courier_ready 1") {
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing:\n{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .expect("readyz answers")
+        .text()
+        .await
+        .expect("readyz body");
+    assert_eq!(body.trim(), format!("ready: consuming on {node}"));
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(15))
+        .await
+        .success());
+}
