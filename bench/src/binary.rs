@@ -57,8 +57,9 @@ pub const IDS: [&str; 8] = [
     SIDES[0].1, SIDES[0].2, SIDES[1].1, SIDES[1].2, E2E.0, E2E.1, RETRY.0, RETRY.1,
 ];
 
-/// The worker's default prefetch, used by the end-to-end and retry pairs.
-const E2E_PREFETCH: u16 = 200;
+/// The worker's default prefetch, used by the end-to-end and retry pairs (and the `cluster`
+/// group's).
+pub const E2E_PREFETCH: u16 = 200;
 
 /// Every measurement of one round: per prefetch, raw and binary, then end to end, then the
 /// retry hop (raw first in odd rounds, binary first in even ones).
@@ -78,9 +79,9 @@ pub async fn round(env: &Env, courier: &Path, round: u32) -> Vec<Measurement> {
     for raw_side in [raw_first, !raw_first] {
         env.reset().await;
         out.push(if raw_side {
-            raw_e2e(env).await
+            raw_e2e(env, E2E.0).await
         } else {
-            binary_e2e(env, courier).await
+            binary_e2e(env, courier, E2E.1).await
         });
     }
     for raw_side in [raw_first, !raw_first] {
@@ -150,7 +151,7 @@ async fn idle(pid: u32, limit: Duration) {
 
 /// Messages left anywhere the worker could have put them: the work queue, its retry tiers,
 /// the dead-letter queue.
-async fn left_over(env: &Env) -> anyhow::Result<(u64, Vec<String>)> {
+pub async fn left_over(env: &Env) -> anyhow::Result<(u64, Vec<String>)> {
     let mut total = 0u64;
     let mut where_ = Vec::new();
     for q in &env.main.queues {
@@ -225,7 +226,7 @@ async fn raw_drain(env: &Env, id: &str, prefetch: u16) -> Measurement {
 }
 
 /// A `courier work` child process of a scenario.
-struct Worker {
+pub struct Worker {
     child: tokio::process::Child,
     pid: u32,
     log: std::path::PathBuf,
@@ -235,7 +236,7 @@ struct Worker {
 impl Worker {
     /// Starts `cmd` (from [`Env::worker`]) with the worker's defaults for logging, concurrency
     /// and metrics, whatever the bench's own environment says; its stderr goes to `<id>.log`.
-    fn spawn(
+    pub fn spawn(
         env: &Env,
         id: &str,
         cmd: impl FnOnce(std::fs::File) -> tokio::process::Command,
@@ -261,7 +262,7 @@ impl Worker {
     }
 
     /// Runs `work` unless the worker exits first (an error naming its log).
-    async fn during<T>(
+    pub async fn during<T>(
         &mut self,
         work: impl std::future::Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
@@ -338,9 +339,22 @@ async fn binary_drain(env: &Env, courier: &Path, id: &str, prefetch: u16) -> Mea
 }
 
 /// Stops `worker` (see [`Worker::stop`]); returns when it was started.
-async fn worker_stop(worker: Worker, env: &Env, settle: bool) -> anyhow::Result<Instant> {
+pub async fn worker_stop(worker: Worker, env: &Env, settle: bool) -> anyhow::Result<Instant> {
     let started = worker.started;
     worker.stop(env, settle).await.map(|()| started)
+}
+
+/// Waits until `queue` has a consumer (`who`, for the error), at most 30 s.
+pub async fn subscribed(env: &Env, queue: &str, who: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while env.scratch.consumers(queue).await? == 0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "{who} did not subscribe to {queue} within 30 s"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
 }
 
 /// Publishes the run's N messages (priority 5) to the main exchange while a consumer is on the
@@ -370,10 +384,11 @@ async fn publish_and_watch(env: &Env, queue: &str) -> anyhow::Result<(Instant, I
     }
 }
 
-/// `baseline.half.e2e`: the raw consumer (ack every P/2) on the queue first, then N confirmed
-/// publishes; from the first publish to an empty queue.
-async fn raw_e2e(env: &Env) -> Measurement {
-    let (id, n) = (E2E.0, env.messages);
+/// `baseline.half.e2e` (and the `cluster` group's `baseline.cluster.e2e`, as `id`): the raw
+/// consumer (ack every P/2) on the queue first, then N confirmed publishes; from the first
+/// publish to an empty queue.
+pub async fn raw_e2e(env: &Env, id: &str) -> Measurement {
+    let n = env.messages;
     let queue = env.work_queue(&env.main).to_owned();
     let tally = Arc::new(Tally::new(n, false));
     let run = async {
@@ -400,10 +415,11 @@ async fn raw_e2e(env: &Env) -> Measurement {
     }
 }
 
-/// `binary.e2e`: `courier work --handler noop` consuming first, then N confirmed publishes from
-/// this process; from the first publish to an empty queue.
-async fn binary_e2e(env: &Env, courier: &Path) -> Measurement {
-    let (id, n) = (E2E.1, env.messages);
+/// `binary.e2e` (and the `cluster` group's `binary.cluster.e2e`, as `id`): `courier work
+/// --handler noop` consuming first, then N confirmed publishes from this process; from the
+/// first publish to an empty queue.
+pub async fn binary_e2e(env: &Env, courier: &Path, id: &str) -> Measurement {
+    let n = env.messages;
     let queue = env.work_queue(&env.main).to_owned();
     let mut counts = Counts {
         expected: n,
@@ -413,19 +429,7 @@ async fn binary_e2e(env: &Env, courier: &Path) -> Measurement {
     let run = async {
         let mut worker = Worker::spawn(env, id, |log| env.noop_worker(courier, E2E_PREFETCH, log))?;
         // Consuming before the clock starts, as the raw consumer is.
-        let subscribed = worker
-            .during(async {
-                let started = Instant::now();
-                while env.scratch.consumers(&queue).await? == 0 {
-                    anyhow::ensure!(
-                        started.elapsed() < Duration::from_secs(30),
-                        "the worker did not subscribe to {queue} within 30 s"
-                    );
-                    tokio::time::sleep(POLL).await;
-                }
-                anyhow::Ok(())
-            })
-            .await;
+        let subscribed = worker.during(subscribed(env, &queue, "the worker")).await;
         let before = env.cpu();
         let watched = match subscribed {
             Ok(()) => worker.during(publish_and_watch(env, &queue)).await,

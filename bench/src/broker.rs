@@ -29,9 +29,18 @@ impl Scratch {
     /// # Errors
     /// When the broker cannot be reached.
     pub async fn connect(url: &AmqpUrl) -> anyhow::Result<Self> {
+        Self::connect_to(url, "is RabbitMQ running? scripts/rabbitmq-up").await
+    }
+
+    /// [`Scratch::connect`] to another broker (the `cluster` group's), `hint` saying how to
+    /// start it.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached.
+    pub async fn connect_to(url: &AmqpUrl, hint: &str) -> anyhow::Result<Self> {
         let admin = Admin::connect(url, "courier-bench control")
             .await
-            .context("cannot connect to the broker (is RabbitMQ running? scripts/rabbitmq-up)")?;
+            .with_context(|| format!("cannot connect to the broker at {url} ({hint})"))?;
         Ok(Self {
             url: url.clone(),
             admin,

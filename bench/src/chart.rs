@@ -303,6 +303,7 @@ mod tests {
                 load_before: None,
                 load_after: None,
                 profile: "release".into(),
+                cluster: None,
             },
             params: Params {
                 messages: 10,

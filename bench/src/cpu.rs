@@ -6,7 +6,10 @@
 //! (a retry costs the broker more than a plain delivery, whoever the client is).
 //!
 //! Read from `/proc`: this process's own time (in-process scenarios), its waited-for children's
-//! time (scenarios run as processes), and the local broker's (`beam.smp`) when it runs here.
+//! time (scenarios run as processes), and the local broker's (`beam.smp`) when it runs here
+//! (a cluster's nodes summed).
+
+use courier::amqp::AmqpUrl;
 
 /// Clock ticks per second of `/proc/*/stat` times (`getconf CLK_TCK`; 100 on Linux).
 fn ticks_per_second() -> f64 {
@@ -38,16 +41,87 @@ pub fn process_seconds(pid: u32) -> Option<f64> {
     times(&pid.to_string()).map(|t| t[0] + t[1])
 }
 
-/// The local broker's process id, if RabbitMQ runs on this machine.
+/// The local broker's process id, if RabbitMQ runs on this machine: the first `beam.smp`.
 pub fn find_broker() -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
+    beams().into_iter().next()
+}
+
+/// Every `beam.smp` process, by pid.
+fn beams() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = dir
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
+        .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.trim() == "beam.smp")
         })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Inodes of the sockets listening on TCP `port` (any address), from `/proc/net/tcp{,6}`.
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let wanted = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    // local_address is "ADDR:PORT" in hex; state 0A is LISTEN; inode is field 9.
+                    let local_port = f.get(1)?.rsplit(':').next()?;
+                    (local_port == wanted && *f.get(3)? == "0A")
+                        .then(|| f.get(9)?.parse().ok())
+                        .flatten()
+                })
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// The `beam.smp` that listens on `port`, if one does and its file descriptors can be read
+/// (they can as root or as the broker's user).
+fn beam_listening_on(port: u16, beams: &[u32]) -> Option<u32> {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    beams.iter().copied().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.filter_map(Result::ok).any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str()))
+            })
+        })
+    })
+}
+
+/// The local broker processes behind `url`: for every node on this machine (127.0.0.1,
+/// localhost, ::1), the `beam.smp` listening on its port. With several brokers on the machine
+/// (the default one and a cluster's nodes) this tells them apart. Empty when a node is remote
+/// or cannot be told; a single-node URL then falls back to [`find_broker`].
+pub fn find_brokers(url: &AmqpUrl) -> Vec<u32> {
+    let beams = beams();
+    let nodes = url.nodes_in_turn();
+    let mut found = Vec::new();
+    for (_, uri) in &nodes {
+        let a = &uri.authority;
+        let local = matches!(a.host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]");
+        match local.then(|| beam_listening_on(a.port, &beams)).flatten() {
+            Some(pid) if !found.contains(&pid) => found.push(pid),
+            Some(_) => {}
+            None if nodes.len() == 1 => return find_broker().into_iter().collect(),
+            None => return Vec::new(),
+        }
+    }
+    found
 }
 
 /// CPU seconds at one instant.
@@ -57,19 +131,26 @@ pub struct Sample {
     own: f64,
     /// Children this process has waited for.
     children: f64,
-    /// The broker, if local.
+    /// The broker (every node, summed), if local.
     broker: Option<f64>,
 }
 
-/// Reads the counters now.
-pub fn sample(broker: Option<u32>) -> Sample {
+/// Reads the counters now; `brokers` are the broker's processes (a cluster's nodes are
+/// summed; none known, or one gone, gives no broker figure).
+pub fn sample(brokers: &[u32]) -> Sample {
     let me = times("self").unwrap_or_default();
+    let broker = if brokers.is_empty() {
+        None
+    } else {
+        brokers
+            .iter()
+            .map(|p| times(&p.to_string()).map(|t| t[0] + t[1]))
+            .sum::<Option<f64>>()
+    };
     Sample {
         own: me[0] + me[1],
         children: me[2] + me[3],
-        broker: broker
-            .and_then(|p| times(&p.to_string()))
-            .map(|t| t[0] + t[1]),
+        broker,
     }
 }
 
@@ -119,14 +200,14 @@ mod tests {
 
     #[test]
     fn own_cpu_time_grows_with_work() {
-        let before = sample(None);
+        let before = sample(&[]);
         let mut x = 0u64;
         let started = std::time::Instant::now();
         while started.elapsed() < std::time::Duration::from_millis(60) {
             x = x.wrapping_mul(31).wrapping_add(7);
         }
         std::hint::black_box(x);
-        let after = sample(None);
+        let after = sample(&[]);
         let per = before.per_message(&after, 1, false);
         assert!(per.client_us.is_some_and(|us| us > 0.0));
         assert!(per.broker_us.is_none());

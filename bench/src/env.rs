@@ -41,8 +41,9 @@ pub struct Env {
     pub stall: Duration,
     /// Scratch files (peer script, export files, logs); removed at the end.
     pub tmp: PathBuf,
-    /// The local broker's process, for its CPU time; `None` when it runs elsewhere.
-    pub broker_pid: Option<u32>,
+    /// The local broker's processes (a cluster's nodes), for their CPU time; empty when it
+    /// runs elsewhere.
+    pub broker_pids: Vec<u32>,
 }
 
 impl Env {
@@ -105,7 +106,7 @@ impl Env {
 
     /// CPU counters now (this process, its children, the broker).
     pub fn cpu(&self) -> cpu::Sample {
-        cpu::sample(self.broker_pid)
+        cpu::sample(&self.broker_pids)
     }
 
     /// `courier work --handler noop --prefetch P` on the main topology's email queue, as the

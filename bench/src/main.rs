@@ -11,6 +11,7 @@
 //! cargo run --release -p courier-bench -- --messages 100000 --rounds 3 --out docs/benchmarks/results.json
 //! cargo run --release -p courier-bench -- chart --in docs/benchmarks/results.json --out docs/benchmarks/chart.svg
 //! cargo run -p courier-bench -- --smoke      # CI: a few hundred messages, every scenario once
+//! cargo run --release -p courier-bench -- --only cluster --messages 20000   # needs scripts/rabbitmq-cluster up
 //! ```
 //!
 //! # Layout
@@ -22,6 +23,8 @@
 //! - [`memory`]: the `courier work` binary's peak RSS under a large backlog.
 //! - [`binary`]: the `courier work` binary draining a backlog against raw lapin at prefetch
 //!   200 and 500.
+//! - [`cluster`]: the `courier work` binary end to end against raw lapin on a 3-node cluster
+//!   with quorum queues (opt-in: only with `--only cluster`).
 //! - [`payload`], [`tally`]: the message body with its stamp; counting ids and latency.
 //! - [`cpu`]: client and broker CPU per message, from `/proc`.
 //! - [`broker`]: our prefixed objects on the shared broker, and their clean-up.
@@ -31,6 +34,7 @@
 mod binary;
 mod broker;
 mod chart;
+mod cluster;
 mod courier_lib;
 mod cpu;
 mod dlq;
@@ -66,7 +70,9 @@ const RETRY_TOPOLOGY: &str = include_str!("../topology/retry.toml");
 /// prints medians and per-round ratios; writes everything as JSON (--out). Every message id is
 /// counted: a lost message fails the run (exit 1).
 ///
-/// Scenario groups (--only): baseline, courier, retry, http, dlq, peer, memory, binary.
+/// Scenario groups (--only): baseline, courier, retry, http, dlq, peer, memory, binary, and
+/// cluster (a 3-node RabbitMQ cluster with quorum queues; runs only when --only names it, so
+/// never in --smoke or a run without --only).
 #[derive(Debug, Parser)]
 #[command(
     name = "courier-bench",
@@ -110,12 +116,15 @@ struct RunArgs {
     #[arg(long)]
     memory_backlog: Option<u64>,
     /// CI mode: 300 messages, one round, every scenario except memory (and the Python peer
-    /// only if pika imports); no speed assertion, fails only on a lost message or an error.
+    /// only if pika imports) and cluster (unless --only cluster: it needs the cluster); no
+    /// speed assertion, fails only on a lost message or an error.
     #[arg(long)]
     smoke: bool,
     /// Only these scenario groups (comma-separated): baseline, courier, retry, http, dlq,
     /// peer, memory, binary (the `courier work` binary against raw lapin, prefetch 200 and
-    /// 500).
+    /// 500), cluster (the binary against raw lapin end to end on a 3-node cluster with quorum
+    /// queues, see --cluster-url; opt-in: it runs only when named here, never by default nor
+    /// in --smoke, and needs `scripts/rabbitmq-cluster up`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results JSON [default: <target dir>/courier-bench/results.json].
@@ -136,6 +145,13 @@ struct RunArgs {
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
     amqp_url: String,
+    /// The cluster of the `cluster` group, its nodes comma-separated (as `scripts/rabbitmq-cluster
+    /// env` prints AMQP_URL); separate from --amqp-url, which the other groups use. The group
+    /// never starts it: when a node does not answer it fails at once, saying so [default: the
+    /// three nodes of scripts/rabbitmq-cluster, amqp://guest:guest@127.0.0.1:5681/%2f, ...:5682,
+    /// ...:5683]
+    #[arg(long, env = "COURIER_BENCH_CLUSTER_URL", default_value = cluster::DEFAULT_URL, hide_env_values = true, hide_default_value = true)]
+    cluster_url: String,
     /// Where the `courier` and `courier-dlq` binaries are [default: next to courier-bench].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -145,12 +161,16 @@ struct RunArgs {
 }
 
 const GROUPS: &[&str] = &[
-    "baseline", "courier", "retry", "http", "dlq", "peer", "memory", "binary",
+    "baseline", "courier", "retry", "http", "dlq", "peer", "memory", "binary", "cluster",
 ];
+
+/// Groups that run only when `--only` names them: they need more than the broker of
+/// `--amqp-url` (the cluster), so neither a run without `--only` nor `--smoke` includes them.
+const OPT_IN: &[&str] = &["cluster"];
 
 impl RunArgs {
     fn wants(&self, group: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|g| g == group)
+        (self.only.is_empty() && !OPT_IN.contains(&group)) || self.only.iter().any(|g| g == group)
     }
 }
 
@@ -270,6 +290,13 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         "--prefetch, --window and --concurrency must be at least 1"
     );
     let url: AmqpUrl = args.amqp_url.parse()?;
+    // The cluster first: when it is not there, say so before building or measuring anything.
+    let cluster_checked = if args.wants("cluster") {
+        Some(cluster::check(&args.cluster_url).await?)
+    } else {
+        None
+    };
+    let cluster_info = cluster_checked.as_ref().map(|c| c.info.clone());
     let started_at = rfc3339(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -316,30 +343,27 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         None
     };
     let wants_memory = args.wants("memory") && memory_backlog > 0;
-    let built = if wants_memory || args.wants("binary") {
+    let built = if wants_memory || args.wants("binary") || args.wants("cluster") {
         Some(binary(&args, "courier", "courier").await)
     } else {
         None
     };
     let courier_bin = built.clone().filter(|_| wants_memory);
-    let binary_bin = built.filter(|_| args.wants("binary"));
-    if let Some(Err(why)) = &binary_bin {
-        for id in binary::IDS {
-            not_measured.push(NotMeasured {
-                id: id.to_owned(),
-                why: why.clone(),
-            });
+    let binary_bin = built.clone().filter(|_| args.wants("binary"));
+    let cluster_bin = built.filter(|_| args.wants("cluster"));
+    for (bin, ids) in [
+        (&binary_bin, &binary::IDS[..]),
+        (&cluster_bin, &cluster::IDS[..]),
+    ] {
+        if let Some(Err(why)) = bin {
+            for id in ids {
+                not_measured.push(NotMeasured {
+                    id: (*id).to_owned(),
+                    why: why.clone(),
+                });
+            }
         }
     }
-    let selection = Selection {
-        baseline: args.wants("baseline"),
-        courier: args.wants("courier"),
-        retry: args.wants("retry"),
-        http: args.wants("http"),
-        dlq,
-        peer,
-        binary: binary_bin,
-    };
 
     let pid = std::process::id();
     let prefix = format!("bench.{pid}.");
@@ -356,6 +380,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
     let retry_topology_file = tmp.join("retry.toml");
     std::fs::write(&retry_topology_file, RETRY_TOPOLOGY)?;
     let scratch = broker::Scratch::connect(&url).await?;
+    let broker_pids = cpu::find_brokers(&url);
     let rabbitmq = courier::broker::probe_version(&url)
         .await
         .ok()
@@ -375,12 +400,31 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         concurrency: args.concurrency,
         stall: Duration::from_secs(args.stall_secs.max(1)),
         tmp: tmp.clone(),
-        broker_pid: cpu::find_broker(),
+        broker_pids,
+    };
+    let cluster = match (cluster_checked, cluster_bin) {
+        (Some(checked), Some(Ok(bin))) => {
+            Some(cluster::Cluster::connect(&env, checked, bin).await?)
+        }
+        _ => None,
+    };
+    let selection = Selection {
+        baseline: args.wants("baseline"),
+        courier: args.wants("courier"),
+        retry: args.wants("retry"),
+        http: args.wants("http"),
+        dlq,
+        peer,
+        binary: binary_bin,
+        cluster,
     };
 
     let body = async {
         env.scratch.apply(&env.main).await?;
         env.scratch.apply(&env.retry).await?;
+        if let Some(c) = &selection.cluster {
+            c.apply().await?;
+        }
         let mut rounds = Vec::new();
         for r in 1..=args.rounds {
             rounds.push(plan::round(&env, &selection, r, args.rounds).await);
@@ -417,6 +461,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     env.scratch.cleanup().await;
+    if let Some(c) = &selection.cluster {
+        c.cleanup().await;
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     let (rounds, memory) = outcome?;
 
@@ -440,6 +487,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
             load_before,
             load_after: plan::load_average(),
             profile: profile().to_owned(),
+            cluster: cluster_info,
         },
         params: Params {
             messages: args.messages,
@@ -550,6 +598,20 @@ mod tests {
     #[test]
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_cluster_group_is_opt_in() {
+        let args = |argv: &[&str]| {
+            Cli::try_parse_from(std::iter::once("courier-bench").chain(argv.iter().copied()))
+                .expect("arguments")
+                .run
+        };
+        let all = args(&[]);
+        assert!(all.wants("binary") && !all.wants("cluster"));
+        assert!(!args(&["--smoke"]).wants("cluster"));
+        let only = args(&["--smoke", "--only", "binary,cluster"]);
+        assert!(only.wants("cluster") && only.wants("binary") && !only.wants("courier"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use crate::env::{Env, ROUTING_KEY};
 use crate::report::{Measurement, Round};
 use crate::tally::{Counts, Tally};
-use crate::{binary, courier_lib, dlq, payload, peer, raw};
+use crate::{binary, cluster, courier_lib, dlq, payload, peer, raw};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub struct Selection {
     pub peer: Option<Result<(), String>>,
     /// The `courier` binary for the `binary` group, or why it cannot be measured.
     pub binary: Option<Result<PathBuf, String>>,
+    /// The `cluster` group's environment and binary, when it runs.
+    pub cluster: Option<cluster::Cluster>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,7 @@ enum Step {
     Dlq,
     Peer,
     Binary,
+    Cluster,
 }
 
 /// `baseline.publish` then `baseline.drain`.
@@ -293,6 +296,13 @@ async fn baseline_move(env: &Env) -> Vec<Measurement> {
 }
 
 async fn step(env: &Env, sel: &Selection, s: Step, round: u32) -> Vec<Measurement> {
+    if let Step::Cluster = s {
+        // Another broker: the group resets its own queues.
+        return match &sel.cluster {
+            Some(c) => cluster::round(c, round).await,
+            None => Vec::new(),
+        };
+    }
     env.reset().await;
     match s {
         Step::BaselinePublishDrain => baseline_publish_and_drain(env).await,
@@ -319,6 +329,7 @@ async fn step(env: &Env, sel: &Selection, s: Step, round: u32) -> Vec<Measuremen
             Some(Ok(bin)) => binary::round(env, bin, round).await,
             _ => Vec::new(),
         },
+        Step::Cluster => Vec::new(),
     }
 }
 
@@ -332,6 +343,7 @@ fn enabled(sel: &Selection, s: Step) -> bool {
         Step::Dlq => matches!(sel.dlq, Some(Ok(_))),
         Step::Peer => matches!(sel.peer, Some(Ok(()))),
         Step::Binary => matches!(sel.binary, Some(Ok(_))),
+        Step::Cluster => sel.cluster.is_some(),
     }
 }
 
@@ -361,9 +373,11 @@ pub async fn round(env: &Env, sel: &Selection, round: u32, rounds: u32) -> Round
             Dlq,
             Peer,
             Binary,
+            Cluster,
         ]
     } else {
         [
+            Cluster,
             Binary,
             CourierPublishDrain,
             BaselinePublishDrain,

@@ -18,7 +18,8 @@ mod tables;
 
 pub use catalogue::{scenario, Kind, RATIOS, SCENARIOS};
 pub use schema::{
-    Machine, Measurement, Memory, NotMeasured, Params, Ratio, Results, Round, Summary, SCHEMA,
+    Cluster, Machine, Measurement, Memory, NotMeasured, Params, Ratio, Results, Round, Summary,
+    SCHEMA,
 };
 pub use summary::summarise;
 pub use tables::markdown;

@@ -129,6 +129,27 @@ pub const SCENARIOS: &[Scenario] = &[
         kind: Kind::Courier,
     },
     Scenario {
+        id: "baseline.cluster.e2e",
+        label: "cluster, quorum: raw publish + raw lapin (ack every P/2): end to end",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "binary.cluster.e2e",
+        label: "cluster, quorum: raw publish + `courier work` binary (noop): end to end",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "baseline.cluster.http",
+        label: "cluster, quorum: raw publish + raw lapin + reqwest -> local 200: end to end",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        id: "binary.cluster.http",
+        label:
+            "cluster, quorum: raw publish + `courier work` binary (http -> local 200): end to end",
+        kind: Kind::Courier,
+    },
+    Scenario {
         id: "peer.pika",
         label: "Python pika (ack each): drain backlog",
         kind: Kind::Peer,
@@ -197,6 +218,20 @@ pub const RATIOS: &[RatioSpec] = &[
         label: "`courier work` binary retry hop / raw lapin + reqwest doing the same",
         numerator: "binary.retry",
         denominator: "baseline.http-retry",
+        target: Some(0.9),
+    },
+    RatioSpec {
+        id: "cluster-e2e",
+        label: "cluster, quorum: `courier work` binary (noop) end to end / raw lapin end to end",
+        numerator: "binary.cluster.e2e",
+        denominator: "baseline.cluster.e2e",
+        target: Some(0.9),
+    },
+    RatioSpec {
+        id: "cluster-http",
+        label: "cluster, quorum: `courier work` binary (http) end to end / raw lapin + reqwest",
+        numerator: "binary.cluster.http",
+        denominator: "baseline.cluster.http",
         target: Some(0.9),
     },
     RatioSpec {

@@ -218,6 +218,20 @@ pub struct Machine {
     pub load_after: Option<f64>,
     /// Debug or release build of the benchmark.
     pub profile: String,
+    /// The cluster the `cluster` group ran on, if it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// The cluster of the `cluster` group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Its nodes' `host:port`, as given (no credentials).
+    pub nodes: Vec<String>,
+    /// RabbitMQ version of its first node.
+    pub rabbitmq: Option<String>,
+    /// The type of every queue of the scenario.
+    pub queue_type: String,
 }
 
 /// The parameters of the run.
