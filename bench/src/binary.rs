@@ -28,6 +28,7 @@ use crate::report::Measurement;
 use crate::sink::HttpSink;
 use crate::tally::{Counts, Tally};
 use anyhow::Context;
+use courier::topology::Topology;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -231,6 +232,34 @@ pub struct Worker {
     pid: u32,
     log: std::path::PathBuf,
     started: Instant,
+}
+
+/// `courier work --handler http --endpoint <sink>` on `topology`, with the sink handed back; if
+/// the worker does not start, the sink is stopped (its thread would outlive the run otherwise).
+pub fn http_worker(
+    env: &Env,
+    id: &str,
+    courier: &Path,
+    topology: (&Topology, &Path),
+    sink: HttpSink,
+) -> anyhow::Result<(Worker, HttpSink)> {
+    let endpoint = format!("http://{}/", sink.addr);
+    let spawned = Worker::spawn(env, id, |log| {
+        env.worker(
+            courier,
+            topology,
+            &["--handler", "http", "--endpoint", &endpoint],
+            E2E_PREFETCH,
+            log,
+        )
+    });
+    match spawned {
+        Ok(w) => Ok((w, sink)),
+        Err(e) => {
+            sink.stop();
+            Err(e)
+        }
+    }
 }
 
 impl Worker {
@@ -460,24 +489,14 @@ async fn binary_retry(env: &Env, courier: &Path) -> Measurement {
     let run = async {
         crate::courier_lib::fill(env, &env.retry).await?;
         let sink = HttpSink::start_failing_first(ok.clone(), failed.clone())?;
-        let endpoint = format!("http://{}/", sink.addr);
         let before = env.cpu();
-        let spawned = Worker::spawn(env, id, |log| {
-            env.worker(
-                courier,
-                (&env.retry, &env.retry_topology_file),
-                &["--handler", "http", "--endpoint", &endpoint],
-                E2E_PREFETCH,
-                log,
-            )
-        });
-        let mut worker = match spawned {
-            Ok(w) => w,
-            Err(e) => {
-                sink.stop();
-                return Err(e);
-            }
-        };
+        let (mut worker, sink) = http_worker(
+            env,
+            id,
+            courier,
+            (&env.retry, &env.retry_topology_file),
+            sink,
+        )?;
         let end = worker
             .during(async {
                 ok.wait(env.stall).await.map_err(|s| {

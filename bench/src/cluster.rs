@@ -28,7 +28,7 @@
 //! takes the first node that answers (node 1). Prefetch 200 (the worker's default) on both
 //! sides; raw first in odd rounds, binary first in even ones.
 
-use crate::binary::{self, Worker, E2E_PREFETCH};
+use crate::binary::{self, E2E_PREFETCH};
 use crate::broker::Scratch;
 use crate::env::{Env, ROUTING_KEY};
 use crate::report::Measurement;
@@ -349,23 +349,8 @@ async fn binary_http(env: &Env, courier: &Path) -> Measurement {
     let run = async {
         let queue = env.work_queue(&env.main).to_owned();
         let sink = HttpSink::start(ok.clone())?;
-        let endpoint = format!("http://{}/", sink.addr);
-        let spawned = Worker::spawn(env, id, |log| {
-            env.worker(
-                courier,
-                (&env.main, &env.main_topology_file),
-                &["--handler", "http", "--endpoint", &endpoint],
-                E2E_PREFETCH,
-                log,
-            )
-        });
-        let mut worker = match spawned {
-            Ok(w) => w,
-            Err(e) => {
-                sink.stop();
-                return Err(e);
-            }
-        };
+        let (mut worker, sink) =
+            binary::http_worker(env, id, courier, (&env.main, &env.main_topology_file), sink)?;
         let timed = worker
             .during(async {
                 binary::subscribed(env, &queue, "the worker").await?;
