@@ -361,7 +361,8 @@ fn unsupported(topology: &Topology, version: Option<BrokerVersion>) -> Vec<(Stri
                     format!("queue '{}'", wq.name),
                     format!(
                         "quorum queues have message priorities only from RabbitMQ 4.0, and this broker is {seen}. \
-                         Use type = \"classic\" for this queue, or remove max_priority (and queue_defaults.max_priority) to keep it quorum without priorities"
+                         Use type = \"classic\" for this queue, or remove max_priority (and queue_defaults.max_priority) to keep it quorum without priorities; \
+                         an urgent band (urgent_from = 5) puts urgent messages ahead of bulk ones on any version without max_priority"
                     ),
                 ));
             }
@@ -421,9 +422,17 @@ fn quorum_priority_notes(topology: &Topology, version: Option<BrokerVersion>) ->
         return Vec::new();
     };
     let mut notes = Vec::new();
-    for wq in &topology.work_queues {
+    // A band shares its queue's settings; one note says it for both.
+    for wq in topology.work_queues.iter().filter(|w| w.band_of.is_none()) {
         let Some(p) = wq.max_priority else {
             continue;
+        };
+        let band = match &wq.urgent {
+            Some(u) => format!(
+                " (this queue has one: priorities {}-{p} go to '{}')",
+                u.from_priority, u.queue
+            ),
+            None => String::new(),
         };
         if topology.queue(&wq.name).map(|q| q.queue_type) != Some(QueueType::Quorum) {
             continue;
@@ -434,7 +443,7 @@ fn quorum_priority_notes(topology: &Topology, version: Option<BrokerVersion>) ->
             2 if p >= 5 => format!(
                 "quorum queue '{name}': RabbitMQ {v} gives two priority levels (0-4 normal, 5-{p} high; \
                  while both wait, two high messages are delivered for each normal one), not the 0-{p} in order that max_priority = {p} asks for; \
-                 x-max-priority is not declared (quorum queues refuse it on this version). Where strict order matters, use a classic queue"
+                 x-max-priority is not declared (quorum queues refuse it on this version). Where urgent must come strictly first, add urgent_from = 5 (an urgent band){band}, or use a classic queue"
             ),
             2 => format!(
                 "quorum queue '{name}': RabbitMQ {v} gives two priority levels (0-4 normal, 5 and above high), \

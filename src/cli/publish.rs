@@ -8,6 +8,7 @@ use courier::envelope;
 use courier::metrics::Metrics;
 use courier::publisher::{Outgoing, PublishError, Publisher, PublisherConfig};
 use courier::retry::RetryPolicy;
+use courier::topology::Topology;
 use futures_util::StreamExt;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
@@ -43,7 +44,9 @@ pub struct PublishArgs {
     /// Exchange; default: the first exchange of the topology file (with --prefix).
     #[arg(long)]
     exchange: Option<String>,
-    /// Priority 0-9 (higher overtakes lower on priority queues).
+    /// Priority 0-9 (higher overtakes lower on priority queues). A queue with an urgent band
+    /// (`urgent_from` in the topology) gets a message at or above its threshold in the band:
+    /// published with routing key `<key>.urgent`.
     #[arg(long, short = 'p')]
     priority: Option<u8>,
     /// Idempotency key; default: a random id.
@@ -96,6 +99,8 @@ fn header_value(v: &serde_json::Value) -> Option<AMQPValue> {
 struct Defaults {
     exchange: String,
     routing_key: Option<String>,
+    /// Routes a message at or above a queue's `urgent_from` to its urgent band.
+    topology: Option<Topology>,
 }
 
 fn build(line: Line, defaults: &Defaults) -> Result<Outgoing, String> {
@@ -134,8 +139,13 @@ fn build(line: Line, defaults: &Defaults) -> Result<Outgoing, String> {
     if let Some(r) = line.reply_to {
         props = props.with_reply_to(r.as_str().into());
     }
+    let exchange = line.exchange.unwrap_or_else(|| defaults.exchange.clone());
+    let routing_key = match (&defaults.topology, line.priority) {
+        (Some(t), Some(p)) => t.routing_key_for(&exchange, &routing_key, p),
+        _ => routing_key,
+    };
     Ok(Outgoing {
-        exchange: line.exchange.unwrap_or_else(|| defaults.exchange.clone()),
+        exchange,
         routing_key,
         properties: props,
         body,
@@ -162,20 +172,19 @@ async fn publish_retrying(
 
 pub async fn run(global: &GlobalArgs, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let url = global.amqp_url()?;
+    let topology = global.load_topology()?;
     let exchange = match &args.exchange {
         Some(e) => e.clone(),
-        None => {
-            let topology = global.load_topology()?;
-            topology
-                .exchanges
-                .first()
-                .map(|e| e.name.clone())
-                .context("the topology declares no exchange; pass --exchange")?
-        }
+        None => topology
+            .exchanges
+            .first()
+            .map(|e| e.name.clone())
+            .context("the topology declares no exchange; pass --exchange")?,
     };
     let defaults = Defaults {
         exchange,
         routing_key: args.routing_key.clone(),
+        topology: Some(topology),
     };
     let publisher = Publisher::connect(
         &url,
@@ -351,6 +360,7 @@ mod tests {
         Defaults {
             exchange: "notifications".into(),
             routing_key: Some("email".into()),
+            topology: None,
         }
     }
 
@@ -375,6 +385,7 @@ mod tests {
         let no_key = Defaults {
             exchange: "n".into(),
             routing_key: None,
+            topology: None,
         };
         assert!(build(l, &no_key)
             .expect_err("no key")

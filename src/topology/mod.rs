@@ -248,7 +248,27 @@ pub struct WorkQueue {
     pub max_priority: Option<u8>,
     /// Retry tier queue names, in the order of [`RetryPolicy::tiers`].
     pub retry_queues: Vec<String>,
+    /// The queue's urgent band, if the file asks for one (`urgent_from`).
+    pub urgent: Option<UrgentBand>,
+    /// For an urgent band: the work queue it belongs to (whose worker consumes it too).
+    pub band_of: Option<String>,
 }
+
+/// A priority band: a second work queue, `<name>.urgent`, for a queue's urgent messages. The
+/// worker of the queue consumes both and always takes the band's messages first, which gives
+/// strict "urgent before bulk" on any queue type and broker version (quorum queues have no
+/// priorities on 3.x and two weighted levels on 4.0-4.2). Publishers choose the band by routing
+/// key (`<key>.urgent`); Courier's own tools do so by priority ([`Topology::routing_key_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrgentBand {
+    /// The band's work queue (prefixed), itself one of [`Topology::work_queues`].
+    pub queue: String,
+    /// Messages with this priority or higher belong in the band.
+    pub from_priority: u8,
+}
+
+/// What a band's binding keys end with: `email` goes to the queue, `email.urgent` to its band.
+pub const URGENT_SUFFIX: &str = ".urgent";
 
 /// A validated, prefixed topology. Construct with [`Topology::load`] or [`Topology::parse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,6 +327,27 @@ impl Topology {
     /// The work queue called `name` (full, prefixed name).
     pub fn work_queue(&self, name: &str) -> Option<&WorkQueue> {
         self.work_queues.iter().find(|q| q.name == name)
+    }
+
+    /// The routing key a message with `priority` should be published with to `exchange` under
+    /// `routing_key`: the urgent band's key (`<key>.urgent`) when the key reaches a work queue
+    /// with an urgent band and the priority is at or above the band's threshold, else the key
+    /// as given. The broker cannot route on a message's priority, so a publisher that knows
+    /// the topology does it.
+    pub fn routing_key_for(&self, exchange: &str, routing_key: &str, priority: u8) -> String {
+        let banded = self.bindings.iter().any(|b| {
+            b.exchange == exchange
+                && b.routing_key == routing_key
+                && self
+                    .work_queue(&b.queue)
+                    .and_then(|w| w.urgent.as_ref())
+                    .is_some_and(|u| priority >= u.from_priority)
+        });
+        if banded {
+            format!("{routing_key}{URGENT_SUFFIX}")
+        } else {
+            routing_key.to_owned()
+        }
     }
 
     /// The definition of queue `name`.

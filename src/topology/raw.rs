@@ -37,6 +37,7 @@ pub(super) struct RawQueueDefaults {
     pub(super) delivery_limit: Option<i64>,
     pub(super) replicas: Option<i64>,
     pub(super) dead_letter_strategy: Option<String>,
+    pub(super) urgent_from: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +52,7 @@ pub(super) struct RawQueue {
     pub(super) delivery_limit: Option<i64>,
     pub(super) replicas: Option<i64>,
     pub(super) dead_letter_strategy: Option<String>,
+    pub(super) urgent_from: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

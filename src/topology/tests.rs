@@ -661,3 +661,102 @@ fn reject_publish_dlx_is_refused_on_a_quorum_dead_letter_queue() {
         s("reject-publish-dlx")
     );
 }
+
+#[test]
+fn an_urgent_band_is_a_second_work_queue_with_tiers_of_its_own() {
+    let text = email_queue("urgent_from = 5")
+        .replace("type = \"classic\"     #", "type = \"quorum\" #")
+        .replace("max_priority = 9     #", "#");
+    let t = Topology::parse(&text, "t", "p.").expect("valid");
+    let email = t.work_queue("p.notifications.email").expect("email");
+    let band = email.urgent.as_ref().expect("a band");
+    assert_eq!(band.queue, "p.notifications.email.urgent");
+    assert_eq!(band.from_priority, 5);
+    let urgent = t.work_queue(&band.queue).expect("the band is a work queue");
+    assert_eq!(urgent.band_of.as_deref(), Some("p.notifications.email"));
+    assert!(urgent.urgent.is_none());
+    // Same arguments as its queue (type, dead-letter exchange, delivery limit, strategy).
+    assert_eq!(
+        t.queue(&band.queue).expect("declared").arguments,
+        t.queue("p.notifications.email").expect("declared").arguments
+    );
+    // Its tiers return to the band, so a retried urgent message stays urgent.
+    assert_eq!(
+        urgent.retry_queues,
+        vec![
+            "p.notifications.email.urgent.retry.1s",
+            "p.notifications.email.urgent.retry.10s",
+            "p.notifications.email.urgent.retry.1m",
+            "p.notifications.email.urgent.retry.10m",
+        ]
+    );
+    assert_eq!(
+        arg(&t, &urgent.retry_queues[0], "x-dead-letter-routing-key"),
+        Some(ArgValue::Str(band.queue.clone()))
+    );
+    // Bound with `<key>.urgent` on the same exchange; routing picks it by priority.
+    assert!(t.bindings.iter().any(|b| b.queue == band.queue
+        && b.exchange == "p.notifications"
+        && b.routing_key == "email.urgent"));
+    assert_eq!(t.routing_key_for("p.notifications", "email", 5), "email.urgent");
+    assert_eq!(t.routing_key_for("p.notifications", "email", 9), "email.urgent");
+    assert_eq!(t.routing_key_for("p.notifications", "email", 4), "email");
+    // Queues without a band are left alone.
+    assert_eq!(t.routing_key_for("p.notifications", "sms", 9), "sms");
+    assert!(t.work_queue("p.notifications.sms").expect("sms").urgent.is_none());
+}
+
+#[test]
+fn urgent_from_in_queue_defaults_gives_every_queue_a_band() {
+    let t = Topology::parse(
+        &DEFAULT.replace("max_priority = 9     #", "max_priority = 9\nurgent_from = 7 #"),
+        "t",
+        "",
+    )
+    .expect("valid");
+    let bands: Vec<&str> = t
+        .work_queues
+        .iter()
+        .filter(|w| w.band_of.is_some())
+        .map(|w| w.name.as_str())
+        .collect();
+    assert_eq!(
+        bands,
+        [
+            "notifications.email.urgent",
+            "notifications.sms.urgent",
+            "notifications.push.urgent",
+            "notifications.webhook.urgent"
+        ]
+    );
+    assert_eq!(t.routing_key_for("notifications", "push", 7), "push.urgent");
+    assert_eq!(t.routing_key_for("notifications", "push", 6), "push");
+}
+
+#[test]
+fn urgent_bands_refuse_what_cannot_reach_them() {
+    let e = err(&email_queue("urgent_from = 0"));
+    assert!(
+        e.contains("queues[0].urgent_from") && e.contains("1 to 255"),
+        "{e}"
+    );
+    let e = err(&email_queue("urgent_from = 10"));
+    assert!(
+        e.contains("queues[0].urgent_from") && e.contains("above max_priority = 9"),
+        "{e}"
+    );
+    // Bands are routed by exact key, which a topic or fanout exchange does not give.
+    let e = err(&email_queue("urgent_from = 5").replace("type = \"direct\"", "type = \"topic\""));
+    assert!(
+        e.contains("queues[0].urgent_from")
+            && e.contains("topic exchange `notifications`")
+            && e.contains("direct exchange"),
+        "{e}"
+    );
+    // The band's name must not clash with a declared queue.
+    let e = err(&format!(
+        "{}\n[[queues]]\nname = \"notifications.email.urgent\"\n",
+        email_queue("urgent_from = 5")
+    ));
+    assert!(e.contains("`notifications.email.urgent` is declared twice"), "{e}");
+}

@@ -78,6 +78,17 @@ impl Validator<'_> {
         }
     }
 
+    fn urgent_from(&self, key: &str, value: Option<i64>) -> Result<Option<u8>, TopologyError> {
+        match value {
+            None => Ok(None),
+            Some(p) if (1..=MAX_PRIORITY).contains(&p) => Ok(u8::try_from(p).ok()),
+            Some(p) => Err(self.invalid(
+                key,
+                format!("{p} is out of range: it is the lowest priority that goes to the urgent band, 1 to 255 (with priorities 0-9, 5 is usual)"),
+            )),
+        }
+    }
+
     fn positive(&self, key: &str, value: Option<i64>) -> Result<Option<i64>, TopologyError> {
         match value {
             Some(v) if v < 1 => Err(self.invalid(key, format!("{v} must be at least 1"))),
@@ -154,7 +165,7 @@ impl Validator<'_> {
                     ))
                 }
             };
-            exchange_names.insert(e.name.clone(), name.clone());
+            exchange_names.insert(e.name.clone(), (name.clone(), kind));
             exchanges.push(ExchangeDef { name, kind });
         }
 
@@ -240,6 +251,7 @@ impl Validator<'_> {
             "queue_defaults.dead_letter_strategy",
             defaults.dead_letter_strategy.as_deref(),
         )?;
+        let default_urgent = self.urgent_from("queue_defaults.urgent_from", defaults.urgent_from)?;
 
         if raw.queues.is_empty() {
             return Err(self.invalid(
@@ -343,8 +355,15 @@ impl Validator<'_> {
                 let limit = delivery_limit.value.unwrap_or(DEFAULT_DELIVERY_LIMIT);
                 args.insert("x-delivery-limit".to_owned(), ArgValue::Int(limit));
             }
+            let urgent_from = Setting::of(
+                self.urgent_from(&format!("{key}.urgent_from"), q.urgent_from)?,
+                &format!("{key}.urgent_from"),
+                default_urgent,
+                "queue_defaults.urgent_from",
+            );
+            let mut routes = Vec::new();
             for (j, b) in q.bindings.iter().enumerate() {
-                let exchange = exchange_names.get(&b.exchange).cloned().ok_or_else(|| {
+                let (exchange, kind) = exchange_names.get(&b.exchange).cloned().ok_or_else(|| {
                     self.invalid(
                         format!("{key}.bindings[{j}].exchange"),
                         format!(
@@ -358,55 +377,108 @@ impl Validator<'_> {
                         ),
                     )
                 })?;
-                bindings.push(BindingDef {
-                    exchange,
-                    queue: name.clone(),
-                    routing_key: b.routing_key.clone(),
-                });
+                if let (Some(from_key), false) = (urgent_from.key(), kind == ExchangeType::Direct) {
+                    return Err(self.invalid(
+                        from_key,
+                        format!(
+                            "an urgent band is routed by exact routing key (`{}{URGENT_SUFFIX}`), and `{}` binds to {} exchange `{}`; bind it to a direct exchange, or remove urgent_from{}",
+                            b.routing_key,
+                            q.name,
+                            kind.as_str(),
+                            b.exchange,
+                            if urgent_from.inherited() { " for this queue (set it on the queues that want a band)" } else { "" },
+                        ),
+                    ));
+                }
+                routes.push((exchange, b.routing_key.clone()));
             }
-            queues.push(QueueDef {
-                name: name.clone(),
-                role: QueueRole::Work,
-                queue_type,
-                arguments: args,
-            });
-            let mut retry_queues = Vec::new();
-            for (t, delay) in retry.tiers.iter().enumerate() {
-                let tier_name = self.name(
-                    &format!("retry.tiers[{t}]"),
-                    &format!("{}.retry.{}", q.name, tier_label(*delay)),
-                )?;
-                let mut targs = quorum_args.clone();
-                targs.insert(
-                    "x-queue-type".to_owned(),
-                    ArgValue::Str(queue_type.as_str().to_owned()),
-                );
-                let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                targs.insert("x-message-ttl".to_owned(), ArgValue::Int(ttl));
-                targs.insert(
-                    "x-dead-letter-exchange".to_owned(),
-                    ArgValue::Str(String::new()),
-                );
-                targs.insert(
-                    "x-dead-letter-routing-key".to_owned(),
-                    ArgValue::Str(name.clone()),
-                );
+            if let (Some(from), Some(max), Some(from_key)) =
+                (urgent_from.value, max_priority, urgent_from.key())
+            {
+                if from > max {
+                    return Err(self.invalid(
+                        from_key,
+                        format!("urgent_from = {from} is above max_priority = {max} of `{}`: no message could reach the band", q.name),
+                    ));
+                }
+            }
+            // The band is a second work queue with the same arguments and tiers of its own, so
+            // a retried urgent message comes back to the band, not behind the bulk.
+            let band = match urgent_from.value {
+                Some(from) => {
+                    let short = format!("{}{URGENT_SUFFIX}", q.name);
+                    let band_key = urgent_from.key().unwrap_or("urgent_from").to_owned();
+                    let full = self.name(&band_key, &short)?;
+                    Some((short, full, from))
+                }
+                None => None,
+            };
+            let lanes = [
+                Some((q.name.clone(), name.clone(), "")),
+                band.as_ref()
+                    .map(|(short, full, _)| (short.clone(), full.clone(), URGENT_SUFFIX)),
+            ];
+            for (short, lane_name, suffix) in lanes.into_iter().flatten() {
+                for (exchange, routing_key) in &routes {
+                    bindings.push(BindingDef {
+                        exchange: exchange.clone(),
+                        queue: lane_name.clone(),
+                        routing_key: format!("{routing_key}{suffix}"),
+                    });
+                }
                 queues.push(QueueDef {
-                    name: tier_name.clone(),
-                    role: QueueRole::Retry {
-                        work_queue: name.clone(),
-                        delay: *delay,
-                    },
+                    name: lane_name.clone(),
+                    role: QueueRole::Work,
                     queue_type,
-                    arguments: targs,
+                    arguments: args.clone(),
                 });
-                retry_queues.push(tier_name);
+                let mut retry_queues = Vec::new();
+                for (t, delay) in retry.tiers.iter().enumerate() {
+                    let tier_name = self.name(
+                        &format!("retry.tiers[{t}]"),
+                        &format!("{short}.retry.{}", tier_label(*delay)),
+                    )?;
+                    let mut targs = quorum_args.clone();
+                    targs.insert(
+                        "x-queue-type".to_owned(),
+                        ArgValue::Str(queue_type.as_str().to_owned()),
+                    );
+                    let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                    targs.insert("x-message-ttl".to_owned(), ArgValue::Int(ttl));
+                    targs.insert(
+                        "x-dead-letter-exchange".to_owned(),
+                        ArgValue::Str(String::new()),
+                    );
+                    targs.insert(
+                        "x-dead-letter-routing-key".to_owned(),
+                        ArgValue::Str(lane_name.clone()),
+                    );
+                    queues.push(QueueDef {
+                        name: tier_name.clone(),
+                        role: QueueRole::Retry {
+                            work_queue: lane_name.clone(),
+                            delay: *delay,
+                        },
+                        queue_type,
+                        arguments: targs,
+                    });
+                    retry_queues.push(tier_name);
+                }
+                let is_band = !suffix.is_empty();
+                work_queues.push(WorkQueue {
+                    name: lane_name,
+                    max_priority,
+                    retry_queues,
+                    urgent: match (&band, is_band) {
+                        (Some((_, full, from)), false) => Some(UrgentBand {
+                            queue: full.clone(),
+                            from_priority: *from,
+                        }),
+                        _ => None,
+                    },
+                    band_of: is_band.then(|| name.clone()),
+                });
             }
-            work_queues.push(WorkQueue {
-                name,
-                max_priority,
-                retry_queues,
-            });
         }
 
         queues.push(QueueDef {

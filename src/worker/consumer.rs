@@ -29,36 +29,72 @@ pub(super) enum SessionEnd {
     Lost(String),
 }
 
-/// Sets the prefetch window on `channel` and subscribes to the work queue. `scrub` words a
-/// broker error without the password.
+/// A session's consumers: the work queue's, and its urgent band's when it has one. Index `i`
+/// of [`Consumers::lanes`] consumes `ctx.lanes[i]`.
+pub(super) struct Consumers {
+    pub(super) lanes: Vec<Consumer>,
+}
+
+impl Consumers {
+    /// Every consumer's tag, to cancel them on shutdown.
+    pub(super) fn tags(&self) -> Vec<lapin::types::ShortString> {
+        self.lanes.iter().map(Consumer::tag).collect()
+    }
+}
+
+/// Sets the prefetch window on `channel` and subscribes to each of `queues` (the work queue,
+/// then its urgent band). With `global = false` the window is per consumer, so a bulk backlog
+/// cannot fill the window the band's messages need. `scrub` words a broker error without the
+/// password.
 pub(super) async fn subscribe(
     channel: &Channel,
     config: &WorkerSettings,
+    queues: impl Iterator<Item = &str>,
     scrub: impl Fn(lapin::Error) -> String,
-) -> Result<Consumer, String> {
+) -> Result<Consumers, String> {
     channel
         .basic_qos(config.prefetch, BasicQosOptions { global: false })
         .await
         .map_err(&scrub)?;
-    channel
-        .basic_consume(
-            config.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            let missing = broker::classify(&e).is_some_and(|(r, _)| r == broker::Reply::NotFound);
-            let text = scrub(e);
-            if missing {
-                format!(
-                    "{text} (run `courier topology apply` with the same --topology and --prefix)"
-                )
-            } else {
-                text
-            }
-        })
+    let mut lanes = Vec::new();
+    for queue in queues {
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                let missing =
+                    broker::classify(&e).is_some_and(|(r, _)| r == broker::Reply::NotFound);
+                let text = scrub(e);
+                if missing {
+                    format!(
+                        "{text} (run `courier topology apply` with the same --topology and --prefix)"
+                    )
+                } else {
+                    text
+                }
+            })?;
+        lanes.push(consumer);
+    }
+    Ok(Consumers { lanes })
+}
+
+/// Indexes into `ctx.lanes` (and [`Consumers::lanes`]).
+const MAIN: usize = 0;
+const URGENT: usize = 1;
+
+/// The next delivery of an optional consumer; never ready without one.
+async fn next_of(
+    consumer: Option<&mut Consumer>,
+) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
+    match consumer {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts the acker of a session's channel; returns its event sender and task.
@@ -80,7 +116,7 @@ pub(super) fn start_acker<H>(
 /// consumer ends.
 pub(super) async fn consume<H: Handler>(
     ctx: &Arc<Ctx<H>>,
-    mut consumer: Consumer,
+    consumers: Consumers,
     events: mpsc::UnboundedSender<AckEvent>,
     slots: &Arc<Semaphore>,
     tracker: &TaskTracker,
@@ -90,6 +126,11 @@ pub(super) async fn consume<H: Handler>(
     // and leave the token's waiter list (a lock each way) twice per message.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
+    let mut lanes = consumers.lanes.into_iter();
+    let Some(mut main) = lanes.next() else {
+        return SessionEnd::Lost("no consumer was subscribed".to_owned());
+    };
+    let mut urgent = lanes.next();
     loop {
         let permit = tokio::select! {
             biased;
@@ -99,18 +140,22 @@ pub(super) async fn consume<H: Handler>(
                 Err(_) => return SessionEnd::Shutdown,
             },
         };
-        let next = tokio::select! {
+        // The urgent band first: a free slot takes whatever waits there before any bulk
+        // delivery already buffered. Polled in order, so an idle band costs one poll.
+        let (next, lane) = tokio::select! {
             biased;
             () = &mut cancelled => return SessionEnd::Shutdown,
-            n = consumer.next() => n,
+            n = next_of(urgent.as_mut()) => (n, URGENT),
+            n = main.next() => (n, MAIN),
         };
         let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
             None => {
+                let queue = ctx.lanes.get(lane).map_or("?", |l| l.queue());
                 ctx.metrics
                     .consumer_cancels
-                    .with_label_values(&[&ctx.config.queue])
+                    .with_label_values(&[queue])
                     .inc();
                 return SessionEnd::Lost(
                     "the broker ended the consumer (queue deleted, consumer_timeout, or node shutdown)".to_owned(),
@@ -127,7 +172,7 @@ pub(super) async fn consume<H: Handler>(
         let events = events.clone();
         let mut task = Box::pin(async move {
             let tag = delivery.delivery_tag;
-            let settle = ctx.process(delivery).await;
+            let settle = ctx.process(delivery, lane).await;
             let _ = events.send(AckEvent::Settled(tag, settle));
             drop(permit);
         });

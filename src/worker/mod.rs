@@ -14,6 +14,10 @@
 //!   loss, or a consumer cancelled by the broker, marks the worker not ready, backs off with
 //!   jitter and rebuilds connection, channel, qos and consumer. Outcomes of a dead channel are
 //!   dropped; the broker redelivers those messages.
+//! - Urgent first: a queue with an urgent band (`urgent_from` in the topology) is consumed
+//!   together with `<queue>.urgent` on the same channel, and a free slot always takes a waiting
+//!   urgent delivery before a bulk one (`consumer`); an urgent message retries through the
+//!   band's own tiers and so stays urgent.
 //! - Shutdown: stop consuming, let in-flight messages finish within the deadline, flush acks,
 //!   close; anything unfinished returns to the queue when the channel closes.
 //!
@@ -27,7 +31,7 @@ use crate::metrics::{Health, Metrics};
 use crate::outcome::Limits;
 use crate::publisher::{Publisher, PublisherConfig};
 use crate::topology::{tier_label, Topology};
-use processing::Ctx;
+use processing::{Ctx, Lane};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -229,9 +233,21 @@ impl<H: Handler> Worker<H> {
             .iter()
             .map(|d| tier_label(*d))
             .collect();
-        // Every series from the start (see `metrics`): the tiers this queue can retry to.
-        let tiers = tier_labels.len().min(work.retry_queues.len());
-        let series = metrics.init_queue(&config.queue, &tier_labels[..tiers]);
+        // The urgent band, if any, is consumed beside the queue and taken first.
+        let band = work
+            .urgent
+            .as_ref()
+            .and_then(|u| topology.work_queue(&u.queue))
+            .cloned();
+        // Every series from the start (see `metrics`): the tiers each queue can retry to.
+        let lanes: Vec<Lane> = std::iter::once(work.clone())
+            .chain(band)
+            .map(|work| {
+                let tiers = tier_labels.len().min(work.retry_queues.len());
+                let series = metrics.init_queue(&work.name, &tier_labels[..tiers]);
+                Lane { work, series }
+            })
+            .collect();
         let limits = Limits {
             retry: topology.retry.clone(),
             retry_queues: work.retry_queues.len(),
@@ -242,14 +258,13 @@ impl<H: Handler> Worker<H> {
             health,
             ctx: Ctx {
                 config,
-                work,
+                lanes,
                 dead_letter_exchange: topology.dead_letter_exchange.clone(),
                 limits,
                 tier_labels,
                 handler,
                 publisher,
                 metrics,
-                series,
                 // `run` replaces it with a child of its token, known only there.
                 stopping: CancellationToken::new(),
             },

@@ -31,8 +31,8 @@ const NO_ID: &str = "(none)";
 pub(super) struct Ctx<H> {
     /// The worker's checked settings.
     pub(super) config: WorkerSettings,
-    /// The consumed queue and its retry tier queues.
-    pub(super) work: WorkQueue,
+    /// The consumed queues: the work queue first, then its urgent band if it has one.
+    pub(super) lanes: Vec<Lane>,
     /// Where dead letters are published.
     pub(super) dead_letter_exchange: String,
     /// The rules [`outcome::next`] applies.
@@ -45,37 +45,54 @@ pub(super) struct Ctx<H> {
     pub(super) publisher: Publisher,
     /// Counters, gauges and timings.
     pub(super) metrics: Metrics,
-    /// The consumed queue's series that every message updates, resolved once.
-    pub(super) series: QueueSeries,
     /// Cancelled once the worker stops (a child of the token given to `Worker::run`) or its
     /// drain deadline passes: a copy that fails then is not retried, its original is requeued.
     pub(super) stopping: CancellationToken,
 }
 
+/// One consumed queue: the work queue, or its urgent band. A message is retried, counted and
+/// reported under the queue it came from, so an urgent message stays in the band.
+pub(super) struct Lane {
+    /// The queue and its retry tier queues.
+    pub(super) work: WorkQueue,
+    /// Its series that every message updates, resolved once.
+    pub(super) series: QueueSeries,
+}
+
+impl Lane {
+    pub(super) fn queue(&self) -> &str {
+        &self.work.name
+    }
+}
+
 impl<H: Handler> Ctx<H> {
-    fn count(&self, outcome: &str) {
+    fn count(&self, lane: &Lane, outcome: &str) {
         self.metrics
             .messages
-            .with_label_values(&[&self.config.queue, outcome])
+            .with_label_values(&[lane.queue(), outcome])
             .inc();
     }
 
-    /// Handles one delivery and decides how it is settled. Never panics on input.
-    pub(super) async fn process(&self, delivery: Delivery) -> Settle {
-        self.series.in_flight.inc();
-        let settle = self.process_inner(&delivery).await;
-        self.series.in_flight.dec();
+    /// Handles one delivery from lane `lane` (an index into `lanes`) and decides how it is
+    /// settled. Never panics on input.
+    pub(super) async fn process(&self, delivery: Delivery, lane: usize) -> Settle {
+        let Some(lane) = self.lanes.get(lane).or_else(|| self.lanes.first()) else {
+            return Settle::Requeue;
+        };
+        lane.series.in_flight.inc();
+        let settle = self.process_inner(&delivery, lane).await;
+        lane.series.in_flight.dec();
         settle
     }
 
-    async fn process_inner(&self, d: &Delivery) -> Settle {
+    async fn process_inner(&self, d: &Delivery, lane: &Lane) -> Settle {
         let props = &d.properties;
         let headers = props.headers().as_ref();
         let origin = Origin::of(
             headers,
             d.exchange.as_str(),
             d.routing_key.as_str(),
-            &self.config.queue,
+            lane.queue(),
         );
         let message_id = envelope::message_id(props);
         let id = message_id.unwrap_or(NO_ID);
@@ -93,17 +110,18 @@ impl<H: Handler> Ctx<H> {
             // per-delivery task several kilobytes, copied on each spawn.
             match outcome::next(&facts, &self.limits) {
                 Next::Handle => {
-                    facts.handled = Some(self.handle(d, id, &origin, facts.attempts).await);
+                    facts.handled =
+                        Some(self.handle(d, lane, id, &origin, facts.attempts).await);
                 }
                 Next::CountRedelivery { n } => {
-                    return Box::pin(self.count_redelivery(d, id, n)).await;
+                    return Box::pin(self.count_redelivery(d, lane, id, n)).await;
                 }
                 Next::Settle(Action::Ack) => {
                     let attempts = facts.attempts.saturating_add(1);
                     if d.properties.reply_to().is_some() {
-                        Box::pin(self.reply(d, id, "delivered", None, attempts)).await;
+                        Box::pin(self.reply(d, lane, id, "delivered", None, attempts)).await;
                     }
-                    self.series.delivered.inc();
+                    lane.series.delivered.inc();
                     return Settle::Ack;
                 }
                 Next::Settle(Action::Retry {
@@ -111,15 +129,18 @@ impl<H: Handler> Ctx<H> {
                     attempts,
                     error,
                 }) => {
-                    return Box::pin(self.retry(d, id, &origin, tier, attempts, &error)).await;
+                    return Box::pin(self.retry(d, lane, id, &origin, tier, attempts, &error))
+                        .await;
                 }
                 Next::Settle(Action::DeadLetter {
                     reason,
                     attempts,
                     error,
                 }) => {
-                    return Box::pin(self.dead_letter(d, id, &origin, attempts, reason, &error))
-                        .await;
+                    return Box::pin(
+                        self.dead_letter(d, lane, id, &origin, attempts, reason, &error),
+                    )
+                    .await;
                 }
             }
         }
@@ -129,11 +150,12 @@ impl<H: Handler> Ctx<H> {
     async fn handle(
         &self,
         d: &Delivery,
+        lane: &Lane,
         message_id: &str,
         origin: &Origin,
         prior_attempts: u32,
     ) -> Result<(), HandlerError> {
-        let queue = self.config.queue.as_str();
+        let queue = lane.queue();
         let props = &d.properties;
         let job = Job {
             message_id,
@@ -149,7 +171,7 @@ impl<H: Handler> Ctx<H> {
         };
         let started = Instant::now();
         let result = self.call_handler(job).await;
-        self.series
+        lane.series
             .handler_seconds
             .observe(started.elapsed().as_secs_f64());
         result
@@ -178,21 +200,23 @@ impl<H: Handler> Ctx<H> {
     }
 
     /// Copies the message to retry tier `tier` with `attempts` recorded; acks once confirmed.
+    #[allow(clippy::too_many_arguments)]
     async fn retry(
         &self,
         d: &Delivery,
+        lane: &Lane,
         message_id: &str,
         origin: &Origin,
         tier: usize,
         attempts: u32,
         error: &str,
     ) -> Settle {
-        let queue = self.config.queue.as_str();
-        let Some(tier_queue) = self.work.retry_queues.get(tier) else {
+        let queue = lane.queue();
+        let Some(tier_queue) = lane.work.retry_queues.get(tier) else {
             // `outcome::next` picks only tiers this queue has a queue for. Should that ever
             // break, the message goes back rather than being lost.
             tracing::error!(%message_id, tier, "no retry queue for the chosen tier; the original goes back to the queue");
-            self.count(label::REQUEUED);
+            self.count(lane, label::REQUEUED);
             return Settle::Requeue;
         };
         let headers = envelope::retry_headers(
@@ -214,11 +238,11 @@ impl<H: Handler> Ctx<H> {
                 .retries
                 .with_label_values(&[queue, label])
                 .inc();
-            self.count(label::RETRIED);
+            self.count(lane, label::RETRIED);
             tracing::debug!(%message_id, attempts, tier = label, %error, "retry scheduled");
             Settle::Ack
         } else {
-            self.count(label::REQUEUED);
+            self.count(lane, label::REQUEUED);
             Settle::Requeue
         }
     }
@@ -226,7 +250,13 @@ impl<H: Handler> Ctx<H> {
     /// A redelivered message: the worker that held it died or lost its channel. Counts it in a
     /// header (classic queues have no delivery limit) by republishing it to its own queue as
     /// redelivery number `n`.
-    async fn count_redelivery(&self, d: &Delivery, message_id: &str, n: u32) -> Settle {
+    async fn count_redelivery(
+        &self,
+        d: &Delivery,
+        lane: &Lane,
+        message_id: &str,
+        n: u32,
+    ) -> Settle {
         let props = &d.properties;
         let mut h = envelope::clean_headers(props.headers().as_ref());
         h.insert(
@@ -235,24 +265,26 @@ impl<H: Handler> Ctx<H> {
         );
         let msg = Outgoing {
             exchange: String::new(),
-            routing_key: self.config.queue.clone(),
+            routing_key: lane.queue().to_owned(),
             properties: envelope::copy_properties(props, h),
             body: d.data.clone(),
         };
         if self.republish(msg, message_id, "redelivery count").await {
-            self.count(label::REDELIVERY_COUNTED);
+            self.count(lane, label::REDELIVERY_COUNTED);
             Settle::Ack
         } else {
-            self.count(label::REQUEUED);
+            self.count(lane, label::REQUEUED);
             Settle::Requeue
         }
     }
 
     /// Copies the message to the dead-letter exchange with `reason`; acks once confirmed, then
     /// tells a requester.
+    #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
         d: &Delivery,
+        lane: &Lane,
         message_id: &str,
         origin: &Origin,
         attempts: u32,
@@ -276,12 +308,13 @@ impl<H: Handler> Ctx<H> {
         if self.republish(msg, message_id, "dead letter").await {
             self.metrics
                 .dead_letters
-                .with_label_values(&[&self.config.queue, reason.as_str()])
+                .with_label_values(&[lane.queue(), reason.as_str()])
                 .inc();
-            self.count(label::DEAD_LETTERED);
+            self.count(lane, label::DEAD_LETTERED);
             tracing::info!(%message_id, %reason, attempts, error = %envelope::truncate(error, 200), "dead-lettered");
             self.reply(
                 d,
+                lane,
                 message_id,
                 "dead-lettered",
                 Some((reason, error)),
@@ -290,7 +323,7 @@ impl<H: Handler> Ctx<H> {
             .await;
             Settle::Ack
         } else {
-            self.count(label::REQUEUED);
+            self.count(lane, label::REQUEUED);
             Settle::Requeue
         }
     }
@@ -327,6 +360,7 @@ impl<H: Handler> Ctx<H> {
     async fn reply(
         &self,
         d: &Delivery,
+        lane: &Lane,
         message_id: &str,
         status: &str,
         failure: Option<(Reason, &str)>,
@@ -343,7 +377,7 @@ impl<H: Handler> Ctx<H> {
             "reason": failure.map(|(r, _)| r.as_str()),
             "error": failure.map(|(_, e)| envelope::truncate(e, envelope::MAX_ERROR_BYTES)),
             "attempts": attempts,
-            "queue": self.config.queue,
+            "queue": lane.queue(),
         });
         let msg = Outgoing {
             exchange: String::new(),

@@ -16,7 +16,7 @@ use crate::handler::Handler;
 use crate::metrics::{label, Health};
 use crate::retry::RetryPolicy;
 use lapin::options::BasicCancelOptions;
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Connection};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -83,7 +83,7 @@ impl<H: Handler> Supervisor<H> {
                     r.unwrap_or_else(|_| Err("connecting took longer than 30s".to_owned()))
                 }
             };
-            let (conn, channel, consumer, node) = match opened {
+            let (conn, channel, consumers, node) = match opened {
                 Ok(s) => s,
                 Err(reason) => {
                     let wait = backoff.next_delay();
@@ -98,21 +98,24 @@ impl<H: Handler> Supervisor<H> {
             self.health.set_node(Some(node.address.clone()));
             ctx.metrics.set_node(label::CONSUMER, &node.address);
             self.set_ready(true);
-            tracing::info!(%queue, %node, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
+            let urgent = ctx.lanes.get(1).map(|l| l.queue().to_owned());
+            tracing::info!(%queue, ?urgent, %node, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
             let (events, acker_task) = consumer::start_acker(&ctx, &channel);
             ackers.push(acker_task);
+            let tags = consumers.tags();
             let end =
-                consumer::consume(&ctx, consumer.clone(), events, &slots, &tracker, &shutdown)
-                    .await;
+                consumer::consume(&ctx, consumers, events, &slots, &tracker, &shutdown).await;
             self.set_ready(false);
             match end {
                 SessionEnd::Shutdown => {
                     tracing::info!(%queue, "shutting down: consumer cancelled, finishing in-flight messages");
-                    let _ = tokio::time::timeout(
-                        BROKER_CALL,
-                        channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
-                    )
-                    .await;
+                    for tag in tags {
+                        let _ = tokio::time::timeout(
+                            BROKER_CALL,
+                            channel.basic_cancel(tag, BasicCancelOptions::default()),
+                        )
+                        .await;
+                    }
                     self.drain(&tracker, ackers).await;
                     let _ =
                         tokio::time::timeout(BROKER_CALL, channel.close(200, "shutdown".into()))
@@ -171,7 +174,7 @@ impl<H: Handler> Supervisor<H> {
     }
 
     /// Connects, opens a channel and subscribes; errors are worded without the password.
-    async fn open(&self) -> Result<(Connection, Channel, Consumer, Node), String> {
+    async fn open(&self) -> Result<(Connection, Channel, consumer::Consumers, Node), String> {
         let (conn, node) = self
             .url
             .connect_node(&format!("courier work {}", self.ctx.config.queue))
@@ -180,8 +183,10 @@ impl<H: Handler> Supervisor<H> {
         let scrub = |e: lapin::Error| format!("{node}: {}", self.url.scrub(&e.to_string()));
         let subscribed = async {
             let channel = conn.create_channel().await.map_err(scrub)?;
-            let consumer = consumer::subscribe(&channel, &self.ctx.config, scrub).await?;
-            Ok((channel, consumer))
+            let queues = self.ctx.lanes.iter().map(|l| l.queue());
+            let consumers =
+                consumer::subscribe(&channel, &self.ctx.config, queues, scrub).await?;
+            Ok((channel, consumers))
         };
         let subscribed = tokio::time::timeout(SUBSCRIBE, subscribed)
             .await
@@ -192,7 +197,7 @@ impl<H: Handler> Supervisor<H> {
                 ))
             });
         match subscribed {
-            Ok((channel, consumer)) => Ok((conn, channel, consumer, node)),
+            Ok((channel, consumers)) => Ok((conn, channel, consumers, node)),
             Err(e) => {
                 // A node that takes the connection but cannot serve the queue (its replica not
                 // yet elected, a node booting) must not be the next attempt's first choice.

@@ -44,7 +44,8 @@ impl Fleet {
             handles: Vec::new(),
             health: Vec::new(),
         };
-        for q in &topology.work_queues {
+        // A band is consumed by its queue's workers, never on its own.
+        for q in topology.work_queues.iter().filter(|q| q.band_of.is_none()) {
             for _ in 0..per_queue {
                 let mut settings = WorkerConfig::builder(q.name.clone());
                 settings.prefetch = 64;
