@@ -4,7 +4,8 @@
 //!
 //! Why the loop is this small: memory stays bounded only if nothing is taken from the stream
 //! ahead of a free slot (`prefetch` bounds what the broker sends, `concurrency` what runs), and
-//! acks stay correct only if the acker hears of every delivery in tag order before its outcome.
+//! acks stay correct only if the acker hears of every delivery in tag order before its outcome
+//! (which is why an urgent band, taken out of the broker's order, has a channel of its own).
 //! Reconnecting and draining are the supervisor's; what happens to a message is `processing`'s.
 
 use super::acker::{self, AckEvent};
@@ -29,35 +30,30 @@ pub(super) enum SessionEnd {
     Lost(String),
 }
 
-/// A session's consumers: the work queue's, and its urgent band's when it has one. Index `i`
-/// of [`Consumers::lanes`] consumes `ctx.lanes[i]`.
-pub(super) struct Consumers {
-    pub(super) lanes: Vec<Consumer>,
+/// One consumed queue of a session: its own channel, so that its delivery tags (and the acker
+/// that acks them in tag order) are its own, and its consumer.
+pub(super) struct Subscription {
+    pub(super) channel: Channel,
+    pub(super) consumer: Consumer,
 }
 
-impl Consumers {
-    /// Every consumer's tag, to cancel them on shutdown.
-    pub(super) fn tags(&self) -> Vec<lapin::types::ShortString> {
-        self.lanes.iter().map(Consumer::tag).collect()
-    }
-}
-
-/// Sets the prefetch window on `channel` and subscribes to each of `queues` (the work queue,
-/// then its urgent band). With `global = false` the window is per consumer, so a bulk backlog
-/// cannot fill the window the band's messages need. `scrub` words a broker error without the
-/// password.
-pub(super) async fn subscribe(
-    channel: &Channel,
+/// Subscribes to each of `queues` (the work queue, then its urgent band), each on a channel of
+/// its own with the prefetch window. The band is subscribed first, so that its waiting
+/// messages are already on their way when the bulk ones start. Returned in `queues`' order
+/// (index `i` consumes `ctx.lanes[i]`). `scrub` words a broker error without the password.
+pub(super) async fn subscribe<'q>(
+    conn: &lapin::Connection,
     config: &WorkerSettings,
-    queues: impl Iterator<Item = &str>,
+    queues: impl DoubleEndedIterator<Item = &'q str>,
     scrub: impl Fn(lapin::Error) -> String,
-) -> Result<Consumers, String> {
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions { global: false })
-        .await
-        .map_err(&scrub)?;
+) -> Result<Vec<Subscription>, String> {
     let mut lanes = Vec::new();
-    for queue in queues {
+    for queue in queues.rev() {
+        let channel = conn.create_channel().await.map_err(&scrub)?;
+        channel
+            .basic_qos(config.prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(&scrub)?;
         let consumer = channel
             .basic_consume(
                 queue.into(),
@@ -78,12 +74,13 @@ pub(super) async fn subscribe(
                     text
                 }
             })?;
-        lanes.push(consumer);
+        lanes.push(Subscription { channel, consumer });
     }
-    Ok(Consumers { lanes })
+    lanes.reverse();
+    Ok(lanes)
 }
 
-/// Indexes into `ctx.lanes` (and [`Consumers::lanes`]).
+/// Indexes into `ctx.lanes` (and a session's subscriptions).
 const MAIN: usize = 0;
 const URGENT: usize = 1;
 
@@ -97,17 +94,19 @@ async fn next_of(
     }
 }
 
-/// Starts the acker of a session's channel; returns its event sender and task.
+/// Starts the acker of one of a session's channels (consuming `queue`); returns its event
+/// sender and task.
 pub(super) fn start_acker<H>(
     ctx: &Ctx<H>,
     channel: &Channel,
+    queue: &str,
 ) -> (mpsc::UnboundedSender<AckEvent>, tokio::task::JoinHandle<()>) {
     // One ack frame per quarter of the prefetch window under load.
     let batch = u64::from(ctx.config.prefetch / 4).max(1);
     acker::spawn(
         channel.clone(),
         ctx.metrics.clone(),
-        ctx.config.queue.clone(),
+        queue.to_owned(),
         batch,
     )
 }
@@ -116,8 +115,7 @@ pub(super) fn start_acker<H>(
 /// consumer ends.
 pub(super) async fn consume<H: Handler>(
     ctx: &Arc<Ctx<H>>,
-    consumers: Consumers,
-    events: mpsc::UnboundedSender<AckEvent>,
+    lanes: Vec<(Consumer, mpsc::UnboundedSender<AckEvent>)>,
     slots: &Arc<Semaphore>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -126,11 +124,13 @@ pub(super) async fn consume<H: Handler>(
     // and leave the token's waiter list (a lock each way) twice per message.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
-    let mut lanes = consumers.lanes.into_iter();
-    let Some(mut main) = lanes.next() else {
+    let mut lanes = lanes.into_iter();
+    let Some((mut main, main_events)) = lanes.next() else {
         return SessionEnd::Lost("no consumer was subscribed".to_owned());
     };
-    let mut urgent = lanes.next();
+    let (mut urgent, urgent_events) = lanes.next().unzip();
+    // Each lane's deliveries go to its own channel's acker, in that channel's tag order.
+    let events = [Some(main_events), urgent_events];
     loop {
         let permit = tokio::select! {
             biased;
@@ -161,6 +161,9 @@ pub(super) async fn consume<H: Handler>(
                     "the broker ended the consumer (queue deleted, consumer_timeout, or node shutdown)".to_owned(),
                 );
             }
+        };
+        let Some(events) = events.get(lane).and_then(Option::as_ref) else {
+            return SessionEnd::Lost("a delivery without its lane".to_owned());
         };
         if events
             .send(AckEvent::Delivered(delivery.delivery_tag))

@@ -16,7 +16,7 @@ use crate::handler::Handler;
 use crate::metrics::{label, Health};
 use crate::retry::RetryPolicy;
 use lapin::options::BasicCancelOptions;
-use lapin::{Channel, Connection};
+use lapin::Connection;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -83,7 +83,7 @@ impl<H: Handler> Supervisor<H> {
                     r.unwrap_or_else(|_| Err("connecting took longer than 30s".to_owned()))
                 }
             };
-            let (conn, channel, consumers, node) = match opened {
+            let (conn, subscriptions, node) = match opened {
                 Ok(s) => s,
                 Err(reason) => {
                     let wait = backoff.next_delay();
@@ -100,26 +100,35 @@ impl<H: Handler> Supervisor<H> {
             self.set_ready(true);
             let urgent = ctx.lanes.get(1).map(|l| l.queue().to_owned());
             tracing::info!(%queue, ?urgent, %node, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
-            let (events, acker_task) = consumer::start_acker(&ctx, &channel);
-            ackers.push(acker_task);
-            let tags = consumers.tags();
-            let end =
-                consumer::consume(&ctx, consumers, events, &slots, &tracker, &shutdown).await;
+            let mut lanes = Vec::new();
+            let mut channels = Vec::new();
+            for (sub, lane) in subscriptions.into_iter().zip(&ctx.lanes) {
+                let (events, acker_task) =
+                    consumer::start_acker(&ctx, &sub.channel, lane.queue());
+                ackers.push(acker_task);
+                channels.push((sub.channel, sub.consumer.tag()));
+                lanes.push((sub.consumer, events));
+            }
+            let end = consumer::consume(&ctx, lanes, &slots, &tracker, &shutdown).await;
             self.set_ready(false);
             match end {
                 SessionEnd::Shutdown => {
                     tracing::info!(%queue, "shutting down: consumer cancelled, finishing in-flight messages");
-                    for tag in tags {
+                    for (channel, tag) in &channels {
                         let _ = tokio::time::timeout(
                             BROKER_CALL,
-                            channel.basic_cancel(tag, BasicCancelOptions::default()),
+                            channel.basic_cancel(tag.clone(), BasicCancelOptions::default()),
                         )
                         .await;
                     }
                     self.drain(&tracker, ackers).await;
-                    let _ =
-                        tokio::time::timeout(BROKER_CALL, channel.close(200, "shutdown".into()))
-                            .await;
+                    for (channel, _) in &channels {
+                        let _ = tokio::time::timeout(
+                            BROKER_CALL,
+                            channel.close(200, "shutdown".into()),
+                        )
+                        .await;
+                    }
                     let _ =
                         tokio::time::timeout(BROKER_CALL, conn.close(200, "shutdown".into())).await;
                     ctx.publisher.close().await;
@@ -174,7 +183,7 @@ impl<H: Handler> Supervisor<H> {
     }
 
     /// Connects, opens a channel and subscribes; errors are worded without the password.
-    async fn open(&self) -> Result<(Connection, Channel, consumer::Consumers, Node), String> {
+    async fn open(&self) -> Result<(Connection, Vec<consumer::Subscription>, Node), String> {
         let (conn, node) = self
             .url
             .connect_node(&format!("courier work {}", self.ctx.config.queue))
@@ -182,11 +191,8 @@ impl<H: Handler> Supervisor<H> {
             .map_err(|e| e.to_string())?;
         let scrub = |e: lapin::Error| format!("{node}: {}", self.url.scrub(&e.to_string()));
         let subscribed = async {
-            let channel = conn.create_channel().await.map_err(scrub)?;
             let queues = self.ctx.lanes.iter().map(|l| l.queue());
-            let consumers =
-                consumer::subscribe(&channel, &self.ctx.config, queues, scrub).await?;
-            Ok((channel, consumers))
+            consumer::subscribe(&conn, &self.ctx.config, queues, scrub).await
         };
         let subscribed = tokio::time::timeout(SUBSCRIBE, subscribed)
             .await
@@ -197,7 +203,7 @@ impl<H: Handler> Supervisor<H> {
                 ))
             });
         match subscribed {
-            Ok((channel, consumers)) => Ok((conn, channel, consumers, node)),
+            Ok(subscriptions) => Ok((conn, subscriptions, node)),
             Err(e) => {
                 // A node that takes the connection but cannot serve the queue (its replica not
                 // yet elected, a node booting) must not be the next attempt's first choice.

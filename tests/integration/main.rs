@@ -3,6 +3,7 @@
 //! Every test works under its own name prefix and removes what it declared, so they run in
 //! parallel with each other and beside real queues. `scripts/test` starts the broker.
 
+mod bands;
 mod compose;
 mod definitions;
 mod demo;
