@@ -391,4 +391,24 @@ mod tests {
             .expect_err("no key")
             .contains("routing_key"));
     }
+
+    #[test]
+    fn a_priority_at_a_band_threshold_goes_to_the_urgent_band() {
+        let text = courier::topology::BUILT_IN_DEFAULT.replace(
+            "name = \"notifications.email\"\n",
+            "name = \"notifications.email\"\nurgent_from = 5\n",
+        );
+        let banded = Defaults {
+            topology: Some(Topology::parse(&text, "t", "").expect("valid")),
+            ..defaults()
+        };
+        let key = |line: &str| {
+            let l: Line = serde_json::from_str(line).expect("parses");
+            build(l, &banded).expect("builds").routing_key
+        };
+        assert_eq!(key(r#"{"body":1,"priority":5}"#), "email.urgent");
+        assert_eq!(key(r#"{"body":1,"priority":4}"#), "email");
+        assert_eq!(key(r#"{"body":1}"#), "email");
+        assert_eq!(key(r#"{"body":1,"priority":9,"routing_key":"sms"}"#), "sms");
+    }
 }

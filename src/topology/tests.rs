@@ -678,7 +678,9 @@ fn an_urgent_band_is_a_second_work_queue_with_tiers_of_its_own() {
     // Same arguments as its queue (type, dead-letter exchange, delivery limit, strategy).
     assert_eq!(
         t.queue(&band.queue).expect("declared").arguments,
-        t.queue("p.notifications.email").expect("declared").arguments
+        t.queue("p.notifications.email")
+            .expect("declared")
+            .arguments
     );
     // Its tiers return to the band, so a retried urgent message stays urgent.
     assert_eq!(
@@ -698,18 +700,31 @@ fn an_urgent_band_is_a_second_work_queue_with_tiers_of_its_own() {
     assert!(t.bindings.iter().any(|b| b.queue == band.queue
         && b.exchange == "p.notifications"
         && b.routing_key == "email.urgent"));
-    assert_eq!(t.routing_key_for("p.notifications", "email", 5), "email.urgent");
-    assert_eq!(t.routing_key_for("p.notifications", "email", 9), "email.urgent");
+    assert_eq!(
+        t.routing_key_for("p.notifications", "email", 5),
+        "email.urgent"
+    );
+    assert_eq!(
+        t.routing_key_for("p.notifications", "email", 9),
+        "email.urgent"
+    );
     assert_eq!(t.routing_key_for("p.notifications", "email", 4), "email");
     // Queues without a band are left alone.
     assert_eq!(t.routing_key_for("p.notifications", "sms", 9), "sms");
-    assert!(t.work_queue("p.notifications.sms").expect("sms").urgent.is_none());
+    assert!(t
+        .work_queue("p.notifications.sms")
+        .expect("sms")
+        .urgent
+        .is_none());
 }
 
 #[test]
 fn urgent_from_in_queue_defaults_gives_every_queue_a_band() {
     let t = Topology::parse(
-        &DEFAULT.replace("max_priority = 9     #", "max_priority = 9\nurgent_from = 7 #"),
+        &DEFAULT.replace(
+            "max_priority = 9     #",
+            "max_priority = 9\nurgent_from = 7 #",
+        ),
         "t",
         "",
     )
@@ -758,5 +773,8 @@ fn urgent_bands_refuse_what_cannot_reach_them() {
         "{}\n[[queues]]\nname = \"notifications.email.urgent\"\n",
         email_queue("urgent_from = 5")
     ));
-    assert!(e.contains("`notifications.email.urgent` is declared twice"), "{e}");
+    assert!(
+        e.contains("`notifications.email.urgent` is declared twice"),
+        "{e}"
+    );
 }

@@ -251,7 +251,8 @@ impl Validator<'_> {
             "queue_defaults.dead_letter_strategy",
             defaults.dead_letter_strategy.as_deref(),
         )?;
-        let default_urgent = self.urgent_from("queue_defaults.urgent_from", defaults.urgent_from)?;
+        let default_urgent =
+            self.urgent_from("queue_defaults.urgent_from", defaults.urgent_from)?;
 
         if raw.queues.is_empty() {
             return Err(self.invalid(
@@ -363,20 +364,21 @@ impl Validator<'_> {
             );
             let mut routes = Vec::new();
             for (j, b) in q.bindings.iter().enumerate() {
-                let (exchange, kind) = exchange_names.get(&b.exchange).cloned().ok_or_else(|| {
-                    self.invalid(
-                        format!("{key}.bindings[{j}].exchange"),
-                        format!(
-                            "exchange `{}` is not declared in [[exchanges]] (declared: {})",
-                            b.exchange,
-                            raw.exchanges
-                                .iter()
-                                .map(|e| e.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                })?;
+                let (exchange, kind) =
+                    exchange_names.get(&b.exchange).cloned().ok_or_else(|| {
+                        self.invalid(
+                            format!("{key}.bindings[{j}].exchange"),
+                            format!(
+                                "exchange `{}` is not declared in [[exchanges]] (declared: {})",
+                                b.exchange,
+                                raw.exchanges
+                                    .iter()
+                                    .map(|e| e.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                    })?;
                 if let (Some(from_key), false) = (urgent_from.key(), kind == ExchangeType::Direct) {
                     return Err(self.invalid(
                         from_key,

@@ -110,8 +110,7 @@ impl<H: Handler> Ctx<H> {
             // per-delivery task several kilobytes, copied on each spawn.
             match outcome::next(&facts, &self.limits) {
                 Next::Handle => {
-                    facts.handled =
-                        Some(self.handle(d, lane, id, &origin, facts.attempts).await);
+                    facts.handled = Some(self.handle(d, lane, id, &origin, facts.attempts).await);
                 }
                 Next::CountRedelivery { n } => {
                     return Box::pin(self.count_redelivery(d, lane, id, n)).await;

@@ -103,8 +103,7 @@ impl<H: Handler> Supervisor<H> {
             let mut lanes = Vec::new();
             let mut channels = Vec::new();
             for (sub, lane) in subscriptions.into_iter().zip(&ctx.lanes) {
-                let (events, acker_task) =
-                    consumer::start_acker(&ctx, &sub.channel, lane.queue());
+                let (events, acker_task) = consumer::start_acker(&ctx, &sub.channel, lane.queue());
                 ackers.push(acker_task);
                 channels.push((sub.channel, sub.consumer.tag()));
                 lanes.push((sub.consumer, events));
