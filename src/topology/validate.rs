@@ -68,24 +68,28 @@ impl Validator<'_> {
     }
 
     fn priority(&self, key: &str, value: Option<i64>) -> Result<Option<u8>, TopologyError> {
-        match value {
-            None => Ok(None),
-            Some(p) if (1..=MAX_PRIORITY).contains(&p) => Ok(u8::try_from(p).ok()),
-            Some(p) => Err(self.invalid(
-                key,
-                format!("priority {p} is out of range; x-max-priority must be 1 to 255 (10 is the sensible maximum)"),
-            )),
-        }
+        self.priority_range(key, value, |p| {
+            format!("priority {p} is out of range; x-max-priority must be 1 to 255 (10 is the sensible maximum)")
+        })
     }
 
     fn urgent_from(&self, key: &str, value: Option<i64>) -> Result<Option<u8>, TopologyError> {
+        self.priority_range(key, value, |p| {
+            format!("{p} is out of range: it is the lowest priority that goes to the urgent band, 1 to 255 (with priorities 0-9, 5 is usual)")
+        })
+    }
+
+    /// A priority of 1 to [`MAX_PRIORITY`], or `why` it is not.
+    fn priority_range(
+        &self,
+        key: &str,
+        value: Option<i64>,
+        why: impl FnOnce(i64) -> String,
+    ) -> Result<Option<u8>, TopologyError> {
         match value {
             None => Ok(None),
             Some(p) if (1..=MAX_PRIORITY).contains(&p) => Ok(u8::try_from(p).ok()),
-            Some(p) => Err(self.invalid(
-                key,
-                format!("{p} is out of range: it is the lowest priority that goes to the urgent band, 1 to 255 (with priorities 0-9, 5 is usual)"),
-            )),
+            Some(p) => Err(self.invalid(key, why(p))),
         }
     }
 
