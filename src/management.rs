@@ -335,9 +335,11 @@ impl Management {
     /// [`ManagementError`] if the API is unreachable, refuses the credentials or answers oddly.
     pub async fn bindings(&self) -> Result<BTreeSet<(String, String, String)>, ManagementError> {
         let bindings: Vec<Binding> = self.list("bindings", "").await?;
+        // Queue and exchange destinations alike (a sharded channel binds an exchange to its
+        // shard exchange); names are unique across both in a topology.
         Ok(bindings
             .into_iter()
-            .filter(|b| b.destination_type == "queue")
+            .filter(|b| b.destination_type == "queue" || b.destination_type == "exchange")
             .map(|b| (b.source, b.destination, b.routing_key))
             .collect())
     }

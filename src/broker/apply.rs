@@ -14,7 +14,9 @@ use super::{classify, Admin, BrokerError, BrokerVersion, Reply};
 use crate::amqp::AmqpUrl;
 use crate::management::Management;
 use crate::topology::{ArgValue, ExchangeDef, ExchangeType, QueueDef, QueueType, Topology};
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::ExchangeKind;
 use std::fmt;
@@ -141,12 +143,17 @@ pub struct CheckReport {
     pub notes: Vec<String>,
 }
 
+/// Why a sharded channel's exchange cannot be declared, and what to do.
+const NO_HASH_PLUGIN: &str = "this broker has no `x-consistent-hash` exchange type, which a sharded channel (shards = {...}) needs: \
+     enable its plugin with `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` (on every node of a cluster; it ships with RabbitMQ), then run apply again";
+
 fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
     match kind {
         ExchangeType::Direct => ExchangeKind::Direct,
         ExchangeType::Topic => ExchangeKind::Topic,
         ExchangeType::Fanout => ExchangeKind::Fanout,
         ExchangeType::Headers => ExchangeKind::Headers,
+        ExchangeType::ConsistentHash => ExchangeKind::Custom(kind.as_str().to_owned()),
     }
 }
 
@@ -157,6 +164,7 @@ pub(crate) fn field_table(args: &std::collections::BTreeMap<String, ArgValue>) -
         let value = match v {
             ArgValue::Int(i) => AMQPValue::LongLongInt(*i),
             ArgValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            ArgValue::Bool(b) => AMQPValue::Boolean(*b),
         };
         t.insert(k.as_str().into(), value);
     }
@@ -280,7 +288,11 @@ impl Declarer<'_> {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            if passive {
+                FieldTable::default()
+            } else {
+                field_table(&e.arguments)
+            },
         )
         .await?;
         Ok(())
@@ -512,9 +524,19 @@ pub async fn apply_with(
             .map_err(|err| d.err(&object, &err, &done))?
         {
             Probe::Missing => {
-                d.declare_exchange(e, false)
-                    .await
-                    .map_err(|err| d.err(&object, &err, &done))?;
+                d.declare_exchange(e, false).await.map_err(|err| {
+                    if e.kind == ExchangeType::ConsistentHash
+                        && err.to_string().contains("unknown exchange type")
+                    {
+                        ApplyError::Unsupported {
+                            object: object.clone(),
+                            reason: NO_HASH_PLUGIN.to_owned(),
+                            done: done.clone(),
+                        }
+                    } else {
+                        d.err(&object, &err, &done)
+                    }
+                })?;
                 report.created.push(object.clone());
             }
             Probe::Same => report.unchanged.push(object.clone()),
@@ -575,15 +597,26 @@ pub async fn apply_with(
             .channel()
             .await
             .map_err(|err| d.err(&object, &err, &done))?;
-        ch.queue_bind(
-            b.queue.as_str().into(),
-            b.exchange.as_str().into(),
-            b.routing_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|err| d.err(&object, &Failed::from(err), &done))?;
+        let bound = if b.to_exchange {
+            ch.exchange_bind(
+                b.queue.as_str().into(),
+                b.exchange.as_str().into(),
+                b.routing_key.as_str().into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        } else {
+            ch.queue_bind(
+                b.queue.as_str().into(),
+                b.exchange.as_str().into(),
+                b.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        };
+        bound.map_err(|err| d.err(&object, &Failed::from(err), &done))?;
         report.bindings += 1;
         done.push(object);
     }

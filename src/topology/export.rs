@@ -12,7 +12,8 @@ pub fn definitions_json(topology: &Topology, vhost: &str) -> Value {
         .map(|e| {
             json!({
                 "name": e.name, "vhost": vhost, "type": e.kind.as_str(),
-                "durable": true, "auto_delete": false, "internal": false, "arguments": {}
+                "durable": true, "auto_delete": false, "internal": false,
+                "arguments": json_args(&e.arguments)
             })
         })
         .collect();
@@ -20,20 +21,9 @@ pub fn definitions_json(topology: &Topology, vhost: &str) -> Value {
         .queues
         .iter()
         .map(|q| {
-            let args: Map<String, Value> = q
-                .arguments
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        ArgValue::Int(i) => json!(i),
-                        ArgValue::Str(s) => json!(s),
-                    };
-                    (k.clone(), v)
-                })
-                .collect();
             json!({
                 "name": q.name, "vhost": vhost, "durable": true, "auto_delete": false,
-                "arguments": args
+                "arguments": json_args(&q.arguments)
             })
         })
         .collect();
@@ -43,7 +33,8 @@ pub fn definitions_json(topology: &Topology, vhost: &str) -> Value {
         .map(|b| {
             json!({
                 "source": b.exchange, "vhost": vhost, "destination": b.queue,
-                "destination_type": "queue", "routing_key": b.routing_key, "arguments": {}
+                "destination_type": if b.to_exchange { "exchange" } else { "queue" },
+                "routing_key": b.routing_key, "arguments": {}
             })
         })
         .collect();
@@ -53,6 +44,19 @@ pub fn definitions_json(topology: &Topology, vhost: &str) -> Value {
         "queues": queues,
         "bindings": bindings,
     })
+}
+
+fn json_args(args: &std::collections::BTreeMap<String, ArgValue>) -> Map<String, Value> {
+    args.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                ArgValue::Int(i) => json!(i),
+                ArgValue::Str(s) => json!(s),
+                ArgValue::Bool(b) => json!(b),
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 fn node_id(prefix: &str, name: &str) -> String {
@@ -100,30 +104,47 @@ pub fn mermaid(topology: &Topology) -> String {
         out.push_str(&format!(
             "  {} -- \"{key}\" --> {}\n",
             node_id("x", &b.exchange),
-            node_id("q", &b.queue)
+            node_id(if b.to_exchange { "x" } else { "q" }, &b.queue)
         ));
     }
     for q in &topology.queues {
         if let QueueRole::Retry { work_queue, delay } = &q.role {
-            out.push_str(&format!(
-                "  {} -. \"failed: retry\" .-> {}\n",
-                node_id("q", work_queue),
-                node_id("q", &q.name)
-            ));
+            // A sharded channel's tiers return to its shard exchange, and are fed by every shard.
+            let sharding = topology
+                .work_queues
+                .iter()
+                .find_map(|w| w.sharding.as_ref().filter(|s| &s.exchange == work_queue));
+            let from: Vec<&String> = match sharding {
+                Some(s) => s.queues.iter().collect(),
+                None => vec![work_queue],
+            };
+            for f in from {
+                out.push_str(&format!(
+                    "  {} -. \"failed: retry\" .-> {}\n",
+                    node_id("q", f),
+                    node_id("q", &q.name)
+                ));
+            }
             out.push_str(&format!(
                 "  {} -. \"after {}\" .-> {}\n",
                 node_id("q", &q.name),
                 tier_label(*delay),
-                node_id("q", work_queue)
+                node_id(if sharding.is_some() { "x" } else { "q" }, work_queue)
             ));
         }
     }
     for w in &topology.work_queues {
-        out.push_str(&format!(
-            "  {} -. \"dead-letter\" .-> {}\n",
-            node_id("q", &w.name),
-            node_id("x", &topology.dead_letter_exchange)
-        ));
+        let consumed: Vec<&String> = match &w.sharding {
+            Some(s) => s.queues.iter().collect(),
+            None => vec![&w.name],
+        };
+        for q in consumed {
+            out.push_str(&format!(
+                "  {} -. \"dead-letter\" .-> {}\n",
+                node_id("q", q),
+                node_id("x", &topology.dead_letter_exchange)
+            ));
+        }
     }
     out
 }

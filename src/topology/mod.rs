@@ -129,6 +129,10 @@ pub enum ExchangeType {
     Fanout,
     /// Routing on headers.
     Headers,
+    /// `x-consistent-hash` (plugin `rabbitmq_consistent_hash_exchange`): spreads messages over
+    /// the bound queues by a hash of the routing key, a header or a property, so that one key
+    /// always reaches the same queue.
+    ConsistentHash,
 }
 
 impl ExchangeType {
@@ -139,6 +143,7 @@ impl ExchangeType {
             Self::Topic => "topic",
             Self::Fanout => "fanout",
             Self::Headers => "headers",
+            Self::ConsistentHash => "x-consistent-hash",
         }
     }
 }
@@ -170,6 +175,8 @@ pub enum ArgValue {
     Int(i64),
     /// A string argument (`x-queue-type`, `x-dead-letter-exchange`, ...).
     Str(String),
+    /// A boolean argument (`x-single-active-consumer`).
+    Bool(bool),
 }
 
 impl fmt::Display for ArgValue {
@@ -177,6 +184,7 @@ impl fmt::Display for ArgValue {
         match self {
             Self::Int(i) => write!(f, "{i}"),
             Self::Str(s) => write!(f, "{s:?}"),
+            Self::Bool(b) => write!(f, "{b}"),
         }
     }
 }
@@ -188,6 +196,8 @@ pub struct ExchangeDef {
     pub name: String,
     /// Exchange type.
     pub kind: ExchangeType,
+    /// Its arguments (`hash-header`, `hash-property` of a shard exchange).
+    pub arguments: BTreeMap<String, ArgValue>,
 }
 
 /// What a queue is for; the worker and the DLQ tool look queues up by role.
@@ -224,8 +234,10 @@ pub struct QueueDef {
 pub struct BindingDef {
     /// Source exchange (prefixed).
     pub exchange: String,
-    /// Destination queue (prefixed).
+    /// Destination queue (prefixed), or exchange when `to_exchange`.
     pub queue: String,
+    /// The destination is an exchange (a sharded channel's shard exchange).
+    pub to_exchange: bool,
     /// Binding key (never prefixed: publishers keep using `email`, `sms`, ...).
     pub routing_key: String,
 }
@@ -252,6 +264,44 @@ pub struct WorkQueue {
     pub urgent: Option<UrgentBand>,
     /// For an urgent band: the work queue it belongs to (whose worker consumes it too).
     pub band_of: Option<String>,
+    /// A sharded channel: the queue is not declared itself but spread over shard queues.
+    pub sharding: Option<Sharding>,
+}
+
+/// What a sharded channel's consistent-hash exchange hashes to pick a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardKey {
+    /// A header's value (`header:x-courier-key`): publishers set it.
+    Header(String),
+    /// The routing key the message reaches the shard exchange with.
+    RoutingKey,
+    /// The `message_id` property.
+    MessageId,
+}
+
+impl fmt::Display for ShardKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(h) => write!(f, "header:{h}"),
+            Self::RoutingKey => f.write_str("routing-key"),
+            Self::MessageId => f.write_str("message-id"),
+        }
+    }
+}
+
+/// A work queue spread over `queues` behind a consistent-hash `exchange`: one key always lands
+/// in the same shard, and each shard has a single active consumer (`x-single-active-consumer`),
+/// so a key's messages are handled in order by one worker at a time however many run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sharding {
+    /// The consistent-hash exchange (prefixed), bound where the queue would be.
+    pub exchange: String,
+    /// What it hashes.
+    pub key: ShardKey,
+    /// The shard queues (prefixed), `<name>.shard.0` ..
+    pub queues: Vec<String>,
+    /// Handle a shard's messages one after another, retrying in place (no tiers).
+    pub ordered: bool,
 }
 
 /// A priority band: a second work queue, `<name>.urgent`, for a queue's urgent messages. The
@@ -266,6 +316,12 @@ pub struct UrgentBand {
     /// Messages with this priority or higher belong in the band.
     pub from_priority: u8,
 }
+
+/// What a sharded channel's consistent-hash exchange is named after its queue.
+pub const SHARD_EXCHANGE_SUFFIX: &str = ".shards";
+
+/// The most shard queues one channel may have.
+pub const MAX_SHARDS: usize = 1024;
 
 /// What a band's binding keys end with: `email` goes to the queue, `email.urgent` to its band.
 pub const URGENT_SUFFIX: &str = ".urgent";

@@ -53,6 +53,15 @@ pub(super) struct RawQueue {
     pub(super) replicas: Option<i64>,
     pub(super) dead_letter_strategy: Option<String>,
     pub(super) urgent_from: Option<i64>,
+    pub(super) shards: Option<RawShards>,
+    pub(super) ordered: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShards {
+    pub(super) count: i64,
+    pub(super) key: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -250,7 +250,7 @@ fn parser_keys() -> Vec<(&'static str, String)> {
         "RawExchange" => "[[exchanges]]",
         "RawQueueDefaults" => "[queue_defaults]",
         "RawQueue" => "[[queues]]",
-        "RawBinding" => "[[queues]]",
+        "RawBinding" | "RawShards" => "[[queues]]",
         "RawRetry" => "[retry]",
         "RawDeadLetter" => "[dead_letter]",
         other => panic!("raw.rs has a new struct {other}: say here which table it is"),
@@ -776,5 +776,136 @@ fn urgent_bands_refuse_what_cannot_reach_them() {
     assert!(
         e.contains("`notifications.email.urgent` is declared twice"),
         "{e}"
+    );
+}
+
+fn sharded(extra: &str) -> String {
+    email_queue(&format!(
+        "shards = {{ count = 3, key = \"header:x-courier-key\" }}\n{extra}"
+    ))
+}
+
+#[test]
+fn a_sharded_channel_is_a_hash_exchange_over_single_active_consumer_queues() {
+    let t = Topology::parse(&sharded(""), "t", "p.").expect("valid");
+    let email = t.work_queue("p.notifications.email").expect("email");
+    let s = email.sharding.as_ref().expect("sharded");
+    assert_eq!(s.exchange, "p.notifications.email.shards");
+    assert_eq!(s.key, ShardKey::Header("x-courier-key".into()));
+    assert!(!s.ordered);
+    assert_eq!(
+        s.queues,
+        [
+            "p.notifications.email.shard.0",
+            "p.notifications.email.shard.1",
+            "p.notifications.email.shard.2"
+        ]
+    );
+    // The logical queue is not declared; the shards are, with a single active consumer.
+    assert!(t.queue("p.notifications.email").is_none());
+    for q in &s.queues {
+        assert_eq!(
+            arg(&t, q, "x-single-active-consumer"),
+            Some(ArgValue::Bool(true))
+        );
+        assert_eq!(arg(&t, q, "x-max-priority"), Some(ArgValue::Int(9)));
+        assert!(t.bindings.iter().any(|b| &b.queue == q
+            && b.exchange == s.exchange
+            && b.routing_key == "1"
+            && !b.to_exchange));
+    }
+    let x = t
+        .exchanges
+        .iter()
+        .find(|e| e.name == s.exchange)
+        .expect("declared");
+    assert_eq!(x.kind, ExchangeType::ConsistentHash);
+    assert_eq!(
+        x.arguments.get("hash-header"),
+        Some(&ArgValue::Str("x-courier-key".into()))
+    );
+    // Publishers keep their exchange and key: the binding now leads to the shard exchange.
+    assert!(t.bindings.iter().any(|b| b.exchange == "p.notifications"
+        && b.queue == s.exchange
+        && b.routing_key == "email"
+        && b.to_exchange));
+    // Throughput mode: shared tiers hand a retry back to the shard exchange.
+    assert_eq!(email.retry_queues.len(), 4);
+    assert_eq!(
+        arg(&t, &email.retry_queues[0], "x-dead-letter-exchange"),
+        Some(ArgValue::Str(s.exchange.clone()))
+    );
+    assert_eq!(
+        arg(&t, &email.retry_queues[0], "x-dead-letter-routing-key"),
+        None
+    );
+}
+
+#[test]
+fn an_ordered_channel_has_no_tiers_and_no_priorities() {
+    let text = sharded("ordered = true")
+        .replace("type = \"classic\"     #", "type = \"quorum\" #")
+        .replace("max_priority = 9     #", "#");
+    let t = Topology::parse(&text, "t", "").expect("valid");
+    let email = t.work_queue("notifications.email").expect("email");
+    assert!(email.retry_queues.is_empty());
+    assert!(email.sharding.as_ref().expect("sharded").ordered);
+    assert!(t.queue("notifications.email.retry.1s").is_none());
+    assert_eq!(
+        arg(&t, "notifications.email.shard.0", "x-queue-leader-locator"),
+        Some(ArgValue::Str("balanced".into()))
+    );
+    // Priorities inherited from [queue_defaults] are dropped for an ordered channel ...
+    let t = Topology::parse(&sharded("ordered = true"), "t", "").expect("valid");
+    assert_eq!(
+        arg(&t, "notifications.email.shard.0", "x-max-priority"),
+        None
+    );
+    // ... and its own are refused.
+    let e = err(&sharded("ordered = true\nmax_priority = 5"));
+    assert!(
+        e.contains("queues[0].max_priority") && e.contains("reorder"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shard_settings_are_checked() {
+    let e = err(&email_queue("shards = { count = 0, key = \"message-id\" }"));
+    assert!(
+        e.contains("queues[0].shards.count") && e.contains("1 to 1024"),
+        "{e}"
+    );
+    let e = err(&email_queue("shards = { count = 2, key = \"tenant\" }"));
+    assert!(
+        e.contains("queues[0].shards.key") && e.contains("header:x-courier-key"),
+        "{e}"
+    );
+    let e = err(&email_queue("shards = { count = 2, key = \"header:\" }"));
+    assert!(e.contains("queues[0].shards.key"), "{e}");
+    let e = err(&email_queue("ordered = true"));
+    assert!(
+        e.contains("queues[0].ordered") && e.contains("needs shards"),
+        "{e}"
+    );
+    let e = err(&sharded("urgent_from = 5"));
+    assert!(
+        e.contains("queues[0].urgent_from") && e.contains("do not combine"),
+        "{e}"
+    );
+    let t = Topology::parse(
+        &email_queue("shards = { count = 2, key = \"message-id\" }"),
+        "t",
+        "",
+    )
+    .expect("valid");
+    let x = t
+        .exchanges
+        .iter()
+        .find(|e| e.name == "notifications.email.shards")
+        .expect("declared");
+    assert_eq!(
+        x.arguments.get("hash-property"),
+        Some(&ArgValue::Str("message_id".into()))
     );
 }

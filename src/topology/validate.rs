@@ -93,6 +93,33 @@ impl Validator<'_> {
         }
     }
 
+    /// `shards = { count, key }` of queue entry `key`.
+    fn shards(&self, key: &str, raw: &RawShards) -> Result<(usize, ShardKey), TopologyError> {
+        let count = usize::try_from(raw.count)
+            .ok()
+            .filter(|c| (1..=MAX_SHARDS).contains(c))
+            .ok_or_else(|| {
+                self.invalid(
+                    format!("{key}.shards.count"),
+                    format!("{} is out of range: 1 to {MAX_SHARDS} shard queues (a handful per node is plenty; see docs/ordering.md)", raw.count),
+                )
+            })?;
+        let shard_key = match raw.key.as_str() {
+            "routing-key" => ShardKey::RoutingKey,
+            "message-id" => ShardKey::MessageId,
+            other => match other.strip_prefix("header:") {
+                Some(h) if !h.trim().is_empty() => ShardKey::Header(h.to_owned()),
+                _ => {
+                    return Err(self.invalid(
+                        format!("{key}.shards.key"),
+                        format!("`{other}` is not a shard key; use \"header:x-courier-key\" (a header publishers set), \"routing-key\" or \"message-id\""),
+                    ))
+                }
+            },
+        };
+        Ok((count, shard_key))
+    }
+
     fn positive(&self, key: &str, value: Option<i64>) -> Result<Option<i64>, TopologyError> {
         match value {
             Some(v) if v < 1 => Err(self.invalid(key, format!("{v} must be at least 1"))),
@@ -170,7 +197,11 @@ impl Validator<'_> {
                 }
             };
             exchange_names.insert(e.name.clone(), (name.clone(), kind));
-            exchanges.push(ExchangeDef { name, kind });
+            exchanges.push(ExchangeDef {
+                name,
+                kind,
+                arguments: BTreeMap::new(),
+            });
         }
 
         let retry = self.retry(raw.retry)?;
@@ -240,6 +271,7 @@ impl Validator<'_> {
         exchanges.push(ExchangeDef {
             name: dlx.clone(),
             kind: ExchangeType::Fanout,
+            arguments: BTreeMap::new(),
         });
 
         let defaults = &raw.queue_defaults;
@@ -408,6 +440,142 @@ impl Validator<'_> {
                     ));
                 }
             }
+            let ordered = q.ordered.unwrap_or(false);
+            if let Some(raw_shards) = &q.shards {
+                if let Some(from_key) = urgent_from.key() {
+                    return Err(self.invalid(
+                        from_key,
+                        format!("`{}` is sharded: an urgent band and shards do not combine (a band would need its own shards); remove urgent_from for this queue", q.name),
+                    ));
+                }
+                if ordered && q.max_priority.is_some() {
+                    return Err(self.invalid(
+                        format!("{key}.max_priority"),
+                        "an ordered channel delivers each key's messages in publish order, and priorities would reorder them; remove max_priority (priorities from [queue_defaults] do not apply to ordered channels)",
+                    ));
+                }
+                let (count, shard_key) = self.shards(&key, raw_shards)?;
+                let exchange = self.name(
+                    &format!("{key}.shards"),
+                    &format!("{}{SHARD_EXCHANGE_SUFFIX}", q.name),
+                )?;
+                let mut xargs = BTreeMap::new();
+                match &shard_key {
+                    ShardKey::Header(h) => {
+                        xargs.insert("hash-header".to_owned(), ArgValue::Str(h.clone()));
+                    }
+                    ShardKey::MessageId => {
+                        xargs.insert(
+                            "hash-property".to_owned(),
+                            ArgValue::Str("message_id".to_owned()),
+                        );
+                    }
+                    ShardKey::RoutingKey => {}
+                }
+                exchanges.push(ExchangeDef {
+                    name: exchange.clone(),
+                    kind: ExchangeType::ConsistentHash,
+                    arguments: xargs,
+                });
+                // Publishers keep publishing where they did: the queue's bindings now lead to
+                // the shard exchange.
+                for (source, routing_key) in &routes {
+                    bindings.push(BindingDef {
+                        exchange: source.clone(),
+                        queue: exchange.clone(),
+                        to_exchange: true,
+                        routing_key: routing_key.clone(),
+                    });
+                }
+                let mut shard_args = args.clone();
+                // One active consumer per shard: the order of a key holds however many
+                // workers subscribe, and the next in line takes over when it goes.
+                shard_args.insert("x-single-active-consumer".to_owned(), ArgValue::Bool(true));
+                if ordered {
+                    shard_args.remove("x-max-priority");
+                }
+                if queue_type == QueueType::Quorum {
+                    // Leaders spread over the nodes, not all on the one `apply` talked to.
+                    shard_args.insert(
+                        "x-queue-leader-locator".to_owned(),
+                        ArgValue::Str("balanced".to_owned()),
+                    );
+                }
+                let mut shard_queues = Vec::new();
+                for i in 0..count {
+                    let shard = self.name(
+                        &format!("{key}.shards.count"),
+                        &format!("{}.shard.{i}", q.name),
+                    )?;
+                    queues.push(QueueDef {
+                        name: shard.clone(),
+                        role: QueueRole::Work,
+                        queue_type,
+                        arguments: shard_args.clone(),
+                    });
+                    // The binding key of a consistent-hash exchange is the shard's weight.
+                    bindings.push(BindingDef {
+                        exchange: exchange.clone(),
+                        queue: shard.clone(),
+                        to_exchange: false,
+                        routing_key: "1".to_owned(),
+                    });
+                    shard_queues.push(shard);
+                }
+                // Throughput mode shares one set of tiers, which hand a retried message back to
+                // the shard exchange (its key picks the shard again). Ordered mode retries in
+                // place: a tier would let the key's later messages overtake.
+                let mut retry_queues = Vec::new();
+                if !ordered {
+                    for (t, delay) in retry.tiers.iter().enumerate() {
+                        let tier_name = self.name(
+                            &format!("retry.tiers[{t}]"),
+                            &format!("{}.retry.{}", q.name, tier_label(*delay)),
+                        )?;
+                        let mut targs = quorum_args.clone();
+                        targs.insert(
+                            "x-queue-type".to_owned(),
+                            ArgValue::Str(queue_type.as_str().to_owned()),
+                        );
+                        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                        targs.insert("x-message-ttl".to_owned(), ArgValue::Int(ttl));
+                        targs.insert(
+                            "x-dead-letter-exchange".to_owned(),
+                            ArgValue::Str(exchange.clone()),
+                        );
+                        queues.push(QueueDef {
+                            name: tier_name.clone(),
+                            role: QueueRole::Retry {
+                                work_queue: exchange.clone(),
+                                delay: *delay,
+                            },
+                            queue_type,
+                            arguments: targs,
+                        });
+                        retry_queues.push(tier_name);
+                    }
+                }
+                work_queues.push(WorkQueue {
+                    name,
+                    max_priority: if ordered { None } else { max_priority },
+                    retry_queues,
+                    urgent: None,
+                    band_of: None,
+                    sharding: Some(Sharding {
+                        exchange,
+                        key: shard_key,
+                        queues: shard_queues,
+                        ordered,
+                    }),
+                });
+                continue;
+            }
+            if ordered {
+                return Err(self.invalid(
+                    format!("{key}.ordered"),
+                    format!("`{}` is not sharded: ordered delivery needs shards (each with one active consumer); add shards = {{ count = 1, key = \"header:x-courier-key\" }} for one ordered stream, more for several", q.name),
+                ));
+            }
             // The band is a second work queue with the same arguments and tiers of its own, so
             // a retried urgent message comes back to the band, not behind the bulk.
             let band = match urgent_from.value {
@@ -429,6 +597,7 @@ impl Validator<'_> {
                     bindings.push(BindingDef {
                         exchange: exchange.clone(),
                         queue: lane_name.clone(),
+                        to_exchange: false,
                         routing_key: format!("{routing_key}{suffix}"),
                     });
                 }
@@ -483,6 +652,7 @@ impl Validator<'_> {
                         _ => None,
                     },
                     band_of: is_band.then(|| name.clone()),
+                    sharding: None,
                 });
             }
         }
@@ -496,6 +666,7 @@ impl Validator<'_> {
         bindings.push(BindingDef {
             exchange: dlx.clone(),
             queue: dlq.clone(),
+            to_exchange: false,
             routing_key: String::new(),
         });
 
