@@ -801,13 +801,11 @@ fn a_sharded_channel_is_a_hash_exchange_over_single_active_consumer_queues() {
             "p.notifications.email.shard.2"
         ]
     );
-    // The logical queue is not declared; the shards are, with a single active consumer.
+    // The logical queue is not declared; the shards are, with competing consumers in
+    // throughput mode (a single active one only when ordered).
     assert!(t.queue("p.notifications.email").is_none());
     for q in &s.queues {
-        assert_eq!(
-            arg(&t, q, "x-single-active-consumer"),
-            Some(ArgValue::Bool(true))
-        );
+        assert_eq!(arg(&t, q, "x-single-active-consumer"), None);
         assert_eq!(arg(&t, q, "x-max-priority"), Some(ArgValue::Int(9)));
         assert!(t.bindings.iter().any(|b| &b.queue == q
             && b.exchange == s.exchange
@@ -851,6 +849,10 @@ fn an_ordered_channel_has_no_tiers_and_no_priorities() {
     assert!(email.retry_queues.is_empty());
     assert!(email.sharding.as_ref().expect("sharded").ordered);
     assert!(t.queue("notifications.email.retry.1s").is_none());
+    assert_eq!(
+        arg(&t, "notifications.email.shard.2", "x-single-active-consumer"),
+        Some(ArgValue::Bool(true))
+    );
     assert_eq!(
         arg(&t, "notifications.email.shard.0", "x-queue-leader-locator"),
         Some(ArgValue::Str("balanced".into()))

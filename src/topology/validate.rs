@@ -488,10 +488,12 @@ impl Validator<'_> {
                     });
                 }
                 let mut shard_args = args.clone();
-                // One active consumer per shard: the order of a key holds however many
-                // workers subscribe, and the next in line takes over when it goes.
-                shard_args.insert("x-single-active-consumer".to_owned(), ArgValue::Bool(true));
                 if ordered {
+                    // One active consumer per shard: the order of a key holds however many
+                    // workers subscribe, and the next in line takes over when it goes.
+                    // (Throughput mode has competing consumers on every shard instead: with a
+                    // single active one, the first worker to subscribe would take them all.)
+                    shard_args.insert("x-single-active-consumer".to_owned(), ArgValue::Bool(true));
                     shard_args.remove("x-max-priority");
                 }
                 if queue_type == QueueType::Quorum {

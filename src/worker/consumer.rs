@@ -14,6 +14,7 @@ use super::WorkerSettings;
 use crate::broker;
 use crate::handler::Handler;
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
@@ -80,18 +81,106 @@ pub(super) async fn subscribe<'q>(
     Ok(lanes)
 }
 
-/// Indexes into `ctx.lanes` (and a session's subscriptions).
-const MAIN: usize = 0;
-const URGENT: usize = 1;
-
-/// The next delivery of an optional consumer; never ready without one.
-async fn next_of(
-    consumer: Option<&mut Consumer>,
-) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
-    match consumer {
-        Some(c) => c.next().await,
-        None => std::future::pending().await,
+/// The consume loop of an ordered channel: each shard this worker is the active consumer of
+/// is worked by a loop of its own that takes the next delivery only once the previous one is
+/// settled, so a key's messages are handled in the order the shard holds them. Slots still
+/// bound how many shards run at once. Returns when told to stop (after every shard finished
+/// the message in hand) or when any shard's consumer ends.
+pub(super) async fn consume_ordered<H: Handler>(
+    ctx: &Arc<Ctx<H>>,
+    lanes: Vec<(Consumer, mpsc::UnboundedSender<AckEvent>)>,
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let mut set = tokio::task::JoinSet::new();
+    for (lane, (consumer, events)) in lanes.into_iter().enumerate() {
+        let (ctx, slots, shutdown) = (ctx.clone(), slots.clone(), shutdown.clone());
+        set.spawn(async move { ordered_lane(&ctx, lane, consumer, &events, &slots, &shutdown).await });
     }
+    let first = match set.join_next().await {
+        Some(Ok(end)) => end,
+        Some(Err(e)) => SessionEnd::Lost(format!("a shard's loop failed: {e}")),
+        None => return SessionEnd::Lost("no consumer was subscribed".to_owned()),
+    };
+    match first {
+        // Every loop sees the same token: let each finish the message in hand.
+        SessionEnd::Shutdown => while set.join_next().await.is_some() {},
+        // The session is over; what the others hold returns to the queue with the channel.
+        SessionEnd::Lost(_) => set.shutdown().await,
+    }
+    first
+}
+
+async fn ordered_lane<H: Handler>(
+    ctx: &Arc<Ctx<H>>,
+    lane: usize,
+    mut consumer: Consumer,
+    events: &mpsc::UnboundedSender<AckEvent>,
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            n = consumer.next() => n,
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
+            None => return consumer_ended(ctx, lane),
+        };
+        // Not yet reported to the acker: dropped here, it returns to the queue with the channel.
+        let _permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            p = slots.acquire() => match p {
+                Ok(p) => p,
+                Err(_) => return SessionEnd::Shutdown,
+            },
+        };
+        let tag = delivery.delivery_tag;
+        if events.send(AckEvent::Delivered(tag)).is_err() {
+            return SessionEnd::Lost("acknowledgement task stopped (channel closed)".to_owned());
+        }
+        let settle = ctx.process(delivery, lane).await;
+        let _ = events.send(AckEvent::Settled(tag, settle));
+    }
+}
+
+/// The broker ended lane `lane`'s consumer: counted, and the session is lost.
+fn consumer_ended<H>(ctx: &Ctx<H>, lane: usize) -> SessionEnd {
+    let queue = ctx.lanes.get(lane).map_or("?", |l| l.queue());
+    ctx.metrics
+        .consumer_cancels
+        .with_label_values(&[queue])
+        .inc();
+    SessionEnd::Lost(
+        "the broker ended the consumer (queue deleted, consumer_timeout, or node shutdown)"
+            .to_owned(),
+    )
+}
+
+/// The next delivery of any lane, looked at in the order [`consume`] describes.
+fn poll_lanes(
+    cx: &mut std::task::Context<'_>,
+    consumers: &mut [Consumer],
+    banded: bool,
+    start: &mut usize,
+) -> std::task::Poll<(Option<Result<Delivery, lapin::Error>>, usize)> {
+    let n = consumers.len();
+    for k in 0..n {
+        let i = if banded { n - 1 - k } else { (*start + k) % n };
+        if let Some(c) = consumers.get_mut(i) {
+            if let std::task::Poll::Ready(item) = c.poll_next_unpin(cx) {
+                if !banded {
+                    *start = (i + 1) % n;
+                }
+                return std::task::Poll::Ready((item, i));
+            }
+        }
+    }
+    std::task::Poll::Pending
 }
 
 /// Starts the acker of one of a session's channels (consuming `queue`); returns its event
@@ -124,13 +213,15 @@ pub(super) async fn consume<H: Handler>(
     // and leave the token's waiter list (a lock each way) twice per message.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
-    let mut lanes = lanes.into_iter();
-    let Some((mut main, main_events)) = lanes.next() else {
+    let (mut consumers, events): (Vec<Consumer>, Vec<_>) = lanes.into_iter().unzip();
+    if consumers.is_empty() {
         return SessionEnd::Lost("no consumer was subscribed".to_owned());
-    };
-    let (mut urgent, urgent_events) = lanes.next().unzip();
-    // Each lane's deliveries go to its own channel's acker, in that channel's tag order.
-    let events = [Some(main_events), urgent_events];
+    }
+    // Which lane a free slot looks at first: an urgent band always (lane 1), so it takes
+    // whatever waits there before any bulk delivery already buffered; shards in turn, so that
+    // one busy shard cannot starve the others.
+    let banded = ctx.lanes.get(1).is_some_and(|l| l.work.band_of.is_some());
+    let mut start = 0;
     loop {
         let permit = tokio::select! {
             biased;
@@ -140,29 +231,17 @@ pub(super) async fn consume<H: Handler>(
                 Err(_) => return SessionEnd::Shutdown,
             },
         };
-        // The urgent band first: a free slot takes whatever waits there before any bulk
-        // delivery already buffered. Polled in order, so an idle band costs one poll.
         let (next, lane) = tokio::select! {
             biased;
             () = &mut cancelled => return SessionEnd::Shutdown,
-            n = next_of(urgent.as_mut()) => (n, URGENT),
-            n = main.next() => (n, MAIN),
+            r = std::future::poll_fn(|cx| poll_lanes(cx, &mut consumers, banded, &mut start)) => r,
         };
         let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
-            None => {
-                let queue = ctx.lanes.get(lane).map_or("?", |l| l.queue());
-                ctx.metrics
-                    .consumer_cancels
-                    .with_label_values(&[queue])
-                    .inc();
-                return SessionEnd::Lost(
-                    "the broker ended the consumer (queue deleted, consumer_timeout, or node shutdown)".to_owned(),
-                );
-            }
+            None => return consumer_ended(ctx, lane),
         };
-        let Some(events) = events.get(lane).and_then(Option::as_ref) else {
+        let Some(events) = events.get(lane) else {
             return SessionEnd::Lost("a delivery without its lane".to_owned());
         };
         if events

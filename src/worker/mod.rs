@@ -30,7 +30,7 @@ use crate::handler::Handler;
 use crate::metrics::{Health, Metrics};
 use crate::outcome::Limits;
 use crate::publisher::{Publisher, PublisherConfig};
-use crate::topology::{tier_label, Topology};
+use crate::topology::{tier_label, Topology, WorkQueue};
 use processing::{Ctx, Lane};
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,24 +233,50 @@ impl<H: Handler> Worker<H> {
             .iter()
             .map(|d| tier_label(*d))
             .collect();
-        // The urgent band, if any, is consumed beside the queue and taken first.
-        let band = work
-            .urgent
-            .as_ref()
-            .and_then(|u| topology.work_queue(&u.queue))
-            .cloned();
+        // What is consumed: the queue, and its urgent band (taken first) if it has one; or,
+        // for a sharded channel, every shard.
+        let ordered = work.sharding.as_ref().is_some_and(|s| s.ordered);
+        let consumed: Vec<WorkQueue> = match &work.sharding {
+            Some(s) => s
+                .queues
+                .iter()
+                .map(|q| WorkQueue {
+                    name: q.clone(),
+                    sharding: None,
+                    ..work.clone()
+                })
+                .collect(),
+            None => std::iter::once(work.clone())
+                .chain(
+                    work.urgent
+                        .as_ref()
+                        .and_then(|u| topology.work_queue(&u.queue))
+                        .cloned(),
+                )
+                .collect(),
+        };
+        // An ordered channel retries in place, after each tier's delay, without tier queues.
+        let retry_queues = if ordered {
+            topology.retry.tiers.len()
+        } else {
+            work.retry_queues.len()
+        };
         // Every series from the start (see `metrics`): the tiers each queue can retry to.
-        let lanes: Vec<Lane> = std::iter::once(work.clone())
-            .chain(band)
+        let tiers = tier_labels.len().min(retry_queues);
+        let lanes: Vec<Lane> = consumed
+            .into_iter()
             .map(|work| {
-                let tiers = tier_labels.len().min(work.retry_queues.len());
                 let series = metrics.init_queue(&work.name, &tier_labels[..tiers]);
-                Lane { work, series }
+                Lane {
+                    work,
+                    series,
+                    ordered,
+                }
             })
             .collect();
         let limits = Limits {
             retry: topology.retry.clone(),
-            retry_queues: work.retry_queues.len(),
+            retry_queues,
             max_redeliveries: config.max_redeliveries,
         };
         Ok(Self {

@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 /// never sees it, as [`outcome::next`] dead-letters such a message first.
 const NO_ID: &str = "(none)";
 
+/// Set by quorum queues on a redelivered message: how often it was delivered before.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+
 /// Everything a message task needs, shared by all of them.
 pub(super) struct Ctx<H> {
     /// The worker's checked settings.
@@ -57,6 +60,10 @@ pub(super) struct Lane {
     pub(super) work: WorkQueue,
     /// Its series that every message updates, resolved once.
     pub(super) series: QueueSeries,
+    /// A shard of an ordered channel: its messages are handled one at a time, a failure is
+    /// retried in place, and nothing is republished to the queue (it would go behind the
+    /// key's later messages).
+    pub(super) ordered: bool,
 }
 
 impl Lane {
@@ -97,14 +104,20 @@ impl<H: Handler> Ctx<H> {
         let message_id = envelope::message_id(props);
         let id = message_id.unwrap_or(NO_ID);
         let mut facts = Facts {
-            redelivered: d.redelivered,
+            redelivered: d.redelivered && !lane.ordered,
             redeliveries: envelope::redeliveries(headers),
             has_message_id: message_id.is_some(),
             invalid_body: envelope::validate_body(&d.data).err(),
             attempts: envelope::attempts(headers),
             handled: None,
         };
-        // At most twice round: `next` says `Handle` only while there is no result.
+        if lane.ordered && d.redelivered {
+            if let Some(settle) = self.ordered_redelivery(d, lane, id, &origin, &facts).await {
+                return settle;
+            }
+        }
+        // Twice round at most (`next` says `Handle` only while there is no result), except on
+        // an ordered shard, where a failed attempt is retried here.
         loop {
             // The rare paths are boxed: their publish futures would otherwise make every
             // per-delivery task several kilobytes, copied on each spawn.
@@ -122,6 +135,18 @@ impl<H: Handler> Ctx<H> {
                     }
                     lane.series.delivered.inc();
                     return Settle::Ack;
+                }
+                Next::Settle(Action::Retry {
+                    tier,
+                    attempts,
+                    error,
+                }) if lane.ordered => {
+                    if !Box::pin(self.retry_in_place(lane, id, tier, attempts, &error)).await {
+                        self.count(lane, label::REQUEUED);
+                        return Settle::Requeue;
+                    }
+                    facts.attempts = attempts;
+                    facts.handled = None;
                 }
                 Next::Settle(Action::Retry {
                     tier,
@@ -244,6 +269,69 @@ impl<H: Handler> Ctx<H> {
             self.count(lane, label::REQUEUED);
             Settle::Requeue
         }
+    }
+
+    /// An ordered shard's failed attempt: waits the tier's delay with the message held (the
+    /// shard waits with it), then the caller runs the handler again. False when the worker is
+    /// stopping meanwhile: the message goes back to the head of its shard.
+    async fn retry_in_place(
+        &self,
+        lane: &Lane,
+        message_id: &str,
+        tier: usize,
+        attempts: u32,
+        error: &str,
+    ) -> bool {
+        let delay = self
+            .limits
+            .retry
+            .tiers
+            .get(tier)
+            .or(self.limits.retry.tiers.last())
+            .copied()
+            .unwrap_or_default();
+        let label = self.tier_labels.get(tier).map_or("?", String::as_str);
+        self.metrics
+            .retries
+            .with_label_values(&[lane.queue(), label])
+            .inc();
+        tracing::debug!(%message_id, attempts, tier = label, %error, "retrying in place (ordered)");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.stopping.cancelled() => false,
+        }
+    }
+
+    /// An ordered shard's redelivered message (its worker died holding it). Counting it the
+    /// usual way republishes it, behind the key's later messages; so it is handled in place,
+    /// and only a quorum queue's own count (`x-delivery-count`) can call it a crash loop.
+    /// Some(settle) when it is dead-lettered here.
+    async fn ordered_redelivery(
+        &self,
+        d: &Delivery,
+        lane: &Lane,
+        message_id: &str,
+        origin: &Origin,
+        facts: &Facts,
+    ) -> Option<Settle> {
+        let limit = self.limits.max_redeliveries;
+        let count = envelope::int_header(d.properties.headers().as_ref(), DELIVERY_COUNT)?;
+        if limit == 0 || count <= i64::from(limit) {
+            return None;
+        }
+        let error = format!("redelivered {count} times without an outcome: a worker holding it crashed, was killed or lost its channel each time");
+        Some(
+            Box::pin(self.dead_letter(
+                d,
+                lane,
+                message_id,
+                origin,
+                facts.attempts,
+                Reason::CrashLoop,
+                &error,
+            ))
+            .await,
+        )
     }
 
     /// A redelivered message: the worker that held it died or lost its channel. Counts it in a

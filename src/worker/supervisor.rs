@@ -98,8 +98,9 @@ impl<H: Handler> Supervisor<H> {
             self.health.set_node(Some(node.address.clone()));
             ctx.metrics.set_node(label::CONSUMER, &node.address);
             self.set_ready(true);
-            let urgent = ctx.lanes.get(1).map(|l| l.queue().to_owned());
-            tracing::info!(%queue, ?urgent, %node, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
+            let lanes = ctx.lanes.iter().map(|l| l.queue()).collect::<Vec<_>>().join(",");
+            let ordered = ctx.lanes.iter().any(|l| l.ordered);
+            tracing::info!(%queue, %lanes, ordered, %node, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
             let mut lanes = Vec::new();
             let mut channels = Vec::new();
             for (sub, lane) in subscriptions.into_iter().zip(&ctx.lanes) {
@@ -108,7 +109,11 @@ impl<H: Handler> Supervisor<H> {
                 channels.push((sub.channel, sub.consumer.tag()));
                 lanes.push((sub.consumer, events));
             }
-            let end = consumer::consume(&ctx, lanes, &slots, &tracker, &shutdown).await;
+            let end = if ctx.lanes.iter().any(|l| l.ordered) {
+                consumer::consume_ordered(&ctx, lanes, &slots, &shutdown).await
+            } else {
+                consumer::consume(&ctx, lanes, &slots, &tracker, &shutdown).await
+            };
             self.set_ready(false);
             match end {
                 SessionEnd::Shutdown => {
