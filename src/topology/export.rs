@@ -47,16 +47,7 @@ pub fn definitions_json(topology: &Topology, vhost: &str) -> Value {
 }
 
 fn json_args(args: &std::collections::BTreeMap<String, ArgValue>) -> Map<String, Value> {
-    args.iter()
-        .map(|(k, v)| {
-            let v = match v {
-                ArgValue::Int(i) => json!(i),
-                ArgValue::Str(s) => json!(s),
-                ArgValue::Bool(b) => json!(b),
-            };
-            (k.clone(), v)
-        })
-        .collect()
+    args.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
 }
 
 fn node_id(prefix: &str, name: &str) -> String {
@@ -92,6 +83,7 @@ pub fn mermaid(topology: &Topology) -> String {
                 format!("{}<br/>TTL {}", q.name, tier_label(*delay))
             }
             QueueRole::DeadLetter => format!("{}<br/>dead letters", q.name),
+            QueueRole::Members => format!("{}<br/>workers of an ordered channel", q.name),
         };
         out.push_str(&format!("  {}[(\"{label}\")]\n", node_id("q", &q.name)));
     }

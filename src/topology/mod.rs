@@ -179,6 +179,17 @@ pub enum ArgValue {
     Bool(bool),
 }
 
+impl ArgValue {
+    /// As the management API and `definitions.json` write it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Int(i) => serde_json::json!(i),
+            Self::Str(s) => serde_json::json!(s),
+            Self::Bool(b) => serde_json::json!(b),
+        }
+    }
+}
+
 impl fmt::Display for ArgValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -214,6 +225,10 @@ pub enum QueueRole {
     },
     /// The dead-letter queue.
     DeadLetter,
+    /// An ordered channel's roll of workers: every worker of the channel keeps a consumer on
+    /// it, so its consumer count is the fleet (a shard's is not: a quorum queue with a single
+    /// active consumer counts only that one). Nothing is ever published to it.
+    Members,
 }
 
 /// One queue to declare (always durable), with every argument spelled out.
@@ -302,6 +317,9 @@ pub struct Sharding {
     pub queues: Vec<String>,
     /// Handle a shard's messages one after another, retrying in place (no tiers).
     pub ordered: bool,
+    /// For an ordered channel, its [`QueueRole::Members`] queue (`<name>.workers`), by which
+    /// the workers count each other to share the shards out.
+    pub members: Option<String>,
 }
 
 /// A priority band: a second work queue, `<name>.urgent`, for a queue's urgent messages. The

@@ -849,8 +849,21 @@ fn an_ordered_channel_has_no_tiers_and_no_priorities() {
     assert!(email.retry_queues.is_empty());
     assert!(email.sharding.as_ref().expect("sharded").ordered);
     assert!(t.queue("notifications.email.retry.1s").is_none());
+    // The workers count each other on a queue of their own.
     assert_eq!(
-        arg(&t, "notifications.email.shard.2", "x-single-active-consumer"),
+        email.sharding.as_ref().and_then(|s| s.members.as_deref()),
+        Some("notifications.email.workers")
+    );
+    assert_eq!(
+        t.queue("notifications.email.workers").map(|q| &q.role),
+        Some(&QueueRole::Members)
+    );
+    assert_eq!(
+        arg(
+            &t,
+            "notifications.email.shard.2",
+            "x-single-active-consumer"
+        ),
         Some(ArgValue::Bool(true))
     );
     assert_eq!(

@@ -557,6 +557,27 @@ impl Validator<'_> {
                         retry_queues.push(tier_name);
                     }
                 }
+                let members = if ordered {
+                    let members =
+                        self.name(&format!("{key}.ordered"), &format!("{}.workers", q.name))?;
+                    let mut margs = BTreeMap::new();
+                    margs.insert(
+                        "x-queue-type".to_owned(),
+                        ArgValue::Str(queue_type.as_str().to_owned()),
+                    );
+                    if let (Some(n), QueueType::Quorum) = (replicas.value, queue_type) {
+                        margs.insert("x-quorum-initial-group-size".to_owned(), ArgValue::Int(n));
+                    }
+                    queues.push(QueueDef {
+                        name: members.clone(),
+                        role: QueueRole::Members,
+                        queue_type,
+                        arguments: margs,
+                    });
+                    Some(members)
+                } else {
+                    None
+                };
                 work_queues.push(WorkQueue {
                     name,
                     max_priority: if ordered { None } else { max_priority },
@@ -568,6 +589,7 @@ impl Validator<'_> {
                         key: shard_key,
                         queues: shard_queues,
                         ordered,
+                        members,
                     }),
                 });
                 continue;

@@ -15,10 +15,14 @@ use crate::broker;
 use crate::handler::Handler;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,54 +54,100 @@ pub(super) async fn subscribe<'q>(
 ) -> Result<Vec<Subscription>, String> {
     let mut lanes = Vec::new();
     for queue in queues.rev() {
-        let channel = conn.create_channel().await.map_err(&scrub)?;
-        channel
-            .basic_qos(config.prefetch, BasicQosOptions { global: false })
-            .await
-            .map_err(&scrub)?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                let missing =
-                    broker::classify(&e).is_some_and(|(r, _)| r == broker::Reply::NotFound);
-                let text = scrub(e);
-                if missing {
-                    format!(
-                        "{text} (run `courier topology apply` with the same --topology and --prefix)"
-                    )
-                } else {
-                    text
-                }
-            })?;
-        lanes.push(Subscription { channel, consumer });
+        lanes.push(subscribe_one(conn, config, queue, &scrub).await?);
     }
     lanes.reverse();
     Ok(lanes)
 }
 
-/// The consume loop of an ordered channel: each shard this worker is the active consumer of
-/// is worked by a loop of its own that takes the next delivery only once the previous one is
-/// settled, so a key's messages are handled in the order the shard holds them. Slots still
-/// bound how many shards run at once. Returns when told to stop (after every shard finished
-/// the message in hand) or when any shard's consumer ends.
+/// Subscribes to `queue` on a channel of its own with the prefetch window.
+async fn subscribe_one(
+    conn: &lapin::Connection,
+    config: &WorkerSettings,
+    queue: &str,
+    scrub: impl Fn(lapin::Error) -> String,
+) -> Result<Subscription, String> {
+    let channel = conn.create_channel().await.map_err(&scrub)?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions { global: false })
+        .await
+        .map_err(&scrub)?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            let missing = broker::classify(&e).is_some_and(|(r, _)| r == broker::Reply::NotFound);
+            let text = scrub(e);
+            if missing {
+                format!(
+                    "{text} (run `courier topology apply` with the same --topology and --prefix)"
+                )
+            } else {
+                text
+            }
+        })?;
+    Ok(Subscription { channel, consumer })
+}
+
+/// How often an ordered worker compares the shards it is active on with its fair share.
+const REBALANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Deadline for a broker call that only tidies up or hands a shard over.
+const BROKER_CALL: Duration = Duration::from_secs(5);
+
+/// What the rebalancer and a shard's loop share.
+#[derive(Default)]
+struct ShardState {
+    /// When the loop last took a delivery (milliseconds since the session started; 0: never).
+    last_delivery: AtomicU64,
+    /// Set by the rebalancer: hand this shard to the next worker in line.
+    hand_over: AtomicBool,
+}
+
+/// The consume loop of an ordered channel: each shard is worked by a loop of its own that
+/// takes the next delivery only once the previous one is settled, so a key's messages are
+/// handled in the order the shard holds them; slots still bound how many run at once.
+///
+/// A shard has one active consumer, and RabbitMQ makes the *first* subscriber active: the
+/// first worker would keep every shard and the others would only wait. So every
+/// [`REBALANCE_EVERY`], a worker active on more than its share of the shards (shards ÷ the
+/// consumers each shard has, rounded up) hands the extra ones over: it finishes the message
+/// in hand, flushes its acks, closes that shard's channel (what it had prefetched returns to
+/// the head of the shard, in order, and the next worker in line becomes active) and
+/// subscribes again at the back of the line.
+///
+/// Returns when told to stop (after every shard finished the message in hand) or when any
+/// shard's consumer ends.
 pub(super) async fn consume_ordered<H: Handler>(
     ctx: &Arc<Ctx<H>>,
-    lanes: Vec<(Consumer, mpsc::UnboundedSender<AckEvent>)>,
+    conn: &Arc<lapin::Connection>,
+    subscriptions: Vec<Subscription>,
     slots: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
+    let started = Instant::now();
+    let states: Vec<Arc<ShardState>> = subscriptions.iter().map(|_| Arc::default()).collect();
     let mut set = tokio::task::JoinSet::new();
-    for (lane, (consumer, events)) in lanes.into_iter().enumerate() {
-        let (ctx, slots, shutdown) = (ctx.clone(), slots.clone(), shutdown.clone());
-        set.spawn(async move { ordered_lane(&ctx, lane, consumer, &events, &slots, &shutdown).await });
+    for (lane, sub) in subscriptions.into_iter().enumerate() {
+        let (ctx, conn, slots, shutdown) =
+            (ctx.clone(), conn.clone(), slots.clone(), shutdown.clone());
+        let state = states.get(lane).cloned().unwrap_or_default();
+        set.spawn(async move {
+            ordered_shard(&ctx, &conn, lane, sub, &state, started, &slots, &shutdown).await
+        });
     }
-    let first = match set.join_next().await {
+    let rebalance = rebalance(ctx, conn, &states, started);
+    tokio::pin!(rebalance);
+    let first = tokio::select! {
+        first = set.join_next() => first,
+        () = &mut rebalance => set.join_next().await,
+    };
+    let first = match first {
         Some(Ok(end)) => end,
         Some(Err(e)) => SessionEnd::Lost(format!("a shard's loop failed: {e}")),
         None => return SessionEnd::Lost("no consumer was subscribed".to_owned()),
@@ -105,43 +155,236 @@ pub(super) async fn consume_ordered<H: Handler>(
     match first {
         // Every loop sees the same token: let each finish the message in hand.
         SessionEnd::Shutdown => while set.join_next().await.is_some() {},
-        // The session is over; what the others hold returns to the queue with the channel.
+        // The session is over; what the others hold returns to the queue with the connection.
         SessionEnd::Lost(_) => set.shutdown().await,
     }
     first
 }
 
-async fn ordered_lane<H: Handler>(
+/// Every [`REBALANCE_EVERY`]: if this worker is active on more shards than its share, marks
+/// the extra ones to be handed over. Runs until the session ends (never returns on its own
+/// unless the connection refuses a channel).
+async fn rebalance<H>(
+    ctx: &Ctx<H>,
+    conn: &lapin::Connection,
+    states: &[Arc<ShardState>],
+    started: Instant,
+) {
+    let Some(members) = &ctx.members else {
+        return std::future::pending().await;
+    };
+    // This worker's place on the roll: a consumer that is never sent anything (kept alive
+    // below: lapin cancels a consumer when it is dropped).
+    let joined = async {
+        let channel = conn.create_channel().await?;
+        let consumer = channel
+            .basic_consume(
+                members.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((channel, consumer))
+    };
+    let (channel, _roll) = match tokio::time::timeout(BROKER_CALL, joined).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::warn!(queue = %ctx.config.queue, %members, error = %e, "cannot join the roll of workers (run `courier topology apply`); this worker keeps every shard it is given");
+            return std::future::pending().await;
+        }
+        Err(_) => {
+            tracing::warn!(queue = %ctx.config.queue, %members, "no answer when joining the roll of workers; this worker keeps every shard it is given");
+            return std::future::pending().await;
+        }
+    };
+    let mut tick = tokio::time::interval(REBALANCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let workers = match tokio::time::timeout(
+            BROKER_CALL,
+            channel.queue_declare(members.as_str().into(), passive, FieldTable::default()),
+        )
+        .await
+        {
+            Ok(Ok(q)) => q.consumer_count().max(1),
+            // The loops notice a dead connection themselves.
+            _ => continue,
+        };
+        let now = millis_since(started);
+        let recent = REBALANCE_EVERY.as_millis() as u64;
+        let active: Vec<usize> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                let last = s.last_delivery.load(Ordering::Relaxed);
+                last > 0 && now.saturating_sub(last) <= recent
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let share = states.len().div_ceil(workers as usize);
+        tracing::debug!(queue = %ctx.config.queue, workers, active = active.len(), share, "shards: this worker's share");
+        if active.len() > share {
+            let extra = &active[share..];
+            tracing::info!(
+                queue = %ctx.config.queue,
+                workers,
+                active = active.len(),
+                share,
+                handing_over = extra.len(),
+                "active on more shards than this worker's share; handing the extra ones to the next worker in line"
+            );
+            for &i in extra {
+                if let Some(s) = states.get(i) {
+                    s.hand_over.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn millis_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// How one subscription to a shard ended.
+enum ShardEnd {
+    Session(SessionEnd),
+    HandOver,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ordered_shard<H: Handler>(
     ctx: &Arc<Ctx<H>>,
+    conn: &lapin::Connection,
     lane: usize,
-    mut consumer: Consumer,
-    events: &mpsc::UnboundedSender<AckEvent>,
+    mut sub: Subscription,
+    state: &ShardState,
+    started: Instant,
     slots: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
+    let queue = ctx.lanes.get(lane).map_or("?", |l| l.queue()).to_owned();
     loop {
+        let (events, acker) = start_acker(ctx, &sub.channel, &queue);
+        let end = work_shard(
+            ctx,
+            lane,
+            &mut sub.consumer,
+            &events,
+            state,
+            started,
+            slots,
+            shutdown,
+        )
+        .await;
+        // Flush the acks of what was handled before the channel goes.
+        drop(events);
+        let _ = tokio::time::timeout(BROKER_CALL, acker).await;
+        match end {
+            ShardEnd::HandOver => {
+                // Closing the channel returns what it had prefetched to the head of the shard,
+                // in order, and makes the next worker in line the active consumer.
+                let _ = tokio::time::timeout(
+                    BROKER_CALL,
+                    sub.channel.close(200, "handing the shard over".into()),
+                )
+                .await;
+                state.hand_over.store(false, Ordering::Relaxed);
+                state.last_delivery.store(0, Ordering::Relaxed);
+                let again = tokio::time::timeout(
+                    BROKER_CALL,
+                    subscribe_one(conn, &ctx.config, &queue, |e| e.to_string()),
+                )
+                .await;
+                match again {
+                    Ok(Ok(s)) => {
+                        tracing::debug!(%queue, "handed the shard over; waiting in line");
+                        sub = s;
+                    }
+                    Ok(Err(e)) => {
+                        return SessionEnd::Lost(format!(
+                            "{queue}: subscribing again after a hand-over: {e}"
+                        ))
+                    }
+                    Err(_) => {
+                        return SessionEnd::Lost(format!(
+                            "{queue}: no answer when subscribing again after a hand-over"
+                        ))
+                    }
+                }
+            }
+            ShardEnd::Session(SessionEnd::Shutdown) => {
+                let _ = tokio::time::timeout(
+                    BROKER_CALL,
+                    sub.channel
+                        .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default()),
+                )
+                .await;
+                let _ =
+                    tokio::time::timeout(BROKER_CALL, sub.channel.close(200, "shutdown".into()))
+                        .await;
+                return SessionEnd::Shutdown;
+            }
+            ShardEnd::Session(lost) => return lost,
+        }
+    }
+}
+
+/// Works one subscription to a shard, one message at a time, until told to stop, to hand the
+/// shard over, or the consumer ends.
+#[allow(clippy::too_many_arguments)]
+async fn work_shard<H: Handler>(
+    ctx: &Arc<Ctx<H>>,
+    lane: usize,
+    consumer: &mut Consumer,
+    events: &mpsc::UnboundedSender<AckEvent>,
+    state: &ShardState,
+    started: Instant,
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> ShardEnd {
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        if state.hand_over.load(Ordering::Relaxed) {
+            return ShardEnd::HandOver;
+        }
         let next = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            () = shutdown.cancelled() => return ShardEnd::Session(SessionEnd::Shutdown),
             n = consumer.next() => n,
+            // An idle shard still hears a hand-over.
+            _ = check.tick() => continue,
         };
         let delivery = match next {
             Some(Ok(d)) => d,
-            Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
-            None => return consumer_ended(ctx, lane),
+            Some(Err(e)) => return ShardEnd::Session(SessionEnd::Lost(e.to_string())),
+            None => return ShardEnd::Session(consumer_ended(ctx, lane)),
         };
-        // Not yet reported to the acker: dropped here, it returns to the queue with the channel.
+        state
+            .last_delivery
+            .store(millis_since(started), Ordering::Relaxed);
+        // Not yet told to the acker: dropped here, it returns to the queue with the channel.
         let _permit = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            () = shutdown.cancelled() => return ShardEnd::Session(SessionEnd::Shutdown),
             p = slots.acquire() => match p {
                 Ok(p) => p,
-                Err(_) => return SessionEnd::Shutdown,
+                Err(_) => return ShardEnd::Session(SessionEnd::Shutdown),
             },
         };
         let tag = delivery.delivery_tag;
         if events.send(AckEvent::Delivered(tag)).is_err() {
-            return SessionEnd::Lost("acknowledgement task stopped (channel closed)".to_owned());
+            return ShardEnd::Session(SessionEnd::Lost(
+                "acknowledgement task stopped (channel closed)".to_owned(),
+            ));
         }
         let settle = ctx.process(delivery, lane).await;
         let _ = events.send(AckEvent::Settled(tag, settle));

@@ -285,6 +285,7 @@ impl<H: Handler> Worker<H> {
             ctx: Ctx {
                 config,
                 lanes,
+                members: work.sharding.as_ref().and_then(|s| s.members.clone()),
                 dead_letter_exchange: topology.dead_letter_exchange.clone(),
                 limits,
                 tier_labels,

@@ -34,8 +34,11 @@ const DELIVERY_COUNT: &str = "x-delivery-count";
 pub(super) struct Ctx<H> {
     /// The worker's checked settings.
     pub(super) config: WorkerSettings,
-    /// The consumed queues: the work queue first, then its urgent band if it has one.
+    /// The consumed queues: the work queue first, then its urgent band if it has one; or a
+    /// sharded channel's shards.
     pub(super) lanes: Vec<Lane>,
+    /// An ordered channel's roll of workers (see [`crate::topology::QueueRole::Members`]).
+    pub(super) members: Option<String>,
     /// Where dead letters are published.
     pub(super) dead_letter_exchange: String,
     /// The rules [`outcome::next`] applies.

@@ -84,7 +84,7 @@ impl<H: Handler> Supervisor<H> {
                 }
             };
             let (conn, subscriptions, node) = match opened {
-                Ok(s) => s,
+                Ok((conn, subscriptions, node)) => (Arc::new(conn), subscriptions, node),
                 Err(reason) => {
                     let wait = backoff.next_delay();
                     tracing::warn!(%queue, %reason, retry_in = ?wait, "cannot consume; retrying");
@@ -98,20 +98,28 @@ impl<H: Handler> Supervisor<H> {
             self.health.set_node(Some(node.address.clone()));
             ctx.metrics.set_node(label::CONSUMER, &node.address);
             self.set_ready(true);
-            let lanes = ctx.lanes.iter().map(|l| l.queue()).collect::<Vec<_>>().join(",");
+            let lanes = ctx
+                .lanes
+                .iter()
+                .map(|l| l.queue())
+                .collect::<Vec<_>>()
+                .join(",");
             let ordered = ctx.lanes.iter().any(|l| l.ordered);
             tracing::info!(%queue, %lanes, ordered, %node, prefetch = ctx.config.prefetch, concurrency = ctx.config.concurrency, "consuming");
-            let mut lanes = Vec::new();
+            // An ordered channel's shard loops own their channels and ackers (they hand
+            // shards over between workers); otherwise the session's channels are closed here.
             let mut channels = Vec::new();
-            for (sub, lane) in subscriptions.into_iter().zip(&ctx.lanes) {
-                let (events, acker_task) = consumer::start_acker(&ctx, &sub.channel, lane.queue());
-                ackers.push(acker_task);
-                channels.push((sub.channel, sub.consumer.tag()));
-                lanes.push((sub.consumer, events));
-            }
-            let end = if ctx.lanes.iter().any(|l| l.ordered) {
-                consumer::consume_ordered(&ctx, lanes, &slots, &shutdown).await
+            let end = if ordered {
+                consumer::consume_ordered(&ctx, &conn, subscriptions, &slots, &shutdown).await
             } else {
+                let mut lanes = Vec::new();
+                for (sub, lane) in subscriptions.into_iter().zip(&ctx.lanes) {
+                    let (events, acker_task) =
+                        consumer::start_acker(&ctx, &sub.channel, lane.queue());
+                    ackers.push(acker_task);
+                    channels.push((sub.channel, sub.consumer.tag()));
+                    lanes.push((sub.consumer, events));
+                }
                 consumer::consume(&ctx, lanes, &slots, &tracker, &shutdown).await
             };
             self.set_ready(false);

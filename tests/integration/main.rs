@@ -16,6 +16,7 @@ mod monitoring;
 mod publishers;
 mod quorum;
 mod reliability;
+mod shards;
 mod sink;
 mod stack;
 mod topology;

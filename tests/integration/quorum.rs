@@ -11,9 +11,7 @@ use crate::lifecycle::spawn_worker_binary;
 use crate::util::*;
 use courier::deadletter::{DeadLetter, Death, Source};
 use courier::envelope;
-use courier::topology::{
-    ArgValue, Topology, DEAD_LETTER_QUEUE_DELIVERY_LIMIT, DEFAULT_DELIVERY_LIMIT,
-};
+use courier::topology::{Topology, DEAD_LETTER_QUEUE_DELIVERY_LIMIT, DEFAULT_DELIVERY_LIMIT};
 use lapin::options::{BasicGetOptions, BasicRejectOptions, QueueDeleteOptions};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -125,11 +123,7 @@ async fn quorum_arguments_are_declared_as_written_and_reapply_as_a_no_op() {
             q.name
         );
         for (k, v) in &q.arguments {
-            let want = match v {
-                ArgValue::Int(i) => serde_json::json!(i),
-                ArgValue::Str(s) => serde_json::json!(s),
-            };
-            assert_eq!(args.get(k), Some(&want), "{}: argument {k}", q.name);
+            assert_eq!(args.get(k), Some(&v.to_json()), "{}: argument {k}", q.name);
         }
     }
     // The contract by name, independent of the parser's output.

@@ -1,7 +1,7 @@
 //! `courier topology apply | check | export` against the real broker.
 
 use crate::util::*;
-use courier::topology::{ArgValue, Topology};
+use courier::topology::Topology;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use std::io::{BufRead, BufReader};
@@ -48,11 +48,7 @@ async fn every_declared_argument_is_on_the_broker() {
             q.name
         );
         for (k, v) in &q.arguments {
-            let want = match v {
-                ArgValue::Int(i) => serde_json::json!(i),
-                ArgValue::Str(s) => serde_json::json!(s),
-            };
-            assert_eq!(args.get(k), Some(&want), "{}: argument {k}", q.name);
+            assert_eq!(args.get(k), Some(&v.to_json()), "{}: argument {k}", q.name);
         }
     }
     // Spot-check the contract by name, independent of the parser's output.
