@@ -199,3 +199,109 @@ async fn ordered_shards_keep_each_keys_order_across_a_killed_and_an_added_worker
     assert!(next.iter().all(|n| *n == SEQ), "every key reached the end");
     assert!(retried > 0, "transient failures were retried in place");
 }
+
+#[tokio::test]
+async fn throughput_shards_spread_the_load_and_retry_through_shared_tiers() {
+    let t = TestTopology::apply("shardtp", "tests/fixtures/shards-throughput.toml").await;
+    let shards: Vec<String> = (0..3)
+        .map(|i| t.name(&format!("notifications.email.shard.{i}")))
+        .collect();
+    // One in ten fails once (a retry through a tier and back through the shard exchange),
+    // one in fifty for good (the dead-letter queue).
+    let sink = Sink::start(
+        Arc::new(|r: &Received| {
+            let n: usize = r
+                .message_id
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if n % 50 == 7 {
+                (400, vec![])
+            } else if n % 10 == 3 && r.attempt == 1 {
+                (503, vec![])
+            } else {
+                (200, vec![])
+            }
+        }),
+        Duration::ZERO,
+    )
+    .await;
+    let p = publisher().await;
+    let ids = publish_jobs(&p, &t.exchange(), "email", "tp", 2000).await;
+    let spread: Vec<u32> = futures_util::future::join_all(shards.iter().map(|q| depth(q))).await;
+    assert!(
+        spread.iter().all(|d| *d > 400),
+        "message ids spread over the shards: {spread:?}"
+    );
+    let a = RunningWorker::http(&t, "notifications.email", &sink);
+    let b = RunningWorker::http(&t, "notifications.email", &sink);
+    let permanent: Vec<String> = ids
+        .iter()
+        .filter(|id| {
+            id.rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n % 50 == 7)
+        })
+        .cloned()
+        .collect();
+    let expected: Vec<String> = ids
+        .iter()
+        .filter(|id| !permanent.contains(id))
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while reconcile(&expected, &delivered_ids(&sink)).0 > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_depth(&t.dlq(), permanent.len() as u32, WAIT).await;
+    let (lost, dup) = reconcile(&expected, &delivered_ids(&sink));
+    let dead = drain(&t.dlq()).await;
+    let dead_ids: Vec<String> = dead
+        .iter()
+        .filter_map(|m| courier::envelope::message_id(&m.delivery.properties).map(str::to_owned))
+        .collect();
+    let delivered = |w: &RunningWorker, q: &str| {
+        w.metrics
+            .messages
+            .with_label_values(&[q, "delivered"])
+            .get()
+    };
+    let retried: u64 = shards
+        .iter()
+        .map(|q| {
+            [&a, &b]
+                .iter()
+                .map(|w| w.metrics.retries.with_label_values(&[q, "50ms"]).get())
+                .sum::<u64>()
+        })
+        .sum();
+    let per_worker: Vec<u64> = [&a, &b]
+        .iter()
+        .map(|w| shards.iter().map(|q| delivered(w, q)).sum())
+        .collect();
+    eprintln!(
+        "shards (throughput): lost {lost}, duplicated {dup}, retried {retried}, dead {}, delivered per worker {per_worker:?}",
+        dead_ids.len()
+    );
+    a.stop().await;
+    b.stop().await;
+    assert_eq!((lost, dup), (0, 0), "of {}", expected.len());
+    let mut dead_sorted = dead_ids.clone();
+    dead_sorted.sort();
+    let mut want = permanent.clone();
+    want.sort();
+    assert_eq!(
+        dead_sorted, want,
+        "exactly the permanent failures are dead letters"
+    );
+    assert_eq!(
+        retried, 200,
+        "one in ten retried once, through the shared tier"
+    );
+    assert!(
+        per_worker.iter().all(|n| *n > 0),
+        "both workers consumed (competing consumers on every shard): {per_worker:?}"
+    );
+}
