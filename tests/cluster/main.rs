@@ -26,9 +26,13 @@ mod harness;
 
 mod cluster;
 
+#[path = "../integration/ordering.rs"]
+mod ordering;
+
 mod dlq_replay;
 mod hung_node;
 mod node_loss;
+mod shards;
 
 use std::time::Duration;
 

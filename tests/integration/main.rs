@@ -13,6 +13,7 @@ mod http_handler;
 mod lifecycle;
 mod metrics;
 mod monitoring;
+mod ordering;
 mod publishers;
 mod quorum;
 mod reliability;

@@ -8,52 +8,14 @@
 //! counted; a key's first deliveries out of sequence are not.
 
 use crate::lifecycle::spawn_worker_binary;
+use crate::ordering::*;
 use crate::util::*;
-use courier::publisher::Outgoing;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::BasicProperties;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KEYS: usize = 50;
 const SEQ: usize = 200;
 const WAIT: Duration = Duration::from_secs(240);
-
-fn keyed(exchange: &str, key: usize, seq: usize) -> Outgoing {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-courier-key".into(),
-        AMQPValue::LongString(format!("k{key}").into()),
-    );
-    Outgoing {
-        exchange: exchange.to_owned(),
-        routing_key: "email".to_owned(),
-        properties: BasicProperties::default()
-            .with_message_id(format!("k{key}-{seq}").into())
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_headers(headers),
-        body: format!(r#"{{"key":{key},"seq":{seq}}}"#).into_bytes(),
-    }
-}
-
-fn key_seq(id: &str) -> Option<(usize, usize)> {
-    let (k, s) = id.strip_prefix('k')?.split_once('-')?;
-    Some((k.parse().ok()?, s.parse().ok()?))
-}
-
-/// Messages this worker delivered, from its /metrics.
-async fn delivered_by(addr: &str) -> u64 {
-    let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await else {
-        return 0;
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("courier_messages_total{") && l.contains("outcome=\"delivered\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
 
 struct Worker {
     child: DeadlineChild,
@@ -104,15 +66,7 @@ async fn ordered_shards_keep_each_keys_order_across_a_killed_and_an_added_worker
 
     // A key's messages are published in sequence; keys interleave.
     let p = publisher().await;
-    let mut expected = Vec::new();
-    for seq in 0..SEQ {
-        let round = futures_util::future::join_all(
-            (0..KEYS).map(|key| p.publish(keyed(&t.exchange(), key, seq))),
-        )
-        .await;
-        assert!(round.iter().all(Result::is_ok), "publish confirmed");
-        expected.extend((0..KEYS).map(|key| format!("k{key}-{seq}")));
-    }
+    let expected = publish_keyed(&p, &t.exchange(), KEYS, SEQ).await;
     let spread: Vec<u32> = futures_util::future::join_all(shards.iter().map(|q| depth(q))).await;
     assert!(
         spread.iter().all(|d| *d > 0),
@@ -123,21 +77,12 @@ async fn ordered_shards_keep_each_keys_order_across_a_killed_and_an_added_worker
     let delivered = || delivered_ids(&sink).len();
 
     // The first worker to subscribe is active on every shard; the others must get a share.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut counts = Vec::new();
-        for w in &workers {
-            counts.push(delivered_by(&w.metrics).await);
-        }
-        if counts.iter().all(|c| *c > 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && delivered() < expected.len() / 2,
-            "the shards were not shared out: deliveries per worker {counts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let addrs: Vec<&str> = workers.iter().map(|w| w.metrics.as_str()).collect();
+    wait_shared_out(&addrs, Duration::from_secs(30)).await;
+    assert!(
+        delivered() < expected.len() / 2,
+        "the shards were shared out only late: the test proves little"
+    );
 
     // Kill a worker that is delivering, mid-run.
     sink.wait_for(WAIT, "a third delivered", |r| r.len() >= expected.len() / 3)
@@ -161,30 +106,11 @@ async fn ordered_shards_keep_each_keys_order_across_a_killed_and_an_added_worker
     }
     let (lost, dup) = reconcile(&expected, &delivered_ids(&sink));
 
-    // Per key, in arrival order: the next expected sequence number, a repeat (a duplicate
-    // after the crash), or a jump ahead (a reordering).
-    let mut ok: Vec<Received> = sink
-        .all()
-        .into_iter()
-        .filter(|r| (200..300).contains(&r.status))
-        .collect();
-    ok.sort_by_key(|r| r.at);
-    let mut next = vec![0usize; KEYS];
-    let mut reordered = BTreeMap::new();
-    for r in &ok {
-        let Some((k, s)) = key_seq(&r.message_id) else {
-            continue;
-        };
-        if s == next[k] {
-            next[k] += 1;
-        } else if s > next[k] {
-            reordered.entry(k).or_insert((next[k], s));
-        }
-    }
+    let (reordered, next) = order_violations(&sink, KEYS);
     let retried = sink.all().iter().filter(|r| r.status == 503).count();
     eprintln!(
         "shards: {} delivered, lost {lost}, duplicated {dup}, reordered keys {}, transient failures {retried}, {at_kill} delivered when a worker was killed",
-        ok.len(),
+        delivered_ids(&sink).len(),
         reordered.len()
     );
     for w in &mut workers {
