@@ -38,6 +38,10 @@ const OPEN: Duration = Duration::from_secs(30);
 /// next node first, is what ends the stall.
 const SUBSCRIBE: Duration = Duration::from_secs(8);
 
+/// Added to both deadlines for each queue subscribed beyond the first (a sharded channel's
+/// shards are subscribed one after another, three round trips each).
+const PER_EXTRA_QUEUE: Duration = Duration::from_millis(100);
+
 /// Runs one worker's sessions.
 pub(super) struct Supervisor<H> {
     /// The broker.
@@ -79,8 +83,8 @@ impl<H: Handler> Supervisor<H> {
             }
             let opened = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = tokio::time::timeout(OPEN, self.open()) => {
-                    r.unwrap_or_else(|_| Err("connecting took longer than 30s".to_owned()))
+                r = tokio::time::timeout(OPEN + self.extra(), self.open()) => {
+                    r.unwrap_or_else(|_| Err(format!("connecting took longer than {}s", (OPEN + self.extra()).as_secs())))
                 }
             };
             let (conn, subscriptions, node) = match opened {
@@ -194,6 +198,12 @@ impl<H: Handler> Supervisor<H> {
         }
     }
 
+    /// How much longer than one queue's the handshake may take.
+    fn extra(&self) -> Duration {
+        let extra = u32::try_from(self.ctx.lanes.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        PER_EXTRA_QUEUE.saturating_mul(extra)
+    }
+
     /// Connects, opens a channel and subscribes; errors are worded without the password.
     async fn open(&self) -> Result<(Connection, Vec<consumer::Subscription>, Node), String> {
         let (conn, node) = self
@@ -206,12 +216,13 @@ impl<H: Handler> Supervisor<H> {
             let queues = self.ctx.lanes.iter().map(|l| l.queue());
             consumer::subscribe(&conn, &self.ctx.config, queues, scrub).await
         };
-        let subscribed = tokio::time::timeout(SUBSCRIBE, subscribed)
+        let deadline = SUBSCRIBE + self.extra();
+        let subscribed = tokio::time::timeout(deadline, subscribed)
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
                     "{node}: no answer to the subscription within {}s (a queue without a leader?)",
-                    SUBSCRIBE.as_secs()
+                    deadline.as_secs()
                 ))
             });
         match subscribed {
