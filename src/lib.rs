@@ -46,6 +46,7 @@ pub mod management;
 pub mod metrics;
 pub mod outcome;
 pub mod publisher;
+pub mod ratelimit;
 pub mod retry;
 pub mod runtime;
 pub mod shutdown;

@@ -9,6 +9,8 @@
 //! the sets that do not depend on a queue, [`Metrics::init_queue`] those of one work queue; the
 //! label values come from [`label`], [`crate::outcome::REASONS`] and
 //! [`crate::publisher::PublishError::KINDS`], the same constants the code counts with.
+//! The rate-limit families ([`crate::ratelimit`]) are labelled by endpoint, which only the caller
+//! knows: [`Metrics::init_rate_limit`] creates the series of one endpoint at 0.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -88,8 +90,34 @@ pub struct Metrics {
     /// `courier_broker_node{connection, node}`: 1 for the node each connection is on now
     /// (`host:port` from `AMQP_URL`); see [`Metrics::set_node`].
     pub broker_node: IntGaugeVec,
+    /// Seconds each message spent waiting for a rate-limit token, by endpoint (every message
+    /// through a limiter, those that got one at once too).
+    pub rate_limit_wait_seconds: HistogramVec,
+    /// Messages that found no token at once and had to wait, by endpoint.
+    pub rate_limit_throttled: IntCounterVec,
+    /// Messages that got no token within the longest wait and took the retry path, by endpoint.
+    pub rate_limit_gave_up: IntCounterVec,
+    /// 1 while a fleet-wide limit runs on this worker's local share because Redis is unreachable.
+    pub rate_limit_fallback: IntGaugeVec,
+    /// Redis calls of a fleet-wide limit that failed or timed out, by endpoint.
+    pub rate_limit_redis_errors: IntCounterVec,
     /// The node each connection role last reported, so the old series goes when it moves.
     nodes: Arc<Mutex<BTreeMap<&'static str, String>>>,
+}
+
+/// The rate-limit series of one endpoint, looked up once per limiter.
+#[derive(Clone)]
+pub struct RateLimitSeries {
+    /// `courier_rate_limit_wait_seconds` of the endpoint.
+    pub wait_seconds: Histogram,
+    /// `courier_rate_limit_throttled_total` of the endpoint.
+    pub throttled: IntCounter,
+    /// `courier_rate_limit_gave_up_total` of the endpoint.
+    pub gave_up: IntCounter,
+    /// `courier_rate_limit_fallback` of the endpoint.
+    pub fallback: IntGauge,
+    /// `courier_rate_limit_redis_errors_total` of the endpoint.
+    pub redis_errors: IntCounter,
 }
 
 /// The series of one work queue that every message updates, looked up once per worker.
@@ -196,6 +224,47 @@ impl Metrics {
             &["connection", "node"],
         )
         .expect("metric");
+        let rate_limit_wait_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "courier_rate_limit_wait_seconds",
+                "Time messages waited for a rate-limit token, by endpoint",
+            )
+            .buckets(exponential_buckets(0.001, 2.5, 12).expect("static buckets")),
+            &["endpoint"],
+        )
+        .expect("metric");
+        let rate_limit_throttled = IntCounterVec::new(
+            Opts::new(
+                "courier_rate_limit_throttled_total",
+                "Messages that had to wait for a rate-limit token, by endpoint",
+            ),
+            &["endpoint"],
+        )
+        .expect("metric");
+        let rate_limit_gave_up = IntCounterVec::new(
+            Opts::new(
+                "courier_rate_limit_gave_up_total",
+                "Messages that got no rate-limit token within the longest wait (retried), by endpoint",
+            ),
+            &["endpoint"],
+        )
+        .expect("metric");
+        let rate_limit_fallback = IntGaugeVec::new(
+            Opts::new(
+                "courier_rate_limit_fallback",
+                "1 while a fleet-wide rate limit runs on the local share (Redis unreachable)",
+            ),
+            &["endpoint"],
+        )
+        .expect("metric");
+        let rate_limit_redis_errors = IntCounterVec::new(
+            Opts::new(
+                "courier_rate_limit_redis_errors_total",
+                "Redis calls of a fleet-wide rate limit that failed or timed out, by endpoint",
+            ),
+            &["endpoint"],
+        )
+        .expect("metric");
         for c in [
             Box::new(messages.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(handler_seconds.clone()),
@@ -209,6 +278,11 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(blocked.clone()),
             Box::new(broker_node.clone()),
+            Box::new(rate_limit_wait_seconds.clone()),
+            Box::new(rate_limit_throttled.clone()),
+            Box::new(rate_limit_gave_up.clone()),
+            Box::new(rate_limit_fallback.clone()),
+            Box::new(rate_limit_redis_errors.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -226,6 +300,11 @@ impl Metrics {
             ready,
             blocked,
             broker_node,
+            rate_limit_wait_seconds,
+            rate_limit_throttled,
+            rate_limit_gave_up,
+            rate_limit_fallback,
+            rate_limit_redis_errors,
             nodes: Arc::default(),
         };
         for connection in label::CONNECTIONS {
@@ -262,6 +341,20 @@ impl Metrics {
             delivered: self.messages.with_label_values(&[queue, label::DELIVERED]),
             handler_seconds: self.handler_seconds.with_label_values(&[queue]),
             in_flight: self.in_flight.with_label_values(&[queue]),
+        }
+    }
+
+    /// Creates every rate-limit series of `endpoint` at 0 (a label without credentials, e.g.
+    /// `host:port`) and returns them resolved. Idempotent; [`crate::ratelimit::RateLimiter::new`]
+    /// calls it, so `/metrics` shows them before the first message.
+    pub fn init_rate_limit(&self, endpoint: &str) -> RateLimitSeries {
+        let labels = &[endpoint];
+        RateLimitSeries {
+            wait_seconds: self.rate_limit_wait_seconds.with_label_values(labels),
+            throttled: self.rate_limit_throttled.with_label_values(labels),
+            gave_up: self.rate_limit_gave_up.with_label_values(labels),
+            fallback: self.rate_limit_fallback.with_label_values(labels),
+            redis_errors: self.rate_limit_redis_errors.with_label_values(labels),
         }
     }
 
@@ -421,6 +514,27 @@ mod tests {
             count("courier_publish_failures_total{"),
             crate::publisher::PublishError::KINDS.len()
         );
+    }
+
+    #[test]
+    fn rate_limit_series_are_served_at_zero_once_an_endpoint_is_known() {
+        let m = Metrics::new();
+        assert!(!m.render().contains(r#"endpoint="sms.example:443""#));
+        let series = m.init_rate_limit("sms.example:443");
+        let text = m.render();
+        let zero = zero_series(&text);
+        for want in [
+            r#"courier_rate_limit_wait_seconds_count{endpoint="sms.example:443"} 0"#,
+            r#"courier_rate_limit_throttled_total{endpoint="sms.example:443"} 0"#,
+            r#"courier_rate_limit_gave_up_total{endpoint="sms.example:443"} 0"#,
+            r#"courier_rate_limit_fallback{endpoint="sms.example:443"} 0"#,
+            r#"courier_rate_limit_redis_errors_total{endpoint="sms.example:443"} 0"#,
+        ] {
+            assert!(zero.contains(&want), "{want} missing:\n{text}");
+        }
+        series.throttled.inc();
+        m.init_rate_limit("sms.example:443");
+        assert_eq!(series.throttled.get(), 1, "init is idempotent");
     }
 
     #[test]

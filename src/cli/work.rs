@@ -6,7 +6,9 @@ use clap::{Args, ValueEnum};
 use courier::handler::http::{HttpConfig, HttpHandler};
 use courier::handler::{Handler, NoopHandler};
 use courier::metrics::{Health, Metrics};
+use courier::ratelimit::{Rate, RateLimitConfig, RateLimited, RateLimiter, DEFAULT_MAX_WAIT};
 use courier::worker::{Worker, WorkerConfig, WorkerSettings};
+use std::num::NonZeroU32;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 ///   redelivered more than --max-redeliveries times (worker crashes) → reason `crash-loop`
 /// A copy that the broker does not confirm is never acked: the original goes back to the queue.
 /// Run as many workers as you like on the same queue: they compete, each message goes to one.
+///
+/// With --rate-limit, each attempt first waits for a token (asleep, using no retry attempt);
+/// no token within --rate-limit-max-wait → retryable failure, as above. See "Rate limit" below.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct WorkArgs {
@@ -70,6 +75,72 @@ pub struct WorkArgs {
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 0.0.0.0:9090.
     #[arg(long, env = "COURIER_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    rate_limit: RateLimitArgs,
+}
+
+/// Downstream rate limit options (`--rate-limit*`, `--fleet-size`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Rate limit")]
+struct RateLimitArgs {
+    /// Most deliveries to the endpoint per period, as COUNT/PERIOD: 200/s, 50/100ms, 12000/m.
+    /// Each attempt waits for a token first: asleep until one is due, holding a --concurrency
+    /// slot but no retry attempt. A 429 or Retry-After from the endpoint still follows the retry
+    /// rules. With --rate-limit-redis the whole fleet shares this limit; without, each worker
+    /// enforces its share, COUNT ÷ --fleet-size, on its own.
+    #[arg(
+        long = "rate-limit",
+        env = "COURIER_RATE_LIMIT",
+        value_name = "COUNT/PERIOD"
+    )]
+    rate: Option<Rate>,
+    /// Tokens that may go out at once after a quiet spell, on top of the steady pace: any
+    /// 1-second window sees at most COUNT/s + burst deliveries. [default: a tenth of a second's
+    /// worth, at least 1: 200/s → 20]
+    #[arg(
+        long = "rate-limit-burst",
+        env = "COURIER_RATE_LIMIT_BURST",
+        value_name = "N",
+        value_parser = parse_burst,
+        requires = "rate"
+    )]
+    burst: Option<NonZeroU32>,
+    /// Longest wait for a token. Past it the message fails as retryable ("rate limit: no token
+    /// within ...") and takes the normal retry path, using an attempt: waiters that the limit
+    /// cannot serve in this time mean a backlog beyond the limit, better parked in a retry tier
+    /// than holding deliveries. Must be below --handler-timeout, which the wait counts against.
+    /// [default: 10s, or half of --handler-timeout if that is shorter]
+    #[arg(long = "rate-limit-max-wait", env = "COURIER_RATE_LIMIT_MAX_WAIT", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "rate")]
+    max_wait: Option<Duration>,
+    /// Share --rate-limit across the whole fleet through Redis: redis://[:PASSWORD@]HOST:PORT[/DB].
+    /// Workers with the same --rate-limit-key draw from one GCRA bucket there (one atomic Lua
+    /// script per batch of tokens, on Redis's clock). If Redis fails or takes over 250 ms to
+    /// answer, the worker falls back to its local share (COUNT ÷ --fleet-size), logs a warning,
+    /// sets courier_rate_limit_fallback to 1, and returns to the shared limit (info) once Redis
+    /// answers again. The password is never shown.
+    #[arg(
+        long = "rate-limit-redis",
+        env = "COURIER_RATE_LIMIT_REDIS",
+        value_name = "URL",
+        hide_env_values = true,
+        requires = "rate"
+    )]
+    redis: Option<String>,
+    /// Name of the limit: the Redis key is courier:ratelimit:NAME, and workers with the same name
+    /// share one limit (give every worker of one provider account the same name). Shown in logs:
+    /// no secrets. [default: the endpoint's host:port; with --handler noop, the queue]
+    #[arg(
+        long = "rate-limit-key",
+        env = "COURIER_RATE_LIMIT_KEY",
+        value_name = "NAME",
+        requires = "rate"
+    )]
+    key: Option<String>,
+    /// Workers sharing --rate-limit on this endpoint. Each worker's local share is COUNT ÷ N: its
+    /// whole limit without Redis, its fallback with it. Too small a number lets a fleet cut off
+    /// from Redis exceed the limit; too large a number only slows it down.
+    #[arg(long = "fleet-size", env = "COURIER_FLEET_SIZE", value_name = "N", default_value_t = NonZeroU32::MIN)]
+    fleet_size: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -95,7 +166,7 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
         shutdown_timeout: args.shutdown_timeout,
         max_redeliveries: args.max_redeliveries,
         confirm_timeout: args.confirm_timeout,
-        ..WorkerSettings::new(queue)
+        ..WorkerSettings::new(queue.clone())
     }
     .build()
     // Every setting given here is an option of the same name.
@@ -108,8 +179,21 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
             args.prefetch
         );
     }
+    let metrics = Metrics::new();
     match args.handler {
-        HandlerKind::Noop => serve(url, &topology, config, NoopHandler, args.metrics_addr).await,
+        HandlerKind::Noop => {
+            let limiter = rate_limiter(&args.rate_limit, &queue, args.handler_timeout, &metrics)?;
+            serve_limited(
+                url,
+                &topology,
+                config,
+                NoopHandler,
+                limiter,
+                metrics,
+                args.metrics_addr,
+            )
+            .await
+        }
         HandlerKind::Http => {
             let Some(endpoint) = args.endpoint else {
                 bail!("--handler http needs --endpoint URL (or COURIER_ENDPOINT)");
@@ -121,8 +205,101 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> anyhow::Result<ExitCode
                 headers,
                 ..HttpConfig::new("")
             })?;
-            serve(url, &topology, config, handler, args.metrics_addr).await
+            let label = host_port(handler.endpoint());
+            let limiter = rate_limiter(&args.rate_limit, &label, args.handler_timeout, &metrics)?;
+            serve_limited(
+                url,
+                &topology,
+                config,
+                handler,
+                limiter,
+                metrics,
+                args.metrics_addr,
+            )
+            .await
         }
+    }
+}
+
+/// A burst: a whole number, at least 1.
+fn parse_burst(text: &str) -> Result<NonZeroU32, String> {
+    let n: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| "not a whole number of tokens, e.g. 10".to_owned())?;
+    NonZeroU32::new(n).ok_or_else(|| {
+        "must be at least 1 (1 means no burst: tokens come only at the steady pace)".to_owned()
+    })
+}
+
+/// `host:port` of an endpoint URL (without userinfo), for the rate limit's name and metrics label;
+/// the URL itself when it has no host.
+fn host_port(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            _ => endpoint.to_owned(),
+        },
+        Err(_) => endpoint.to_owned(),
+    }
+}
+
+/// The limiter `--rate-limit` asks for, if any; `endpoint` labels its metrics and names it unless
+/// --rate-limit-key does. Errors name the flag.
+fn rate_limiter(
+    args: &RateLimitArgs,
+    endpoint: &str,
+    handler_timeout: Duration,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<RateLimiter>> {
+    let Some(rate) = args.rate else {
+        return Ok(None);
+    };
+    let max_wait = match args.max_wait {
+        Some(wait) if wait >= handler_timeout => bail!(
+            "--rate-limit-max-wait {}: must be below --handler-timeout ({}), which the wait counts against: the handler would time out first, with no time left to deliver",
+            humantime::format_duration(wait),
+            humantime::format_duration(handler_timeout)
+        ),
+        Some(wait) => wait,
+        None => DEFAULT_MAX_WAIT.min(handler_timeout / 2),
+    };
+    let config = RateLimitConfig {
+        burst: args.burst,
+        max_wait,
+        fleet_size: args.fleet_size,
+        redis: args.redis.clone(),
+        name: args.key.clone().unwrap_or_else(|| endpoint.to_owned()),
+        ..RateLimitConfig::new(rate, endpoint)
+    };
+    let burst = config.effective_burst();
+    let limiter = RateLimiter::new(config, metrics).map_err(|e| anyhow!("--{e}"))?;
+    tracing::info!(
+        burst = burst.get(),
+        max_wait = %humantime::format_duration(max_wait),
+        "rate limit: {}",
+        limiter.describe()
+    );
+    Ok(Some(limiter))
+}
+
+/// [`serve`] with `handler` behind `limiter`, if there is one.
+async fn serve_limited<H: Handler>(
+    url: courier::amqp::AmqpUrl,
+    topology: &courier::topology::Topology,
+    config: WorkerConfig,
+    handler: H,
+    limiter: Option<RateLimiter>,
+    metrics: Metrics,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    match limiter {
+        Some(limiter) => {
+            let handler = RateLimited::new(handler, limiter);
+            serve(url, topology, config, handler, metrics, metrics_addr).await
+        }
+        None => serve(url, topology, config, handler, metrics, metrics_addr).await,
     }
 }
 
@@ -201,9 +378,9 @@ async fn serve<H: Handler>(
     topology: &courier::topology::Topology,
     config: WorkerConfig,
     handler: H,
+    metrics: Metrics,
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
-    let metrics = Metrics::new();
     let health = Health::default();
     let shutdown = CancellationToken::new();
     courier::shutdown::cancel_on_signal(shutdown.clone());
@@ -309,6 +486,66 @@ mod tests {
             assert!(err.contains("NAME=VALUE"), "{err}");
             assert!(!err.contains("s3cret"), "secret echoed: {err}");
         }
+    }
+
+    #[test]
+    fn the_default_limit_name_is_the_endpoints_host_and_port_without_credentials() {
+        assert_eq!(
+            host_port("https://api.sms.example/v1/send"),
+            "api.sms.example:443"
+        );
+        assert_eq!(host_port("http://127.0.0.1:8080/deliver"), "127.0.0.1:8080");
+        assert_eq!(host_port("http://[::1]:81/x"), "[::1]:81");
+    }
+
+    fn limit_args(rate: &str) -> RateLimitArgs {
+        RateLimitArgs {
+            rate: Some(rate.parse().expect("rate")),
+            burst: None,
+            max_wait: None,
+            redis: None,
+            key: None,
+            fleet_size: NonZeroU32::MIN,
+        }
+    }
+
+    #[test]
+    fn the_longest_wait_stays_below_the_handler_timeout() {
+        let metrics = Metrics::new();
+        let mut args = limit_args("10/s");
+        args.max_wait = Some(Duration::from_secs(30));
+        let err = rate_limiter(&args, "e:80", Duration::from_secs(30), &metrics)
+            .expect_err("30s wait with a 30s handler timeout")
+            .to_string();
+        assert!(
+            err.starts_with("--rate-limit-max-wait 30s: must be below --handler-timeout (30s)"),
+            "{err}"
+        );
+        args.max_wait = Some(Duration::ZERO);
+        let err = rate_limiter(&args, "e:80", Duration::from_secs(30), &metrics)
+            .expect_err("zero wait")
+            .to_string();
+        assert!(err.starts_with("--rate-limit-max-wait 0s: "), "{err}");
+        // Without the flag: 10 s, or half of a shorter handler timeout.
+        args.max_wait = None;
+        let limiter = rate_limiter(&args, "e:80", Duration::from_secs(4), &metrics)
+            .expect("valid")
+            .expect("a limiter");
+        assert!(format!("{limiter:?}").contains("e:80"));
+        assert!(rate_limiter(
+            &limit_args("10/s"),
+            "e:80",
+            Duration::from_secs(30),
+            &metrics
+        )
+        .is_ok());
+        let mut none = limit_args("10/s");
+        none.rate = None;
+        assert!(
+            rate_limiter(&none, "e:80", Duration::from_secs(30), &metrics)
+                .expect("valid")
+                .is_none()
+        );
     }
 
     #[test]
