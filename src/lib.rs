@@ -17,7 +17,11 @@
 //! - [`publisher`]: the confirmed publisher (window, mandatory, returns by message id, deadlines).
 //! - [`retry`]: the one retry policy (exponential backoff, jitter, deadline, what is permanent).
 //! - [`worker`]: the worker and its validated config; inside, the supervisor (connect, reconnect,
-//!   drain), the consume loop, per-delivery processing and coalesced acks.
+//!   drain), the consume loops (one queue, an urgent band taken first, shards in turn, ordered
+//!   shards one message at a time and shared out between workers), per-delivery processing and
+//!   coalesced acks.
+//! - [`ratelimit`]: per-endpoint rate limits, a handler wrapper drawing tokens from a local
+//!   bucket or one fleet-wide GCRA limit in Redis (with a local fallback share).
 //! - [`deadletter`]: the dead-letter contract (`x-courier-*` and `x-death` read, replay headers
 //!   and destination); `courier-dlq`'s filters, stats and rendering live in its own crate.
 //! - [`ack`]: the ack frontier (which tag `multiple` may ack), shared by the worker and the DLQ
