@@ -45,6 +45,13 @@ pub struct ManagementError {
     reason: String,
 }
 
+impl ManagementError {
+    /// What went wrong (`cannot connect`, `HTTP 401 Unauthorized`, ...), without the base URL.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
 #[derive(Deserialize)]
 struct Binding {
     source: String,
@@ -141,6 +148,187 @@ struct QueueRecord {
     messages_ready: Option<u64>,
     messages_unacknowledged: Option<u64>,
     consumers: Option<u64>,
+}
+
+/// One queue's statistics as the management API reports them (`GET /api/queues/{vhost}/{name}`):
+/// message counts, rates and who consumes it.
+///
+/// Counts and rates are sampled every few seconds (`collect_statistics_interval`, 5 s by
+/// default) and are absent until a new queue's first sample; the consumer list is read from
+/// the broker's consumer table when asked, so it is current.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct QueueStats {
+    /// Full name.
+    pub name: String,
+    /// Messages waiting to be delivered (`None` until the first sample).
+    #[serde(default, deserialize_with = "lenient")]
+    pub messages_ready: Option<u64>,
+    /// Messages delivered and not yet acked or given back (`None` until the first sample).
+    #[serde(default, deserialize_with = "lenient")]
+    pub messages_unacknowledged: Option<u64>,
+    /// Consumers subscribed, as sampled (`None` until the first sample).
+    #[serde(default, deserialize_with = "lenient")]
+    pub consumers: Option<u64>,
+    /// Rates of messages in and out.
+    #[serde(default, deserialize_with = "lenient")]
+    pub message_stats: MessageStats,
+    /// Every consumer of the queue, with its channel and, on a single-active-consumer queue,
+    /// whether it is the active one.
+    #[serde(default, deserialize_with = "lenient")]
+    pub consumer_details: Vec<ConsumerDetail>,
+    /// The active consumer's tag on a single-active-consumer queue (RabbitMQ 4.x's name).
+    #[serde(default, deserialize_with = "lenient")]
+    single_active_consumer_tag: Option<String>,
+    /// The same on RabbitMQ 3.x.
+    #[serde(default, deserialize_with = "lenient")]
+    single_active_consumer_ctag: Option<String>,
+    /// Every `x-` argument it was declared with.
+    #[serde(default, deserialize_with = "lenient")]
+    pub arguments: BTreeMap<String, serde_json::Value>,
+}
+
+impl QueueStats {
+    /// The consumer count: the consumer list's length when the API gave one (current), else
+    /// the sampled count.
+    pub fn consumer_count(&self) -> u64 {
+        if self.consumer_details.is_empty() {
+            self.consumers.unwrap_or(0)
+        } else {
+            self.consumer_details.len() as u64
+        }
+    }
+
+    /// Whether the queue was declared with `x-single-active-consumer = true`; `None` when the
+    /// record does not say (no arguments reported).
+    pub fn single_active_consumer(&self) -> Option<bool> {
+        if self.arguments.is_empty() {
+            return None;
+        }
+        Some(self.arguments.get("x-single-active-consumer") == Some(&serde_json::Value::Bool(true)))
+    }
+
+    /// The tag of the active consumer of a single-active-consumer queue, as the queue's own
+    /// record names it (sampled: may lag behind [`QueueStats::active_consumer`]).
+    pub fn single_active_consumer_tag(&self) -> Option<&str> {
+        self.single_active_consumer_tag
+            .as_deref()
+            .or(self.single_active_consumer_ctag.as_deref())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The consumer the broker marks active (`active: true`) on a single-active-consumer queue,
+    /// else the one whose tag is [`QueueStats::single_active_consumer_tag`].
+    pub fn active_consumer(&self) -> Option<&ConsumerDetail> {
+        let tag = self.single_active_consumer_tag();
+        self.consumer_details
+            .iter()
+            .find(|c| {
+                c.active == Some(true) && c.activity_status.as_deref() == Some("single_active")
+            })
+            .or_else(|| {
+                tag.and_then(|tag| self.consumer_details.iter().find(|c| c.consumer_tag == tag))
+            })
+    }
+}
+
+/// A queue's message rates (`message_stats`), in messages a second; `None` where the API gave
+/// no rate (no activity sampled yet, or `rates_mode = none`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct MessageStats {
+    /// Messages published into the queue.
+    #[serde(default, deserialize_with = "lenient")]
+    pub publish_details: RateDetails,
+    /// Messages delivered to consumers or fetched with `basic.get`.
+    #[serde(default, deserialize_with = "lenient")]
+    pub deliver_get_details: RateDetails,
+    /// Messages acknowledged.
+    #[serde(default, deserialize_with = "lenient")]
+    pub ack_details: RateDetails,
+}
+
+impl MessageStats {
+    /// Publish rate, msg/s.
+    pub fn publish_rate(&self) -> Option<f64> {
+        self.publish_details.rate
+    }
+
+    /// Deliver (and get) rate, msg/s.
+    pub fn deliver_rate(&self) -> Option<f64> {
+        self.deliver_get_details.rate
+    }
+
+    /// Ack rate, msg/s.
+    pub fn ack_rate(&self) -> Option<f64> {
+        self.ack_details.rate
+    }
+}
+
+/// One `*_details` object of `message_stats`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct RateDetails {
+    /// Messages a second over the last sample interval.
+    #[serde(default, deserialize_with = "lenient")]
+    pub rate: Option<f64>,
+}
+
+/// One consumer of a queue (`consumer_details`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ConsumerDetail {
+    /// The consumer tag (`amq.ctag-...` when the client let the broker choose).
+    #[serde(default, deserialize_with = "lenient")]
+    pub consumer_tag: String,
+    /// On a single-active-consumer queue, whether it is the active one (always true on others).
+    #[serde(default, deserialize_with = "lenient")]
+    pub active: Option<bool>,
+    /// `single_active` or `waiting` on a single-active-consumer queue, `up` on others.
+    #[serde(default, deserialize_with = "lenient")]
+    pub activity_status: Option<String>,
+    /// The channel it consumes on.
+    #[serde(default, deserialize_with = "lenient")]
+    pub channel_details: ChannelDetails,
+}
+
+/// Where a consumer's channel is: its connection and the client's address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ChannelDetails {
+    /// The broker's name for the connection (`10.0.0.5:41420 -> 10.0.0.1:5672`).
+    #[serde(default, deserialize_with = "lenient")]
+    pub connection_name: Option<String>,
+    /// The channel number on that connection.
+    #[serde(default, deserialize_with = "lenient")]
+    pub number: Option<u64>,
+    /// The client's host.
+    #[serde(default, deserialize_with = "lenient")]
+    pub peer_host: Option<String>,
+    /// The client's port.
+    #[serde(default, deserialize_with = "lenient")]
+    pub peer_port: Option<u64>,
+    /// The node the connection is on.
+    #[serde(default, deserialize_with = "lenient")]
+    pub node: Option<String>,
+}
+
+impl ChannelDetails {
+    /// `host:port` of the client, which tells one worker process from another.
+    pub fn peer(&self) -> Option<String> {
+        match (&self.peer_host, self.peer_port) {
+            (Some(host), Some(port)) if host.contains(':') => Some(format!("[{host}]:{port}")),
+            (Some(host), Some(port)) => Some(format!("{host}:{port}")),
+            (Some(host), None) => Some(host.clone()),
+            (None, _) => None,
+        }
+    }
+}
+
+/// A field of the API's answer read as `T`, or `T::default()` when it has another shape: the
+/// API writes an absent object as `[]` (an empty Erlang list) and an unknown port as a string.
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned + Default,
+{
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 impl Management {
@@ -356,6 +544,54 @@ impl Management {
         Ok(record.map(|r| ObjectRecord { kind: None, ..r }))
     }
 
+    /// The queue `name`'s counts, rates and consumers, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`ManagementError`] if the API is unreachable, refuses the credentials or answers oddly.
+    pub async fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>, ManagementError> {
+        if let Some(reason) = &self.refused {
+            return Err(self.err(reason));
+        }
+        let timeout = Duration::from_secs(10);
+        let resp = self
+            .client
+            .get(format!(
+                "{}/api/queues/{}/{}",
+                self.base,
+                encode(&self.vhost),
+                encode(name)
+            ))
+            .query(&[(
+                "columns",
+                "name,messages_ready,messages_unacknowledged,consumers,message_stats,\
+                 consumer_details,single_active_consumer_tag,single_active_consumer_ctag,arguments",
+            )])
+            .timeout(timeout)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| {
+                // The request's URL is noise here: the base is already in the message.
+                if e.is_timeout() {
+                    self.err(format!("no answer within {}s", timeout.as_secs()))
+                } else if e.is_connect() {
+                    self.err(format!("cannot connect ({})", innermost_cause(&e)))
+                } else {
+                    self.err(with_cause(&e.without_url()))
+                }
+            })?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.err(format!("HTTP {}", resp.status())));
+        }
+        resp.json()
+            .await
+            .map(Some)
+            .map_err(|e| self.err(with_cause(&e.without_url())))
+    }
+
     /// The exchange `name` as the broker records it, or `None` when it does not exist.
     ///
     /// # Errors
@@ -399,6 +635,15 @@ fn with_cause(e: &reqwest::Error) -> String {
     }
 }
 
+/// The innermost cause of `e` (`Connection refused (os error 111)`).
+fn innermost_cause(e: &reqwest::Error) -> String {
+    let mut innermost: &dyn std::error::Error = e;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    innermost.to_string()
+}
+
 /// Percent-encodes a vhost or object name for a path segment.
 fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).collect()
@@ -410,6 +655,39 @@ mod tests {
 
     fn record(json: serde_json::Value) -> ObjectRecord {
         serde_json::from_value(json).expect("record")
+    }
+
+    #[test]
+    fn queue_stats_read_both_versions_and_tolerate_odd_shapes() {
+        // RabbitMQ 3.x names the active consumer's tag `single_active_consumer_ctag`, 4.x
+        // `single_active_consumer_tag`; absent objects come as `[]`.
+        let v3: QueueStats = serde_json::from_value(serde_json::json!({
+            "name": "q", "messages_ready": 4, "consumers": 1,
+            "single_active_consumer_ctag": "ctag-3",
+            "message_stats": {"publish_details": {"rate": 2.5}, "ack_details": []},
+            "consumer_details": [{"consumer_tag": "ctag-3", "active": true,
+                "activity_status": "single_active",
+                "channel_details": {"peer_host": "::1", "peer_port": 5000, "number": 2}}],
+            "arguments": {"x-single-active-consumer": true}
+        }))
+        .expect("3.x record");
+        assert_eq!(v3.single_active_consumer_tag(), Some("ctag-3"));
+        assert_eq!(v3.single_active_consumer(), Some(true));
+        assert_eq!(v3.message_stats.publish_rate(), Some(2.5));
+        assert_eq!(v3.message_stats.ack_rate(), None);
+        assert_eq!(v3.message_stats.deliver_rate(), None);
+        assert_eq!(v3.messages_unacknowledged, None);
+        let active = v3.active_consumer().expect("active");
+        assert_eq!(active.channel_details.peer().as_deref(), Some("[::1]:5000"));
+        let v4: QueueStats = serde_json::from_value(serde_json::json!({
+            "name": "q", "single_active_consumer_tag": "ctag-4", "consumer_details": [],
+            "message_stats": [], "arguments": []
+        }))
+        .expect("4.x record");
+        assert_eq!(v4.single_active_consumer_tag(), Some("ctag-4"));
+        assert_eq!(v4.single_active_consumer(), None);
+        assert_eq!(v4.consumer_count(), 0);
+        assert_eq!(v4.message_stats, MessageStats::default());
     }
 
     #[test]

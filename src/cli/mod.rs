@@ -4,6 +4,7 @@
 mod demo;
 mod out;
 mod publish;
+mod shards;
 mod sink;
 mod topology;
 mod work;
@@ -75,6 +76,7 @@ enum Command {
     Work(work::WorkArgs),
     Publish(publish::PublishArgs),
     Sink(sink::SinkArgs),
+    Shards(shards::ShardsArgs),
 }
 
 impl Command {
@@ -153,6 +155,7 @@ pub fn main() -> ExitCode {
             Command::Work(args) => work::run(&cli.global, args).await,
             Command::Publish(args) => publish::run(&cli.global, args).await,
             Command::Sink(args) => sink::run(args).await,
+            Command::Shards(args) => shards::run(&cli.global, args).await,
         }
     });
     match result {
