@@ -80,6 +80,7 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Stats(StatsArgs),
+    Groups(GroupsArgs),
     List(ListArgs),
     Show(ShowArgs),
     Replay(ReplayArgs),
@@ -115,6 +116,10 @@ pub struct FilterArgs {
     /// Only messages whose header NAME has this value (strings, numbers, true/false).
     #[arg(long, value_name = "NAME=VALUE", help_heading = "Filters")]
     pub header: Vec<String>,
+    /// Only this failure group: its id as `courier-dlq groups` lists it (8 hex digits; the same
+    /// cause has the same id in every run and on every machine).
+    #[arg(long, value_name = "ID", help_heading = "Filters")]
+    pub group: Vec<String>,
 }
 
 impl FilterArgs {
@@ -132,6 +137,7 @@ impl FilterArgs {
                 newer_than: self.newer_than.clone(),
                 message_id: self.message_id.clone(),
                 header: self.header.clone(),
+                group: self.group.clone(),
             },
             prefix,
         )
@@ -160,6 +166,29 @@ pub struct StatsArgs {
     /// does not answer, the count is shown as unknown.
     #[arg(long, env = "COURIER_MANAGEMENT_URL", value_name = "URL")]
     pub management_url: Option<String>,
+}
+
+/// The dead letters grouped by cause, each group with a stable id to act on.
+///
+/// A cause is the reason and the normalised error: an HTTP status (`HTTP 503`), a transport
+/// error with the endpoint's host (`POST https://api.example.com: connection refused`), or the
+/// error's first line with quoted values, UUIDs, hex strings, ids and numbers masked. The id
+/// (8 hex digits) is the same for the same cause in every run and on every machine, so
+/// `--group ID` selects a group on every selecting command. Looks at the first --limit
+/// messages; every message stays where it was.
+///   courier-dlq groups
+///   courier-dlq replay --group 96da919e --dry-run
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct GroupsArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Examine at most this many messages (held unacknowledged, then given back; at most 65535).
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// One row per dead letter: id, age, reason, original queue, attempts, error, body size.

@@ -30,6 +30,8 @@ pub struct FilterSpec {
     pub message_id: Vec<String>,
     /// `--header K=V`.
     pub header: Vec<String>,
+    /// `--group ID` (see [`crate::groups`]).
+    pub group: Vec<String>,
 }
 
 /// A filter flag that cannot be used: which flag, which value, what would be right.
@@ -56,6 +58,8 @@ pub struct Filter {
     newer_than: Option<Duration>,
     message_ids: BTreeSet<String>,
     headers: Vec<(String, String)>,
+    /// Failure group ids ([`crate::groups::group_of`]).
+    groups: BTreeSet<String>,
     /// The topology prefix, so `--from-queue notifications.email` also matches the prefixed
     /// queue name.
     prefix: String,
@@ -131,6 +135,20 @@ impl Filter {
                 }
             }
         }
+        let mut groups = BTreeSet::new();
+        for g in split(&spec.group) {
+            let g = g.to_ascii_lowercase();
+            if g.len() != 8 || !g.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(FilterError {
+                    flag: "--group",
+                    value: g,
+                    expected:
+                        "expected a group id of 8 hex digits, as `courier-dlq groups` lists them"
+                            .to_owned(),
+                });
+            }
+            groups.insert(g);
+        }
         let older_than = duration("--older-than", spec.older_than.as_deref())?;
         let newer_than = duration("--newer-than", spec.newer_than.as_deref())?;
         if let (Some(old), Some(new)) = (older_than, newer_than) {
@@ -155,6 +173,7 @@ impl Filter {
             newer_than,
             message_ids: split(&spec.message_id).map(str::to_owned).collect(),
             headers,
+            groups,
             prefix: prefix.to_owned(),
         })
     }
@@ -218,6 +237,9 @@ impl Filter {
                 .as_ref()
                 .is_some_and(|id| self.message_ids.contains(id))
         {
+            return false;
+        }
+        if !self.groups.is_empty() && !self.groups.contains(&crate::groups::group_of(dl)) {
             return false;
         }
         self.headers.iter().all(|(k, v)| {

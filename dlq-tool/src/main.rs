@@ -21,6 +21,7 @@ mod commands;
 mod error;
 mod export_file;
 mod filter;
+mod groups;
 mod inspect;
 mod jsonl;
 mod output;

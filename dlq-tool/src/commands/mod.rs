@@ -2,6 +2,7 @@
 
 mod dry_run;
 mod export;
+mod groups;
 mod import;
 mod list;
 mod purge;
@@ -28,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Stats(a) => stats::run(g, a).await,
+        Command::Groups(a) => groups::run(g, a).await,
         Command::List(a) => list::run(g, a).await,
         Command::Show(a) => show::run(g, a).await,
         Command::Replay(a) => replay::run(g, a).await,

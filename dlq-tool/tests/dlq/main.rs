@@ -12,6 +12,7 @@ mod util;
 mod busy;
 mod errors;
 mod export;
+mod groups;
 mod in_place;
 mod inspect;
 mod purge;
