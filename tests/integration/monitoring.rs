@@ -274,7 +274,10 @@ fn alert_rules_parse_and_every_rule_is_complete() {
         ("courier_reconnects_total", "reconnect storms"),
         ("courier_publish_failures_total", "publish failures"),
         ("courier_connection_blocked", "blocked connection"),
-        ("courier_rate_limit_fallback", "a rate limit on its local share"),
+        (
+            "courier_rate_limit_fallback",
+            "a rate limit on its local share",
+        ),
     ] {
         assert!(
             rules.iter().any(|(_, r)| r
