@@ -12,6 +12,7 @@
 //! cargo run --release -p courier-bench -- chart --in docs/benchmarks/results.json --out docs/benchmarks/chart.svg
 //! cargo run -p courier-bench -- --smoke      # CI: a few hundred messages, every scenario once
 //! cargo run --release -p courier-bench -- --only cluster --messages 20000   # needs scripts/rabbitmq-cluster up
+//! cargo run --release -p courier-bench -- --only shards --messages 50000    # needs rabbitmq_consistent_hash_exchange
 //! ```
 //!
 //! # Layout
@@ -25,6 +26,8 @@
 //!   200 and 500.
 //! - [`cluster`]: the `courier work` binary end to end against raw lapin on a 3-node cluster
 //!   with quorum queues (opt-in: only with `--only cluster`).
+//! - [`shards`]: the `courier work` binary end to end against raw lapin on one channel spread
+//!   over 1, 2 and 4 shard queues, plus 4 ordered shards (opt-in: only with `--only shards`).
 //! - [`payload`], [`tally`]: the message body with its stamp; counting ids and latency.
 //! - [`cpu`]: client and broker CPU per message, from `/proc`.
 //! - [`broker`]: our prefixed objects on the shared broker, and their clean-up.
@@ -45,6 +48,7 @@ mod peer;
 mod plan;
 mod raw;
 mod report;
+mod shards;
 mod sink;
 mod tally;
 
@@ -71,8 +75,9 @@ const RETRY_TOPOLOGY: &str = include_str!("../topology/retry.toml");
 /// counted: a lost message fails the run (exit 1).
 ///
 /// Scenario groups (--only): baseline, courier, retry, http, dlq, peer, memory, binary, and
-/// cluster (a 3-node RabbitMQ cluster with quorum queues; runs only when --only names it, so
-/// never in --smoke or a run without --only).
+/// two that run only when --only names them, so never in --smoke or a run without --only:
+/// cluster (a 3-node RabbitMQ cluster with quorum queues) and shards (one channel over 1, 2
+/// and 4 shard queues; needs the broker plugin rabbitmq_consistent_hash_exchange).
 #[derive(Debug, Parser)]
 #[command(
     name = "courier-bench",
@@ -124,7 +129,9 @@ struct RunArgs {
     /// peer, memory, binary (the `courier work` binary against raw lapin, prefetch 200 and
     /// 500), cluster (the binary against raw lapin end to end on a 3-node cluster with quorum
     /// queues, see --cluster-url; opt-in: it runs only when named here, never by default nor
-    /// in --smoke, and needs `scripts/rabbitmq-cluster up`).
+    /// in --smoke, and needs `scripts/rabbitmq-cluster up`), shards (the binary against raw
+    /// lapin end to end on one channel spread over 1, 2 and 4 shard queues, and 4 ordered
+    /// shards; opt-in like cluster; needs the plugin rabbitmq_consistent_hash_exchange).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results JSON [default: <target dir>/courier-bench/results.json].
@@ -161,12 +168,13 @@ struct RunArgs {
 }
 
 const GROUPS: &[&str] = &[
-    "baseline", "courier", "retry", "http", "dlq", "peer", "memory", "binary", "cluster",
+    "baseline", "courier", "retry", "http", "dlq", "peer", "memory", "binary", "cluster", "shards",
 ];
 
-/// Groups that run only when `--only` names them: they need more than the broker of
-/// `--amqp-url` (the cluster), so neither a run without `--only` nor `--smoke` includes them.
-const OPT_IN: &[&str] = &["cluster"];
+/// Groups that run only when `--only` names them, so neither a run without `--only` nor
+/// `--smoke` includes them: they need more than the broker of `--amqp-url` (the cluster), or
+/// more of it than the other groups (shards: a plugin, and seven more scenarios per round).
+const OPT_IN: &[&str] = &["cluster", "shards"];
 
 impl RunArgs {
     fn wants(&self, group: &str) -> bool {
@@ -343,17 +351,20 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         None
     };
     let wants_memory = args.wants("memory") && memory_backlog > 0;
-    let built = if wants_memory || args.wants("binary") || args.wants("cluster") {
-        Some(binary(&args, "courier", "courier").await)
-    } else {
-        None
-    };
+    let built =
+        if wants_memory || args.wants("binary") || args.wants("cluster") || args.wants("shards") {
+            Some(binary(&args, "courier", "courier").await)
+        } else {
+            None
+        };
     let courier_bin = built.clone().filter(|_| wants_memory);
     let binary_bin = built.clone().filter(|_| args.wants("binary"));
-    let cluster_bin = built.filter(|_| args.wants("cluster"));
+    let cluster_bin = built.clone().filter(|_| args.wants("cluster"));
+    let shards_bin = built.filter(|_| args.wants("shards"));
     for (bin, ids) in [
         (&binary_bin, &binary::IDS[..]),
         (&cluster_bin, &cluster::IDS[..]),
+        (&shards_bin, &shards::IDS[..]),
     ] {
         if let Some(Err(why)) = bin {
             for id in ids {
@@ -408,6 +419,10 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         }
         _ => None,
     };
+    let shards = match shards_bin {
+        Some(Ok(bin)) => Some(shards::Shards::connect(&env, bin).await?),
+        _ => None,
+    };
     let selection = Selection {
         baseline: args.wants("baseline"),
         courier: args.wants("courier"),
@@ -417,6 +432,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         peer,
         binary: binary_bin,
         cluster,
+        shards,
     };
 
     let body = async {
@@ -424,6 +440,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         env.scratch.apply(&env.retry).await?;
         if let Some(c) = &selection.cluster {
             c.apply().await?;
+        }
+        if let Some(s) = &selection.shards {
+            s.apply().await?;
         }
         let mut rounds = Vec::new();
         for r in 1..=args.rounds {
@@ -463,6 +482,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
     env.scratch.cleanup().await;
     if let Some(c) = &selection.cluster {
         c.cleanup().await;
+    }
+    if let Some(s) = &selection.shards {
+        s.cleanup().await;
     }
     let _ = std::fs::remove_dir_all(&tmp);
     let (rounds, memory) = outcome?;
@@ -612,6 +634,8 @@ mod tests {
         assert!(!args(&["--smoke"]).wants("cluster"));
         let only = args(&["--smoke", "--only", "binary,cluster"]);
         assert!(only.wants("cluster") && only.wants("binary") && !only.wants("courier"));
+        assert!(!all.wants("shards") && !args(&["--smoke"]).wants("shards"));
+        assert!(args(&["--only", "shards"]).wants("shards"));
     }
 
     #[test]

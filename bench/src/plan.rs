@@ -8,7 +8,7 @@
 use crate::env::{Env, ROUTING_KEY};
 use crate::report::{Measurement, Round};
 use crate::tally::{Counts, Tally};
-use crate::{binary, cluster, courier_lib, dlq, payload, peer, raw};
+use crate::{binary, cluster, courier_lib, dlq, payload, peer, raw, shards};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,8 @@ pub struct Selection {
     pub binary: Option<Result<PathBuf, String>>,
     /// The `cluster` group's environment and binary, when it runs.
     pub cluster: Option<cluster::Cluster>,
+    /// The `shards` group's topologies and binary, when it runs.
+    pub shards: Option<shards::Shards>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +50,7 @@ enum Step {
     Peer,
     Binary,
     Cluster,
+    Shards,
 }
 
 /// `baseline.publish` then `baseline.drain`.
@@ -303,6 +306,13 @@ async fn step(env: &Env, sel: &Selection, s: Step, round: u32) -> Vec<Measuremen
             None => Vec::new(),
         };
     }
+    if let Step::Shards = s {
+        // Topologies of its own (each with its control connection): the group resets them.
+        return match &sel.shards {
+            Some(sh) => shards::round(sh, round).await,
+            None => Vec::new(),
+        };
+    }
     env.reset().await;
     match s {
         Step::BaselinePublishDrain => baseline_publish_and_drain(env).await,
@@ -329,7 +339,7 @@ async fn step(env: &Env, sel: &Selection, s: Step, round: u32) -> Vec<Measuremen
             Some(Ok(bin)) => binary::round(env, bin, round).await,
             _ => Vec::new(),
         },
-        Step::Cluster => Vec::new(),
+        Step::Cluster | Step::Shards => Vec::new(),
     }
 }
 
@@ -344,6 +354,7 @@ fn enabled(sel: &Selection, s: Step) -> bool {
         Step::Peer => matches!(sel.peer, Some(Ok(()))),
         Step::Binary => matches!(sel.binary, Some(Ok(_))),
         Step::Cluster => sel.cluster.is_some(),
+        Step::Shards => sel.shards.is_some(),
     }
 }
 
@@ -374,9 +385,11 @@ pub async fn round(env: &Env, sel: &Selection, round: u32, rounds: u32) -> Round
             Peer,
             Binary,
             Cluster,
+            Shards,
         ]
     } else {
         [
+            Shards,
             Cluster,
             Binary,
             CourierPublishDrain,

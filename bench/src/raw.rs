@@ -223,6 +223,28 @@ pub async fn consume_acking(
 ) -> anyhow::Result<()> {
     let conn = url.connect("courier-bench raw consumer").await?;
     let ch = conn.create_channel().await?;
+    let result = consume_channel(&ch, queue, prefetch, batch, tally, latency, stop, ready).await;
+    let _ = conn.close(200, "consumed".into()).await;
+    result
+}
+
+/// [`consume_acking`] on a channel of a connection the caller owns (the `shards` group runs one
+/// channel per shard queue on one connection, as the worker does); closes the channel, not
+/// the connection.
+///
+/// # Errors
+/// Channel failures.
+#[allow(clippy::too_many_arguments)]
+pub async fn consume_channel(
+    ch: &lapin::Channel,
+    queue: &str,
+    prefetch: u16,
+    batch: u64,
+    tally: Arc<Tally>,
+    latency: bool,
+    stop: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
     ch.basic_qos(prefetch, BasicQosOptions { global: false })
         .await?;
     let mut consumer = ch
@@ -290,7 +312,6 @@ pub async fn consume_acking(
             .await?;
     }
     let _ = ch.close(200, "consumed".into()).await;
-    let _ = conn.close(200, "consumed".into()).await;
     result
 }
 
