@@ -534,26 +534,15 @@ impl Validator<'_> {
                             &format!("retry.tiers[{t}]"),
                             &format!("{}.retry.{}", q.name, tier_label(*delay)),
                         )?;
-                        let mut targs = quorum_args.clone();
-                        targs.insert(
-                            "x-queue-type".to_owned(),
-                            ArgValue::Str(queue_type.as_str().to_owned()),
-                        );
-                        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                        targs.insert("x-message-ttl".to_owned(), ArgValue::Int(ttl));
-                        targs.insert(
-                            "x-dead-letter-exchange".to_owned(),
-                            ArgValue::Str(exchange.clone()),
-                        );
-                        queues.push(QueueDef {
-                            name: tier_name.clone(),
-                            role: QueueRole::Retry {
-                                work_queue: exchange.clone(),
-                                delay: *delay,
-                            },
+                        // No dead-letter routing key: the message's own key picks the shard.
+                        queues.push(tier_def(
+                            &tier_name,
                             queue_type,
-                            arguments: targs,
-                        });
+                            &quorum_args,
+                            *delay,
+                            (&exchange, None),
+                            &exchange,
+                        ));
                         retry_queues.push(tier_name);
                     }
                 }
@@ -637,30 +626,15 @@ impl Validator<'_> {
                         &format!("retry.tiers[{t}]"),
                         &format!("{short}.retry.{}", tier_label(*delay)),
                     )?;
-                    let mut targs = quorum_args.clone();
-                    targs.insert(
-                        "x-queue-type".to_owned(),
-                        ArgValue::Str(queue_type.as_str().to_owned()),
-                    );
-                    let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                    targs.insert("x-message-ttl".to_owned(), ArgValue::Int(ttl));
-                    targs.insert(
-                        "x-dead-letter-exchange".to_owned(),
-                        ArgValue::Str(String::new()),
-                    );
-                    targs.insert(
-                        "x-dead-letter-routing-key".to_owned(),
-                        ArgValue::Str(lane_name.clone()),
-                    );
-                    queues.push(QueueDef {
-                        name: tier_name.clone(),
-                        role: QueueRole::Retry {
-                            work_queue: lane_name.clone(),
-                            delay: *delay,
-                        },
+                    // Through the default exchange straight back to this queue.
+                    queues.push(tier_def(
+                        &tier_name,
                         queue_type,
-                        arguments: targs,
-                    });
+                        &quorum_args,
+                        *delay,
+                        ("", Some(&lane_name)),
+                        &lane_name,
+                    ));
                     retry_queues.push(tier_name);
                 }
                 let is_band = !suffix.is_empty();
@@ -780,6 +754,44 @@ impl Validator<'_> {
             tiers,
             max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
         })
+    }
+}
+
+/// A retry tier `name` of `delay` (its `x-message-ttl`) that dead-letters an expired message
+/// through `dead_letter` (exchange, routing key) back to `work_queue`.
+fn tier_def(
+    name: &str,
+    queue_type: QueueType,
+    quorum_args: &BTreeMap<String, ArgValue>,
+    delay: Duration,
+    dead_letter: (&str, Option<&str>),
+    work_queue: &str,
+) -> QueueDef {
+    let mut args = quorum_args.clone();
+    args.insert(
+        "x-queue-type".to_owned(),
+        ArgValue::Str(queue_type.as_str().to_owned()),
+    );
+    let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    args.insert("x-message-ttl".to_owned(), ArgValue::Int(ttl));
+    args.insert(
+        "x-dead-letter-exchange".to_owned(),
+        ArgValue::Str(dead_letter.0.to_owned()),
+    );
+    if let Some(key) = dead_letter.1 {
+        args.insert(
+            "x-dead-letter-routing-key".to_owned(),
+            ArgValue::Str(key.to_owned()),
+        );
+    }
+    QueueDef {
+        name: name.to_owned(),
+        role: QueueRole::Retry {
+            work_queue: work_queue.to_owned(),
+            delay,
+        },
+        queue_type,
+        arguments: args,
     }
 }
 

@@ -12,7 +12,6 @@ use crate::harness::WorkerProc;
 use crate::ordering::*;
 use crate::util::*;
 use crate::SETTLE;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KEYS: usize = 50;
@@ -23,18 +22,7 @@ async fn ordered_shards_keep_each_keys_order_when_a_node_dies() {
     ensure_up().await;
     let t = TestTopology::apply("c.shards", "tests/fixtures/shards.toml").await;
     let shard0 = t.name("notifications.email.shard.0");
-    let sink = Sink::start(
-        Arc::new(|r: &Received| {
-            let transient = key_seq(&r.message_id).is_some_and(|(_, s)| s % 23 == 5);
-            if transient && r.attempt == 1 {
-                (503, vec![])
-            } else {
-                (200, vec![])
-            }
-        }),
-        Duration::from_millis(2),
-    )
-    .await;
+    let sink = transient_sink().await;
     let p = publisher().await;
     let sent = publish_keyed(&p, &t.exchange(), KEYS, SEQ).await;
     let mut ws: Vec<WorkerProc> = (1..=3)

@@ -6,6 +6,8 @@ use courier::publisher::Outgoing;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Message `seq` of key `key`: id `k<key>-<seq>`, header `x-courier-key = k<key>`.
 pub fn keyed(exchange: &str, key: usize, seq: usize) -> Outgoing {
@@ -110,4 +112,21 @@ pub async fn wait_shared_out(addrs: &[&str], timeout: std::time::Duration) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// An endpoint answering in 2 ms that fails every 23rd message of each key on its first
+/// attempt (503): an ordered shard retries it in place, holding the key's later messages.
+pub async fn transient_sink() -> Sink {
+    Sink::start(
+        Arc::new(|r: &Received| {
+            let transient = key_seq(&r.message_id).is_some_and(|(_, s)| s % 23 == 5);
+            if transient && r.attempt == 1 {
+                (503, vec![])
+            } else {
+                (200, vec![])
+            }
+        }),
+        Duration::from_millis(2),
+    )
+    .await
 }

@@ -51,18 +51,7 @@ async fn ordered_shards_keep_each_keys_order_across_a_killed_and_an_added_worker
     }
 
     // Every 23rd message fails its first attempt: the shard waits and retries it in place.
-    let sink = Sink::start(
-        Arc::new(|r: &Received| {
-            let transient = key_seq(&r.message_id).is_some_and(|(_, s)| s % 23 == 5);
-            if transient && r.attempt == 1 {
-                (503, vec![])
-            } else {
-                (200, vec![])
-            }
-        }),
-        Duration::from_millis(2),
-    )
-    .await;
+    let sink = transient_sink().await;
 
     // A key's messages are published in sequence; keys interleave.
     let p = publisher().await;
