@@ -29,10 +29,13 @@ use std::time::Duration;
 ///   courier-dlq replay --error-contains 503 --dry-run
 ///   courier-dlq replay --error-contains 503 --rate 200/s
 ///   courier-dlq export --out dlq.jsonl --remove     archive, then import dlq.jsonl later
+///   courier-dlq groups                              failures grouped by cause, each with an id
+///   courier-dlq replay --group 96da919e             act on one group
+///   courier-dlq audit                               who changed the queue, when, what moved
 ///
 /// Filters (every selecting command): --reason, --from-queue, --error-contains, --older-than,
-/// --newer-than, --message-id, --header K=V. Values of one flag are alternatives (repeat the
-/// flag or separate with commas); different flags must all match.
+/// --newer-than, --message-id, --header K=V, --group ID. Values of one flag are alternatives
+/// (repeat the flag or separate with commas); different flags must all match.
 ///
 /// Exit codes: 0 done, 1 failed (or some messages could not be moved), 2 usage error.
 #[derive(Debug, Parser)]
@@ -75,6 +78,25 @@ pub struct Global {
     /// A name from the topology file gets the --prefix added.
     #[arg(long, env = "COURIER_DLQ", global = true)]
     pub queue: Option<String>,
+    /// Where every command that changes the dead-letter queue (replay, export --remove, import,
+    /// purge) appends its audit line. Default: $XDG_STATE_HOME/courier/dlq-audit.jsonl, else
+    /// ~/.local/state/courier/dlq-audit.jsonl.
+    #[arg(
+        long,
+        env = "COURIER_DLQ_AUDIT_LOG",
+        value_name = "FILE",
+        global = true
+    )]
+    pub audit_log: Option<PathBuf>,
+    /// Also publish each audit line (confirmed) to this queue, e.g. notifications.audit (not
+    /// prefixed; declare it yourself: a durable queue the trail can be read from).
+    #[arg(
+        long,
+        env = "COURIER_DLQ_AUDIT_QUEUE",
+        value_name = "QUEUE",
+        global = true
+    )]
+    pub audit_queue: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +109,24 @@ pub enum Command {
     Export(ExportArgs),
     Import(ImportArgs),
     Purge(PurgeArgs),
+    Audit(AuditArgs),
+}
+
+/// Print the audit trail: one line for every command that changed the dead-letter queue
+/// (replay, export --remove, import, purge), with who, when, the command line (passwords
+/// redacted), the filter, what moved and the outcome.
+///
+///   courier-dlq audit
+///   courier-dlq audit --json --limit 1000 | jq 'select(.command == "purge")'
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct AuditArgs {
+    /// Show the last N lines.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// The lines as they are stored, one JSON object each.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which messages a command selects.
@@ -123,6 +163,29 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
+    /// The flags given, as JSON (for the audit trail).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        let mut list = |k: &str, v: &[String]| {
+            if !v.is_empty() {
+                m.insert(k.to_owned(), serde_json::json!(v));
+            }
+        };
+        list("reason", &self.reason);
+        list("from_queue", &self.from_queue);
+        list("error_contains", &self.error_contains);
+        list("message_id", &self.message_id);
+        list("header", &self.header);
+        list("group", &self.group);
+        if let Some(d) = &self.older_than {
+            m.insert("older_than".to_owned(), serde_json::json!(d));
+        }
+        if let Some(d) = &self.newer_than {
+            m.insert("newer_than".to_owned(), serde_json::json!(d));
+        }
+        serde_json::Value::Object(m)
+    }
+
     /// Validates the flags.
     ///
     /// # Errors

@@ -16,6 +16,7 @@
 //! destination) is the library's [`courier::deadletter`]; the ack rule of a pass is the
 //! library's [`courier::ack`], shared with the worker.
 
+mod audit;
 mod cli;
 mod commands;
 mod error;

@@ -3,11 +3,11 @@
 
 use crate::census::*;
 use crate::cluster::*;
-use crate::harness::{dlq_bin, seed_dead_letters};
+use crate::harness::{dlq_command, seed_dead_letters};
 use crate::node_loss::cluster_topology;
 use crate::util::*;
 use crate::SETTLE;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const DEAD_LETTERS: usize = 3_000;
@@ -19,7 +19,7 @@ async fn a_replay_whose_node_dies_midway_resumes_on_another_and_loses_nothing() 
     let work = t.name("notifications.email");
     let doomed = leader(&t.dlq()).await;
     let log = std::env::temp_dir().join(format!("{}replay.err", t.prefix));
-    let mut replay = Command::new(dlq_bin())
+    let mut replay = dlq_command()
         .args(["replay", "--rate", "500/s"])
         .env("AMQP_URL", url_from(doomed))
         .env("COURIER_PREFIX", &t.prefix)

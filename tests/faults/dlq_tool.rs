@@ -33,7 +33,7 @@ async fn wait_returned(queue: &str) {
 async fn dlq_replay_killed_with_sigkill_halfway_loses_nothing() {
     let t = TestTopology::fast("f.replaykill").await;
     let ids = seed_dead_letters(&t, "rk", 3000).await;
-    let mut replay = std::process::Command::new(dlq_bin())
+    let mut replay = dlq_command()
         .args(["replay", "--rate", "1000/s"])
         .env("AMQP_URL", amqp_url())
         .env("COURIER_PREFIX", &t.prefix)
@@ -78,7 +78,7 @@ async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
     let ids = seed_dead_letters(&t, "ec", 3000).await;
     let out = std::env::temp_dir().join(format!("{}export.jsonl", t.prefix));
     let _ = std::fs::remove_file(&out);
-    let mut export = std::process::Command::new(dlq_bin())
+    let mut export = dlq_command()
         .args(["export", "--remove", "--rate", "1000/s", "--out"])
         .arg(&out)
         .env("AMQP_URL", amqp_url())
@@ -148,7 +148,7 @@ async fn dlq_export_remove_survives_the_broker_closing_its_connection() {
 async fn dlq_replay_resumes_after_the_broker_closes_its_connection() {
     let t = TestTopology::fast("f.replaycut").await;
     let ids = seed_dead_letters(&t, "rc", 3000).await;
-    let replay = std::process::Command::new(dlq_bin())
+    let replay = dlq_command()
         .args(["replay", "--rate", "1000/s"])
         .env("AMQP_URL", amqp_url())
         .env("COURIER_PREFIX", &t.prefix)

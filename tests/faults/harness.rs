@@ -426,6 +426,16 @@ async fn pipe(client: TcpStream, server: TcpStream, controls: Controls) {
 }
 
 /// The `courier-dlq` binary of this workspace (built by the workspace test run before this one).
+/// `courier-dlq`, with its audit trail in the temporary directory (never the user's own).
+pub fn dlq_command() -> std::process::Command {
+    let mut c = std::process::Command::new(dlq_bin());
+    c.env(
+        "COURIER_DLQ_AUDIT_LOG",
+        std::env::temp_dir().join("courier-tests-dlq-audit.jsonl"),
+    );
+    c
+}
+
 pub fn dlq_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");

@@ -206,6 +206,7 @@ pub async fn run(g: &Global, a: ImportArgs) -> anyhow::Result<ExitCode> {
         thousands(records),
         ok as f64 / secs.max(1e-9)
     );
+    crate::audit::add_import(ok, failed_count);
     failed.sort_by_key(|(n, _)| *n);
     for (n, e) in &failed {
         eprintln!("{shown}:{n}: {e}");

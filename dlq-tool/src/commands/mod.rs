@@ -1,5 +1,6 @@
 //! One file per command; this one dispatches and holds what they share.
 
+mod audit;
 mod dry_run;
 mod export;
 mod groups;
@@ -27,7 +28,16 @@ use std::time::Duration;
 /// Whatever stopped it; [`crate::error::exit_code`] turns it into an exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
-    match cli.command {
+    let changing = audit::changing(&cli.command);
+    let result = dispatch(g, cli.command).await;
+    if let Some((name, filter)) = changing {
+        audit::append(g, name, filter, &result).await;
+    }
+    result
+}
+
+async fn dispatch(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Stats(a) => stats::run(g, a).await,
         Command::Groups(a) => groups::run(g, a).await,
         Command::List(a) => list::run(g, a).await,
@@ -36,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(a) => export::run(g, a).await,
         Command::Import(a) => import::run(g, a).await,
         Command::Purge(a) => purge::run(g, a).await,
+        Command::Audit(a) => audit::run(g, a).await,
     }
 }
 
@@ -88,6 +99,7 @@ fn warn_if_quorum(g: &Global, queue: &str) {
 /// Prints what a pass did (to stdout; a closed stdout does not matter any more by then).
 fn print_report(verb: &str, queue: &str, r: &crate::pass::Report) {
     use crate::output::thousands;
+    crate::audit::add_pass(r);
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let secs = r.elapsed.as_secs_f64();

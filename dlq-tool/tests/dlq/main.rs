@@ -9,6 +9,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod audit;
 mod busy;
 mod errors;
 mod export;

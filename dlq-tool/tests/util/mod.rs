@@ -142,8 +142,15 @@ impl Env {
             .env("COURIER_TOPOLOGY", repo_path("topology/notifications.toml"))
             .env("COURIER_MANAGEMENT_URL", management_url())
             .env_remove("COURIER_DLQ")
+            .env("COURIER_DLQ_AUDIT_LOG", self.audit_log())
+            .env_remove("COURIER_DLQ_AUDIT_QUEUE")
             .env("RUST_LOG", "warn");
         c
+    }
+
+    /// This test's audit log (never the user's own).
+    pub fn audit_log(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}dlq-audit.jsonl", self.prefix))
     }
 }
 
