@@ -1,5 +1,5 @@
 //! The audit trail: one JSON line for every command that changed the dead-letter queue
-//! (`replay`, `export --remove`, `import`, `purge`; never a `--dry-run`), appended when the
+//! (`replay`, `edit`, `export --remove`, `import`, `purge`; never a `--dry-run`), appended when the
 //! command ends, whether it succeeded or not.
 //!
 //! A line says who (user, host), when, the command line (every URL's password redacted), the

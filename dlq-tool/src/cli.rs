@@ -26,6 +26,7 @@ use std::time::Duration;
 ///   courier-dlq stats                               what is there, grouped by reason and error
 ///   courier-dlq list --reason max-attempts          one row per message
 ///   courier-dlq show 8f3c2a...                      every property, header and the body
+///   courier-dlq edit 8f3c2a...                      fix it in $EDITOR (then replay it)
 ///   courier-dlq replay --error-contains 503 --dry-run
 ///   courier-dlq replay --error-contains 503 --rate 200/s
 ///   courier-dlq export --out dlq.jsonl --remove     archive, then import dlq.jsonl later
@@ -78,8 +79,8 @@ pub struct Global {
     /// A name from the topology file gets the --prefix added.
     #[arg(long, env = "COURIER_DLQ", global = true)]
     pub queue: Option<String>,
-    /// Where every command that changes the dead-letter queue (replay, export --remove, import,
-    /// purge) appends its audit line. Default: $XDG_STATE_HOME/courier/dlq-audit.jsonl, else
+    /// Where every command that changes the dead-letter queue (replay, edit, export --remove,
+    /// import, purge) appends its audit line. Default: $XDG_STATE_HOME/courier/dlq-audit.jsonl, else
     /// ~/.local/state/courier/dlq-audit.jsonl.
     #[arg(
         long,
@@ -105,6 +106,7 @@ pub enum Command {
     Groups(GroupsArgs),
     List(ListArgs),
     Show(ShowArgs),
+    Edit(EditArgs),
     Replay(ReplayArgs),
     Export(ExportArgs),
     Import(ImportArgs),
@@ -113,7 +115,7 @@ pub enum Command {
 }
 
 /// Print the audit trail: one line for every command that changed the dead-letter queue
-/// (replay, export --remove, import, purge), with who, when, the command line (passwords
+/// (replay, edit, export --remove, import, purge), with who, when, the command line (passwords
 /// redacted), the filter, what moved and the outcome.
 ///
 ///   courier-dlq audit
@@ -291,6 +293,34 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
+/// Fix one dead letter in $EDITOR, then put the fixed copy back in the dead-letter queue.
+///
+/// Writes the body (pretty-printed when it is JSON) to a temporary file and opens it with
+/// $EDITOR (else $VISUAL, else vi); with --headers, a second file holds the headers as a JSON
+/// object. When the editor exits, the result is checked (a JSON body must stay JSON; header
+/// values must be strings, integers or true/false) and the dead letter is replaced: the edited
+/// copy is published to the dead-letter queue and confirmed BEFORE the original is acked, with
+/// the same message id and x-courier-edited incremented. A crash leaves the original, or both;
+/// never neither. The copy goes to the tail of the queue. Nothing changes when the files are
+/// unchanged, or when the edit is invalid (the error gives line and column).
+///
+///   courier-dlq edit 8f3c2a9e61d04f0c
+///   EDITOR=nano courier-dlq edit 8f3c2a9e61d04f0c --headers
+///   courier-dlq replay --message-id 8f3c2a9e61d04f0c      then send it on
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct EditArgs {
+    /// The message_id of the dead letter to edit.
+    pub message_id: String,
+    /// Also edit the headers (a JSON object; x-courier-* may be changed too: they are what
+    /// `replay` reads for the destination and what `stats`/`groups` group by).
+    #[arg(long)]
+    pub headers: bool,
+    /// Search at most this many messages from the head of the queue (at most 65535).
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: u64,
+}
+
 /// Options of a pass (replay, export, purge).
 #[derive(Debug, Clone, Args)]
 pub struct PassArgs {
@@ -320,6 +350,11 @@ pub struct PassArgs {
 ///   courier-dlq replay --dry-run
 ///   courier-dlq replay --reason max-attempts --error-contains "HTTP 503" --rate 100/s
 ///   courier-dlq replay --message-id 8f3c2a9e --to-queue notifications.email
+///
+/// Fix the copies on the way (the dead letters are not changed; try with --dry-run first,
+/// which shows a before/after of the first 3 messages):
+///   courier-dlq replay --error-contains "invalid address" --transform '.to |= ascii_downcase'
+///   courier-dlq replay --from-queue notifications.email --set-routing-key sms --set-header tenant=beta
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
@@ -328,8 +363,79 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub pass: PassArgs,
     /// Publish to this queue (default exchange) instead of the original destination.
-    #[arg(long, value_name = "QUEUE")]
+    #[arg(long, value_name = "QUEUE", conflicts_with = "set_routing_key")]
     pub to_queue: Option<String>,
+    #[command(flatten)]
+    pub fixes: FixArgs,
+}
+
+/// Changes `replay` makes to every copy it publishes (the dead letter itself is not changed; a
+/// copy that cannot be made stays in the queue and is reported).
+#[derive(Debug, Clone, Default, Args)]
+pub struct FixArgs {
+    /// Set header NAME on every copy (repeatable). VALUE as for --header: true/false, an
+    /// integer, else a string. E.g. --set-header tenant=beta.
+    #[arg(long, value_name = "NAME=VALUE", help_heading = "Fixes")]
+    pub set_header: Vec<String>,
+    /// Publish every copy to its original exchange with this routing key instead of its own
+    /// (e.g. `sms` to send failed emails as SMS). Not with --to-queue.
+    #[arg(long, value_name = "KEY", help_heading = "Fixes")]
+    pub set_routing_key: Option<String>,
+    /// A jq program applied to each JSON body; the copy gets its result, e.g.
+    /// --transform '.to |= ascii_downcase' or '.to = "ops@example.com"'. Compiled before the
+    /// pass (an error is a usage error). A message whose body is not JSON, on which the program
+    /// fails, or for which it yields no value or several, stays in the queue and is reported.
+    #[arg(long, value_name = "JQ", help_heading = "Fixes")]
+    pub transform: Option<String>,
+}
+
+impl FixArgs {
+    /// Validates the flags (the program is compiled here, once).
+    ///
+    /// # Errors
+    /// A usage error naming the flag.
+    pub fn build(&self) -> Result<crate::fix::Fixes, UsageError> {
+        let set_headers = self
+            .set_header
+            .iter()
+            .map(|s| crate::fix::set_header(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(k) = &self.set_routing_key {
+            if k.len() > 255 {
+                return Err(UsageError(format!(
+                    "--set-routing-key: {} bytes; a routing key holds at most 255",
+                    k.len()
+                )));
+            }
+        }
+        let transform =
+            match &self.transform {
+                None => None,
+                Some(code) => Some(crate::fix::Transform::compile(code).map_err(|e| {
+                    UsageError(format!("--transform {code:?} does not compile: {e}"))
+                })?),
+            };
+        Ok(crate::fix::Fixes {
+            set_headers,
+            routing_key: self.set_routing_key.clone(),
+            transform,
+        })
+    }
+
+    /// The flags given, as JSON (for the audit trail's filter).
+    pub fn to_json(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let mut v = Vec::new();
+        if !self.set_header.is_empty() {
+            v.push(("set_header", serde_json::json!(self.set_header)));
+        }
+        if let Some(k) = &self.set_routing_key {
+            v.push(("set_routing_key", serde_json::json!(k)));
+        }
+        if let Some(t) = &self.transform {
+            v.push(("transform", serde_json::json!(t)));
+        }
+        v
+    }
 }
 
 /// Write dead letters to a JSONL file, exactly (bytes, properties, header types).

@@ -22,6 +22,7 @@ mod commands;
 mod error;
 mod export_file;
 mod filter;
+mod fix;
 mod groups;
 mod inspect;
 mod jsonl;

@@ -32,11 +32,16 @@ pub fn changing(command: &Command) -> Option<(&'static str, Value)> {
             with(
                 a.filters.to_json(),
                 &[
-                    ("limit", json!(a.pass.limit)),
-                    ("to_queue", json!(a.to_queue)),
-                ],
+                    &[
+                        ("limit", json!(a.pass.limit)),
+                        ("to_queue", json!(a.to_queue)),
+                    ][..],
+                    &a.fixes.to_json(),
+                ]
+                .concat(),
             ),
         )),
+        Command::Edit(a) => Some(("edit", json!({ "message_id": a.message_id }))),
         Command::Export(a) if a.remove && !a.pass.dry_run => Some((
             "export --remove",
             with(

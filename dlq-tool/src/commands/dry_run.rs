@@ -3,6 +3,7 @@
 use super::{connect, warn_if_quorum};
 use crate::cli::Global;
 use crate::filter::Filter;
+use crate::fix::Fixes;
 use crate::inspect::{inspect, MAX_INSPECT};
 use crate::output::{groups, thousands};
 use crate::stats::{Groups, Plan};
@@ -16,8 +17,8 @@ use std::process::ExitCode;
 
 /// Which pass is being previewed.
 pub enum Verb<'a> {
-    /// Replay, to `--to-queue` or each message's origin.
-    Replay(Option<&'a str>),
+    /// Replay, to `--to-queue` or each message's origin, with the fixes.
+    Replay(Option<&'a str>, &'a Fixes),
     /// Export to a file.
     Export,
     /// Purge.
@@ -27,7 +28,7 @@ pub enum Verb<'a> {
 impl Verb<'_> {
     fn word(&self) -> &'static str {
         match self {
-            Verb::Replay(_) => "replay",
+            Verb::Replay(..) => "replay",
             Verb::Export => "export",
             Verb::Purge => "purge",
         }
@@ -46,6 +47,8 @@ struct Staying {
     no_origin: Option<u64>,
     /// Selected, but their destination exchange does not exist.
     missing_exchange: u64,
+    /// Selected, but `--transform` fails on them (replay with fixes only).
+    transform_fails: u64,
     /// Beyond what a preview examines ([`MAX_INSPECT`]), when `--limit` was not reached.
     not_examined: u64,
 }
@@ -56,6 +59,7 @@ impl Staying {
             + self.past_limit.unwrap_or(0)
             + self.no_origin.unwrap_or(0)
             + self.missing_exchange
+            + self.transform_fails
             + self.not_examined
     }
 
@@ -81,6 +85,12 @@ impl Staying {
             v.push(format!(
                 "  for an exchange that does not exist: {}",
                 thousands(self.missing_exchange)
+            ));
+        }
+        if self.transform_fails > 0 {
+            v.push(format!(
+                "  --transform fails on them: {}",
+                thousands(self.transform_fails)
             ));
         }
         if self.not_examined > 0 {
@@ -115,24 +125,55 @@ pub async fn run(
     let mut by_reason = Groups::default();
     // Messages per destination exchange, to check afterwards that each exchange exists.
     let mut exchanges: BTreeMap<String, u64> = BTreeMap::new();
+    let fixes = match &verb {
+        Verb::Replay(_, f) if !f.is_empty() => Some(*f),
+        _ => None,
+    };
+    let mut transform_fails = 0u64;
+    let mut previews: Vec<String> = Vec::new();
     let sample = inspect(&broker, queue, MAX_INSPECT, |d| {
         let dl = DeadLetter::read(&d.properties, d.data.len());
-        let selected = plan.moving + plan.no_origin < limit
+        let selected = plan.moving + plan.no_origin + transform_fails < limit
             && filter.matches(&dl, d.properties.headers().as_ref(), now);
         if !selected {
             plan.add_not_selected();
             return Ok(ControlFlow::Continue(()));
         }
-        let dest = match &verb {
-            Verb::Replay(to) => replay_destination(&dl, *to),
+        let mut dest = match &verb {
+            Verb::Replay(to, _) => replay_destination(&dl, *to),
             Verb::Export | Verb::Purge => Some(courier::deadletter::Destination::queue(queue)),
         };
+        if let Some(f) = fixes {
+            if let (Some(key), Some(dest)) = (&f.routing_key, dest.as_mut()) {
+                dest.routing_key.clone_from(key);
+            }
+            let after = f.apply(&d.properties, &d.data);
+            if previews.len() < PREVIEW {
+                let to = dest
+                    .as_ref()
+                    .map_or_else(|| "(no origin)".to_owned(), ToString::to_string);
+                previews.push(crate::fix::before_after(
+                    envelope_id(d),
+                    &to,
+                    (&d.properties, &d.data),
+                    after.as_ref().map(|(p, b)| (p, b.as_slice())),
+                ));
+            }
+            if after.is_err() {
+                transform_fails += 1;
+                return Ok(if plan.moving + plan.no_origin + transform_fails >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                });
+            }
+        }
         if let Some(d) = &dest {
             *exchanges.entry(d.exchange.clone()).or_insert(0) += 1;
             by_reason.add(dl.reason.as_deref().unwrap_or("(unknown)"));
         }
         plan.add_moving(&dl, dest.as_ref());
-        if plan.moving + plan.no_origin >= limit {
+        if plan.moving + plan.no_origin + transform_fails >= limit {
             return Ok(ControlFlow::Break(()));
         }
         Ok(ControlFlow::Continue(()))
@@ -148,14 +189,15 @@ pub async fn run(
     }
     broker.close().await;
     let sample = sample?;
-    let reached_limit = plan.moving + plan.no_origin >= limit;
+    let reached_limit = plan.moving + plan.no_origin + transform_fails >= limit;
     let unexamined = sample.total.saturating_sub(sample.examined);
     let missing_exchange: u64 = missing.iter().map(|(_, n)| n).sum();
     let staying = Staying {
         not_selected: plan.not_selected,
         past_limit: (limit < u64::MAX).then_some(if reached_limit { unexamined } else { 0 }),
-        no_origin: matches!(verb, Verb::Replay(_)).then_some(plan.no_origin),
+        no_origin: matches!(verb, Verb::Replay(..)).then_some(plan.no_origin),
         missing_exchange,
+        transform_fails,
         not_examined: if reached_limit { 0 } else { unexamined },
     };
 
@@ -188,14 +230,31 @@ pub async fn run(
         )?;
     }
     if plan.moving > 0 {
-        if let Verb::Replay(_) = verb {
+        if let Verb::Replay(..) = verb {
             groups(&mut out, "DESTINATION", &plan.by_destination)?;
         }
         groups(&mut out, "REASON", &by_reason)?;
         groups(&mut out, "ERROR", &plan.by_error)?;
     }
+    if !previews.is_empty() {
+        writeln!(
+            out,
+            "\nbefore/after of the first {} selected message(s) (- before, + after):",
+            previews.len()
+        )?;
+        for p in &previews {
+            write!(out, "{p}")?;
+        }
+    }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Messages shown before/after by a `--dry-run` with fixes.
+const PREVIEW: usize = 3;
+
+fn envelope_id(d: &lapin::message::Delivery) -> &str {
+    courier::envelope::message_id(&d.properties).unwrap_or("(no message_id)")
 }
 
 #[cfg(test)]
@@ -209,6 +268,7 @@ mod tests {
             past_limit: Some(23),
             no_origin: Some(1),
             missing_exchange: 2,
+            transform_fails: 0,
             not_examined: 0,
         };
         assert_eq!(

@@ -2,6 +2,7 @@
 
 mod audit;
 mod dry_run;
+mod edit;
 mod export;
 mod groups;
 mod import;
@@ -42,6 +43,7 @@ async fn dispatch(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Groups(a) => groups::run(g, a).await,
         Command::List(a) => list::run(g, a).await,
         Command::Show(a) => show::run(g, a).await,
+        Command::Edit(a) => edit::run(g, a).await,
         Command::Replay(a) => replay::run(g, a).await,
         Command::Export(a) => export::run(g, a).await,
         Command::Import(a) => import::run(g, a).await,

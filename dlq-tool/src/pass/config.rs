@@ -3,12 +3,24 @@
 
 use super::*;
 
+/// Builds the copy [`Action::Republish`] publishes, or says why it cannot.
+pub type CopyFn = Box<dyn Fn(&Delivery) -> Result<Outgoing, String> + Send + Sync>;
+
 /// What a pass does with each selected message.
 pub enum Action {
     /// Publish a replay copy to its origin (or `to_queue`).
     Replay {
         /// `--to-queue`.
         to_queue: Option<String>,
+        /// `--set-header`, `--set-routing-key`, `--transform` (empty: the copy as it was).
+        fixes: std::sync::Arc<crate::fix::Fixes>,
+    },
+    /// Publish the copy `copy` builds back to the tail of the dead-letter queue (`edit`): like
+    /// a replay, confirmed before the original is acked; a message `copy` refuses stays, with
+    /// the reason.
+    Republish {
+        /// Builds the replacement from the delivery, or says why it cannot.
+        copy: CopyFn,
     },
     /// Write it to the file; with `remove`, ack it once synced, else keep it in the queue.
     Export {

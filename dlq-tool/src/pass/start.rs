@@ -46,9 +46,11 @@ impl Pass<'_> {
                     self.keep(tag, msg, KeepAs::Exported);
                 }
             }
-            Action::Replay { to_queue } => {
+            Action::Replay { to_queue, fixes } => {
+                let fixes = std::sync::Arc::clone(fixes);
                 let dl = DeadLetter::read(&d.properties, d.data.len());
-                let Some(dest) = deadletter::replay_destination(&dl, to_queue.as_deref()) else {
+                let Some(mut dest) = deadletter::replay_destination(&dl, to_queue.as_deref())
+                else {
                     let stayed = Stayed {
                         message_id: id_of(&d),
                         destination: "(unknown)".to_owned(),
@@ -57,6 +59,10 @@ impl Pass<'_> {
                     self.keep(tag, put_back(queue, &d), KeepAs::Stayed(stayed));
                     return Ok(());
                 };
+                if let Some(key) = &fixes.routing_key {
+                    // `--set-routing-key`: the original exchange, this key.
+                    dest.routing_key.clone_from(key);
+                }
                 // A publish to a missing exchange closes the publishing channel and fails every
                 // publish in flight with it; look each exchange up once instead.
                 let exists = match self.exchanges.get(&dest.exchange) {
@@ -76,31 +82,76 @@ impl Pass<'_> {
                     self.keep(tag, put_back(queue, &d), KeepAs::Stayed(stayed));
                     return Ok(());
                 }
-                self.order.insert(tag, Slot::Undecided);
-                let p = self.publisher.clone();
                 let replay = replay_copy(&d, &dest);
-                let original = put_back(queue, &d);
-                let id = id_of(&d);
-                self.jobs.push(Box::pin(async move {
-                    let r = match publish_retrying(&p, &replay).await {
-                        Ok(()) => Ok(Done::Replayed(dest.to_string())),
-                        Err(e) if e.is_permanent() => Ok(Done::Returned(
-                            original,
-                            Stayed {
-                                message_id: id,
-                                destination: dest.to_string(),
-                                why: match e {
-                                    PublishError::NoExchange { .. } => format!("exchange '{}' does not exist", dest.exchange),
-                                    _ => "unroutable: no queue is bound for it any more (mandatory publish returned)".to_owned(),
-                                },
-                            },
-                        )),
-                        Err(e) => Err(e),
-                    };
-                    (tag, r)
-                }));
+                let copy = match fixes.apply(&replay.properties, &replay.body) {
+                    Ok((properties, body)) => Outgoing {
+                        properties,
+                        body,
+                        ..replay
+                    },
+                    Err(why) => {
+                        let stayed = Stayed {
+                            message_id: id_of(&d),
+                            destination: dest.to_string(),
+                            why,
+                        };
+                        self.keep(tag, put_back(queue, &d), KeepAs::Stayed(stayed));
+                        return Ok(());
+                    }
+                };
+                let (dest, exchange) = (dest.to_string(), dest.exchange);
+                self.publish_copy(tag, copy, &d, dest, exchange);
             }
+            Action::Republish { copy } => match copy(&d) {
+                Ok(copy) => {
+                    self.publish_copy(tag, copy, &d, format!("queue {queue}"), String::new())
+                }
+                Err(why) => {
+                    let stayed = Stayed {
+                        message_id: id_of(&d),
+                        destination: queue.to_owned(),
+                        why,
+                    };
+                    self.keep(tag, put_back(queue, &d), KeepAs::Stayed(stayed));
+                }
+            },
         }
         Ok(())
+    }
+
+    /// Publishes `copy` of delivery `d` (mandatory, confirmed); the delivery is acked once the
+    /// broker confirmed it, or kept (as it was) when the publish came back.
+    fn publish_copy(
+        &mut self,
+        tag: u64,
+        copy: Outgoing,
+        d: &Delivery,
+        dest: String,
+        exchange: String,
+    ) {
+        self.order.insert(tag, Slot::Undecided);
+        let p = self.publisher.clone();
+        let original = put_back(&self.config.queue, d);
+        let id = id_of(d);
+        self.jobs.push(Box::pin(async move {
+            let r = match publish_retrying(&p, &copy).await {
+                Ok(()) => Ok(Done::Replayed(dest)),
+                Err(e) if e.is_permanent() => Ok(Done::Returned(
+                    original,
+                    Stayed {
+                        message_id: id,
+                        why: match e {
+                            PublishError::NoExchange { .. } => {
+                                format!("exchange '{exchange}' does not exist")
+                            }
+                            _ => "unroutable: no queue is bound for it any more (mandatory publish returned)".to_owned(),
+                        },
+                        destination: dest,
+                    },
+                )),
+                Err(e) => Err(e),
+            };
+            (tag, r)
+        }));
     }
 }
