@@ -116,7 +116,7 @@ struct ShardState {
 /// A shard has one active consumer, and RabbitMQ makes the *first* subscriber active: the
 /// first worker would keep every shard and the others would only wait. So every
 /// [`REBALANCE_EVERY`], a worker active on more than its share of the shards (shards ÷ the
-/// consumers each shard has, rounded up) hands the extra ones over: it finishes the message
+/// workers on the channel's roll, rounded up) hands the extra ones over: it finishes the message
 /// in hand, flushes its acks, closes that shard's channel (what it had prefetched returns to
 /// the head of the shard, in order, and the next worker in line becomes active) and
 /// subscribes again at the back of the line.
@@ -162,8 +162,9 @@ pub(super) async fn consume_ordered<H: Handler>(
 }
 
 /// Every [`REBALANCE_EVERY`]: if this worker is active on more shards than its share, marks
-/// the extra ones to be handed over. Runs until the session ends (never returns on its own
-/// unless the connection refuses a channel).
+/// the extra ones to be handed over. Runs until the session ends; without a roll to count the
+/// workers on (a topology applied before it existed), it only waits, and this worker keeps
+/// every shard it is given.
 async fn rebalance<H>(
     ctx: &Ctx<H>,
     conn: &lapin::Connection,
