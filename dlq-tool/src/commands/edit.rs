@@ -72,7 +72,7 @@ pub async fn run(g: &Global, a: EditArgs) -> anyhow::Result<ExitCode> {
         );
     };
     let is_json = serde_json::from_str::<Value>(text).is_ok();
-    let dir = match private_dir(id) {
+    let dir = match private_dir(id).await {
         Ok(d) => d,
         Err(e) => {
             broker.close().await;
@@ -88,16 +88,16 @@ pub async fn run(g: &Global, a: EditArgs) -> anyhow::Result<ExitCode> {
     let headers_file = dir.join("headers.json");
     let headers_text = editable_headers(props.headers().as_ref());
     let edited = async {
-        write_private(&body_file, &body_text)?;
+        write_private(&body_file, &body_text).await?;
         let mut files = vec![body_file.clone()];
         if a.headers {
-            write_private(&headers_file, &headers_text)?;
+            write_private(&headers_file, &headers_text).await?;
             files.push(headers_file.clone());
         }
         run_editor(&files).await?;
-        let new_body = read(&body_file)?;
+        let new_body = read(&body_file).await?;
         let new_headers = if a.headers {
-            Some(read(&headers_file)?)
+            Some(read(&headers_file).await?)
         } else {
             None
         };
@@ -108,7 +108,7 @@ pub async fn run(g: &Global, a: EditArgs) -> anyhow::Result<ExitCode> {
         Ok(x) => x,
         Err(e) => {
             broker.close().await;
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e.context(format!("editing {id:?}; nothing was changed")));
         }
     };
@@ -131,7 +131,7 @@ pub async fn run(g: &Global, a: EditArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = tokio::fs::remove_dir_all(&dir).await;
     let headers_changed = new_headers
         .as_ref()
         .is_some_and(|h| Some(h) != props.headers().as_ref());
@@ -212,7 +212,7 @@ pub async fn run(g: &Global, a: EditArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A directory only this user can read (bodies hold personal data), for the files to edit.
-fn private_dir(id: &str) -> anyhow::Result<PathBuf> {
+async fn private_dir(id: &str) -> anyhow::Result<PathBuf> {
     let safe: String = id
         .chars()
         .take(40)
@@ -222,23 +222,23 @@ fn private_dir(id: &str) -> anyhow::Result<PathBuf> {
         "courier-dlq-edit-{safe}-{}",
         envelope::new_message_id()
     ));
-    let mut b = std::fs::DirBuilder::new();
+    let mut b = tokio::fs::DirBuilder::new();
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
+    b.mode(0o700);
     b.create(&dir)
+        .await
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     Ok(dir)
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    std::fs::write(path, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+async fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    tokio::fs::write(path, text)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }
 
-fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| {
+async fn read(path: &Path) -> anyhow::Result<String> {
+    tokio::fs::read_to_string(path).await.map_err(|e| {
         anyhow::anyhow!(
             "reading {} after the editor: {e} (it must stay UTF-8 text)",
             path.display()
