@@ -174,6 +174,18 @@ impl Sink {
     }
 }
 
+/// The requests the sink answered with 2xx, in the order they reached it (the order in which
+/// a worker sent them, not the order the answers were recorded in).
+pub fn delivered_in_order(sink: &Sink) -> Vec<Received> {
+    let mut all: Vec<Received> = sink
+        .all()
+        .into_iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .collect();
+    all.sort_by_key(|r| r.at);
+    all
+}
+
 /// Ids the sink answered with 2xx.
 pub fn delivered_ids(sink: &Sink) -> Vec<String> {
     sink.all()

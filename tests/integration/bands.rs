@@ -12,17 +12,6 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(90);
 const CONCURRENCY: usize = 4;
 
-/// Successful deliveries in the order they reached the sink.
-fn delivered_in_order(sink: &Sink) -> Vec<Received> {
-    let mut all: Vec<Received> = sink
-        .all()
-        .into_iter()
-        .filter(|r| (200..300).contains(&r.status))
-        .collect();
-    all.sort_by_key(|r| r.at);
-    all
-}
-
 #[tokio::test]
 async fn urgent_messages_overtake_a_bulk_backlog_on_a_quorum_queue() {
     let t = TestTopology::apply("bands", "tests/fixtures/bands.toml").await;

@@ -1,7 +1,7 @@
 //! Keyed messages and the per-key order check, shared by the ordered-shard cases of the
 //! integration and cluster suites.
 
-use crate::util::{Received, Sink};
+use crate::util::{delivered_in_order, Received, Sink};
 use courier::publisher::Outgoing;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
@@ -58,12 +58,7 @@ pub async fn publish_keyed(
 /// number, a repeat (a duplicate after a crash: allowed) or a jump ahead (a reordering).
 /// Returns the keys that jumped, as `key: (expected, got)`, and how far each key got.
 pub fn order_violations(sink: &Sink, keys: usize) -> (BTreeMap<usize, (usize, usize)>, Vec<usize>) {
-    let mut ok: Vec<Received> = sink
-        .all()
-        .into_iter()
-        .filter(|r| (200..300).contains(&r.status))
-        .collect();
-    ok.sort_by_key(|r| r.at);
+    let ok = delivered_in_order(sink);
     let mut next = vec![0usize; keys];
     let mut reordered = BTreeMap::new();
     for r in &ok {

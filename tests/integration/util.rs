@@ -14,7 +14,9 @@ pub use courier_testkit::process::{
 pub use courier_testkit::queues::{
     broker_bindings, broker_queue, depth, percent_encode, wait_depth,
 };
-pub use courier_testkit::sink::{delivered_ids, reconcile, Delay, Received, Script, Sink};
+pub use courier_testkit::sink::{
+    delivered_ids, delivered_in_order, reconcile, Delay, Received, Script, Sink,
+};
 pub use courier_testkit::{
     amqp_url, free_addr, free_port, management_url, parsed_url, unique_prefix, Cleanup,
 };
@@ -223,4 +225,23 @@ pub fn http_handler(sink: &Sink) -> courier::handler::http::HttpHandler {
     let mut cfg = courier::handler::http::HttpConfig::new(sink.url.clone());
     cfg.timeout = Duration::from_secs(5);
     courier::handler::http::HttpHandler::new(cfg).expect("endpoint valid")
+}
+
+/// The broker's record of `q` (management API), after checking that the broker holds exactly
+/// the arguments the topology declares for it.
+pub async fn declared_as_in_topology(q: &courier::topology::QueueDef) -> serde_json::Value {
+    let broker = broker_queue(&q.name)
+        .await
+        .unwrap_or_else(|| panic!("queue {} missing on the broker", q.name));
+    let args = broker["arguments"].as_object().expect("arguments object");
+    assert_eq!(
+        args.len(),
+        q.arguments.len(),
+        "{}: broker has {args:?}",
+        q.name
+    );
+    for (k, v) in &q.arguments {
+        assert_eq!(args.get(k), Some(&v.to_json()), "{}: argument {k}", q.name);
+    }
+    broker
 }
