@@ -76,9 +76,14 @@ pub fn tally() -> Tally {
     out
 }
 
-/// The default audit log: `$XDG_STATE_HOME/courier/dlq-audit.jsonl`, else
-/// `$HOME/.local/state/courier/dlq-audit.jsonl`; `None` without either.
+/// The default audit log: `dlq-audit.jsonl` in [`state_dir`].
 pub fn default_path() -> Option<PathBuf> {
+    Some(state_dir()?.join("dlq-audit.jsonl"))
+}
+
+/// Where the tool keeps what outlives a run (the audit log, an interrupted replay's journal):
+/// `$XDG_STATE_HOME/courier`, else `$HOME/.local/state/courier`; `None` without either.
+pub fn state_dir() -> Option<PathBuf> {
     let state = std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -87,7 +92,7 @@ pub fn default_path() -> Option<PathBuf> {
                 .filter(|v| !v.is_empty())
                 .map(|h| PathBuf::from(h).join(".local/state"))
         })?;
-    Some(state.join("courier").join("dlq-audit.jsonl"))
+    Some(state.join("courier"))
 }
 
 /// The command line with every URL's password redacted (`amqp://user:***@host`).

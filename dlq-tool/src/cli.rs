@@ -107,7 +107,8 @@ pub enum Command {
     List(ListArgs),
     Show(ShowArgs),
     Edit(EditArgs),
-    Replay(ReplayArgs),
+    // Boxed: its flags make it several times the size of the others.
+    Replay(Box<ReplayArgs>),
     Export(ExportArgs),
     Import(ImportArgs),
     Purge(PurgeArgs),
@@ -355,6 +356,12 @@ pub struct PassArgs {
 /// which shows a before/after of the first 3 messages):
 ///   courier-dlq replay --error-contains "invalid address" --transform '.to |= ascii_downcase'
 ///   courier-dlq replay --from-queue notifications.email --set-routing-key sms --set-header tenant=beta
+///
+/// After an outage, replay a group with a canary: 10 first, watched for 2 minutes; then the
+/// rest, ramping up, stopping by itself (exit code 3) if over 20 % of what it replayed fails
+/// again. Run the same command again after any interruption: its journal keeps it from
+/// replaying anything twice.
+///   courier-dlq replay --group 3f9a1c2b --canary 10 --canary-wait 2m --ramp '10/s..500/s over 2m'
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
@@ -367,6 +374,95 @@ pub struct ReplayArgs {
     pub to_queue: Option<String>,
     #[command(flatten)]
     pub fixes: FixArgs,
+    #[command(flatten)]
+    pub smart: SmartArgs,
+}
+
+/// A replay that stops by itself when replayed messages fail again, and that an interrupted
+/// run resumes (see docs/dlq.md, "Smart replay").
+#[derive(Debug, Clone, Default, Args)]
+pub struct SmartArgs {
+    /// Replay N selected messages first, then watch them for --canary-wait: go on only if at
+    /// most --max-failure-rate of them came back to the dead-letter queue (failed again); else
+    /// stop with exit code 3, the rest untouched.
+    #[arg(long, value_name = "N", help_heading = "Smart replay",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub canary: Option<u64>,
+    /// How long a replayed message is watched: one that comes back to the dead-letter queue
+    /// within it failed; one that does not counts as delivered. Make it longer than a failing
+    /// message takes through the retry tiers (the replay warns when the topology's take longer).
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Smart replay",
+          value_parser = humantime::parse_duration)]
+    pub canary_wait: std::time::Duration,
+    /// Stop (exit code 3) when more than this share of the replayed messages came back, during
+    /// the canary or after it. 0 to 1 (0.2 = 20 %). Default 0.2 with --canary; without
+    /// --canary it turns the watch on by itself.
+    #[arg(long, value_name = "SHARE", help_heading = "Smart replay", value_parser = parse_share)]
+    pub max_failure_rate: Option<f64>,
+    /// After the canary, go from one rate to another over a time, then hold it, e.g.
+    /// --ramp '10/s..500/s over 2m'. Instead of --rate.
+    #[arg(long, value_name = "FROM..TO over DURATION", help_heading = "Smart replay",
+          value_parser = crate::send::parse_ramp, conflicts_with = "rate")]
+    pub ramp: Option<crate::send::Ramp>,
+    /// The replay's journal: what it moved, so that running it again after an interruption
+    /// (Ctrl-C, a kill) replays none of that twice. Deleted when a replay ends by itself.
+    /// Default: $XDG_STATE_HOME/courier/replay/<queue>.jsonl (else under ~/.local/state).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "COURIER_DLQ_JOURNAL",
+        help_heading = "Smart replay"
+    )]
+    pub journal: Option<PathBuf>,
+    /// Ignore (and delete) an interrupted replay's journal: what it moved and what came back
+    /// since is replayed like any other dead letter.
+    #[arg(long, help_heading = "Smart replay")]
+    pub fresh: bool,
+}
+
+impl SmartArgs {
+    /// Whether the failure watch runs.
+    pub fn watching(&self) -> bool {
+        self.canary.is_some() || self.max_failure_rate.is_some()
+    }
+
+    /// The flags given, as JSON (for the audit trail's filter).
+    pub fn to_json(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let mut v = Vec::new();
+        if let Some(n) = self.canary {
+            v.push(("canary", serde_json::json!(n)));
+        }
+        if self.watching() {
+            v.push((
+                "canary_wait",
+                serde_json::json!(humantime::format_duration(self.canary_wait).to_string()),
+            ));
+            v.push((
+                "max_failure_rate",
+                serde_json::json!(self.max_failure_rate.unwrap_or(DEFAULT_MAX_FAILURE_RATE)),
+            ));
+        }
+        if let Some(r) = &self.ramp {
+            v.push(("ramp", serde_json::json!(r.to_string())));
+        }
+        v
+    }
+}
+
+/// `--max-failure-rate` when `--canary` is given alone.
+pub const DEFAULT_MAX_FAILURE_RATE: f64 = 0.2;
+
+/// Parses a share between 0 and 1.
+///
+/// # Errors
+/// What is expected.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected a share from 0 to 1, e.g. 0.2 for 20 %"
+        )),
+    }
 }
 
 /// Changes `replay` makes to every copy it publishes (the dead letter itself is not changed; a

@@ -25,6 +25,7 @@ mod filter;
 mod fix;
 mod groups;
 mod inspect;
+mod journal;
 mod jsonl;
 mod output;
 mod pass;
@@ -34,6 +35,7 @@ mod send;
 mod stats;
 #[cfg(test)]
 mod testutil;
+mod watch;
 
 use clap::Parser;
 use std::process::ExitCode;

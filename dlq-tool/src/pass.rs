@@ -35,8 +35,9 @@
 use crate::cli::Rate;
 use crate::export_file::ExportFile;
 use crate::filter::Filter;
+use crate::journal::Seen;
 use crate::output::summary;
-use crate::send::{limiter, publish_retrying, wait_rate};
+use crate::send::{publish_retrying, Pacer};
 use crate::stats::Groups;
 use courier::ack::{Frontier, Settle};
 use courier::broker::{deadline, Admin, APPLY_HINT};
@@ -106,7 +107,13 @@ enum Slot {
 /// The outcome of one message's publish job.
 enum Done {
     /// The replay copy was confirmed at this destination.
-    Replayed(String),
+    Replayed {
+        /// Where it went.
+        dest: String,
+        /// The message id and the copy's `x-courier-replayed`, for the journal (none for a
+        /// message without an id, or an edit's copy).
+        journal: Option<(String, u32)>,
+    },
     /// The replay copy was returned (no queue bound): the message must go back, unchanged.
     Returned(Box<Outgoing>, Stayed),
     /// The put-back copy was confirmed.
@@ -139,6 +146,12 @@ fn id_of(d: &Delivery) -> String {
 #[error("{0}")]
 pub struct Lost(&'static str);
 
+/// Why a pass stopped when [`PassConfig::halt`] was cancelled: everything it confirmed is acked,
+/// everything else is still in the queue.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped on request; messages not handled yet stay in the queue")]
+pub struct Halted;
+
 /// Runs a pass. The report is returned even when the pass failed midway, with the error.
 pub async fn run(
     broker: &Admin,
@@ -160,6 +173,7 @@ pub async fn run(
         in_place: true,
         held: 0,
         held_bytes: 0,
+        to_journal: Vec::new(),
     }
     .run()
     .await;
@@ -190,6 +204,8 @@ struct Pass<'a> {
     held: u64,
     /// Their body bytes.
     held_bytes: usize,
+    /// Confirmed replay copies not yet in the journal; written before their originals' ack.
+    to_journal: Vec<(String, u32)>,
 }
 
 impl Pass<'_> {
@@ -203,7 +219,8 @@ impl Pass<'_> {
         if total == 0 {
             return Ok(());
         }
-        if self.config.rate.is_some() && matches!(*self.action, Action::Replay { .. }) {
+        let paced = self.config.rate.is_some() || self.config.ramp.is_some();
+        if paced && matches!(*self.action, Action::Replay { .. }) {
             // The publisher connects on its first publish. Every permit the limiter granted
             // meanwhile would reach the broker at once when it is up: a burst past --rate at the
             // start of every replay (19 over 100/s in the first second, measured here).
@@ -220,7 +237,12 @@ impl Pass<'_> {
         let (channel, mut consumer) = self.broker.consume_exclusive(&queue, prefetch).await?;
 
         let bar = crate::progress::bar(total, self.config.progress);
-        let limiter = limiter(self.config.rate);
+        let mut pacer = Pacer::new(self.config.rate, self.config.ramp);
+        let journal = match &*self.action {
+            Action::Replay { journal, .. } => journal.clone(),
+            _ => None,
+        };
+        let halt = self.config.halt.clone().unwrap_or_default();
         let now_ms = envelope::now_millis();
         let limit = self.config.limit.unwrap_or(u64::MAX);
         let mut frontier = Frontier::default();
@@ -252,6 +274,11 @@ impl Pass<'_> {
             let mut tick_fired = false;
             tokio::select! {
                 biased;
+                _ = halt.cancelled(), if !stop => {
+                    stop = true;
+                    pending = None;
+                    failure.get_or_insert_with(|| anyhow::Error::new(Halted));
+                }
                 _ = &mut interrupted, if interrupt_armed => {
                     interrupt_armed = false;
                     stop = true;
@@ -284,7 +311,8 @@ impl Pass<'_> {
                         )));
                     }
                 }
-                _ = wait_rate(limiter.as_ref()), if pending.is_some() => {
+                _ = pacer.ready(), if pending.is_some() => {
+                    pacer.took();
                     if let Some(d) = pending.take() {
                         self.start(d, true, &mut settled).await?;
                     }
@@ -295,22 +323,36 @@ impl Pass<'_> {
                             self.report.examined += 1;
                             frontier.delivered(d.delivery_tag);
                             let dl = DeadLetter::read(&d.properties, d.data.len());
-                            let selected = taken < limit
-                                && self.config.filter.matches(&dl, d.properties.headers().as_ref(), now_ms);
-                            if selected {
-                                taken += 1;
-                            }
-                            if selected && limiter.is_some() {
-                                pending = Some(d);
+                            let seen = journal.as_ref().map_or(Seen::New, |j| {
+                                j.seen(&id_of(&d), deadletter::replayed(d.properties.headers().as_ref()))
+                            });
+                            if seen == Seen::MovedBefore {
+                                // Its copy was confirmed before an interruption: only the ack
+                                // is missing. Nothing is published again.
+                                self.report.already += 1;
+                                settled.push(d.delivery_tag);
                             } else {
-                                self.start(d, selected, &mut settled).await?;
-                            }
-                            if taken >= limit && self.in_place && self.report.examined < total {
-                                // Nothing can be selected any more, and nothing went to the
-                                // tail behind the rest: stop here, give back what was held,
-                                // and the rest is never even delivered.
-                                stop = true;
-                                self.report.stopped_early = true;
+                                if seen == Seen::CameBack {
+                                    self.report.came_back += 1;
+                                }
+                                let selected = seen == Seen::New
+                                    && taken < limit
+                                    && self.config.filter.matches(&dl, d.properties.headers().as_ref(), now_ms);
+                                if selected {
+                                    taken += 1;
+                                }
+                                if selected && pacer.is_paced() {
+                                    pending = Some(d);
+                                } else {
+                                    self.start(d, selected, &mut settled).await?;
+                                }
+                                if taken >= limit && self.in_place && self.report.examined < total {
+                                    // Nothing can be selected any more, and nothing went to the
+                                    // tail behind the rest: stop here, give back what was held,
+                                    // and the rest is never even delivered.
+                                    stop = true;
+                                    self.report.stopped_early = true;
+                                }
                             }
                         }
                         Some(Err(e)) => {
@@ -383,6 +425,18 @@ impl Pass<'_> {
                         self.report.acted += tags.len() as u64;
                     }
                     settled.extend(tags);
+                }
+            }
+            if let (Some(j), false) = (&journal, self.to_journal.is_empty()) {
+                // Before the acks below: after a kill between the two, the next run knows these
+                // copies exist.
+                let moved = std::mem::take(&mut self.to_journal);
+                if let Err(e) = j.record(&moved).await {
+                    stop = true;
+                    pending = None;
+                    failure.get_or_insert_with(|| {
+                        e.context("stopping the pass (what it confirmed is acked; the rest stays in the queue)")
+                    });
                 }
             }
             if !settled.is_empty() {
@@ -482,11 +536,12 @@ impl Pass<'_> {
     /// Books a finished job.
     fn done(&mut self, tag: u64, done: Done, settled: &mut Vec<u64>) {
         match done {
-            Done::Replayed(dest) => {
+            Done::Replayed { dest, journal } => {
                 settled.push(tag);
                 self.order.remove(&tag);
                 self.report.acted += 1;
                 self.report.by_destination.add(&dest);
+                self.to_journal.extend(journal);
             }
             Done::Returned(msg, stayed) => {
                 // Held, or settled once its put-back copy is confirmed.

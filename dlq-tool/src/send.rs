@@ -60,3 +60,170 @@ pub async fn wait_rate(limiter: Option<&DefaultDirectRateLimiter>) {
         l.until_ready().await;
     }
 }
+
+/// `--ramp`: from `from` to `to`, linearly over `over`, then `to` for the rest of the pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ramp {
+    /// The rate the ramp starts at.
+    pub from: Rate,
+    /// The rate it reaches, and keeps.
+    pub to: Rate,
+    /// How long it takes to get there.
+    pub over: Duration,
+}
+
+impl Ramp {
+    /// Messages a second `elapsed` into the ramp.
+    pub fn per_second_at(&self, elapsed: Duration) -> f64 {
+        let (a, b) = (self.from.per_second(), self.to.per_second());
+        if self.over.is_zero() {
+            return b;
+        }
+        let done = (elapsed.as_secs_f64() / self.over.as_secs_f64()).min(1.0);
+        a + (b - a) * done
+    }
+}
+
+impl std::fmt::Display for Ramp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/s..{}/s over {}",
+            self.from.per_second(),
+            self.to.per_second(),
+            humantime::format_duration(self.over)
+        )
+    }
+}
+
+/// How far a ramp may fall behind its schedule and catch up at once: timer granularity, not a
+/// real burst.
+const RAMP_SLACK: Duration = Duration::from_millis(20);
+
+/// Paces a pass's selected messages: `--rate`, `--ramp`, or as fast as the window allows.
+pub enum Pacer {
+    /// No limit.
+    Free,
+    /// `--rate`: governor's GCRA.
+    Limit(DefaultDirectRateLimiter),
+    /// `--ramp`: the next message is due at `next`; governor's quota is fixed, a ramp's is not.
+    Ramp {
+        /// The ramp.
+        ramp: Ramp,
+        /// When it started (the pass's start).
+        start: tokio::time::Instant,
+        /// When the next message may go.
+        next: tokio::time::Instant,
+    },
+}
+
+impl Pacer {
+    /// The pacer for `--rate` or `--ramp` (at most one is given).
+    pub fn new(rate: Option<Rate>, ramp: Option<Ramp>) -> Self {
+        match (ramp, limiter(rate)) {
+            (Some(ramp), _) => {
+                let now = tokio::time::Instant::now();
+                Self::Ramp {
+                    ramp,
+                    start: now,
+                    next: now,
+                }
+            }
+            (None, Some(l)) => Self::Limit(l),
+            (None, None) => Self::Free,
+        }
+    }
+
+    /// Whether selected messages wait for their turn.
+    pub fn is_paced(&self) -> bool {
+        !matches!(self, Self::Free)
+    }
+
+    /// Waits for the next message's turn. With `--rate` the turn is taken when this returns;
+    /// with `--ramp`, by [`Pacer::took`].
+    pub async fn ready(&self) {
+        match self {
+            Self::Free => {}
+            Self::Limit(l) => l.until_ready().await,
+            Self::Ramp { next, .. } => tokio::time::sleep_until(*next).await,
+        }
+    }
+
+    /// A message went: the ramp schedules the next one at the rate of this moment.
+    pub fn took(&mut self) {
+        if let Self::Ramp { ramp, start, next } = self {
+            let now = tokio::time::Instant::now();
+            let per_second = ramp.per_second_at(now - *start).max(f64::MIN_POSITIVE);
+            let gap = Duration::from_secs_f64((1.0 / per_second).min(3600.0));
+            *next = (*next).max(now - RAMP_SLACK) + gap;
+        }
+    }
+}
+
+/// Parses `--ramp 10/s..500/s over 2m`.
+///
+/// # Errors
+/// What the expected form is.
+pub fn parse_ramp(s: &str) -> Result<Ramp, String> {
+    let expected = "expected FROM..TO over DURATION, e.g. 10/s..500/s over 2m";
+    let (rates, over) = s
+        .split_once(" over ")
+        .ok_or_else(|| format!("{s:?}: {expected}"))?;
+    let (from, to) = rates
+        .split_once("..")
+        .ok_or_else(|| format!("{s:?}: {expected}"))?;
+    let from = crate::cli::parse_rate(from).map_err(|e| format!("{e} (in --ramp {s:?})"))?;
+    let to = crate::cli::parse_rate(to).map_err(|e| format!("{e} (in --ramp {s:?})"))?;
+    let over = humantime::parse_duration(over.trim())
+        .map_err(|e| format!("{s:?}: {over:?} is not a duration ({e}); {expected}"))?;
+    Ok(Ramp { from, to, over })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ramp_parses_and_climbs_linearly_then_holds() {
+        let r = parse_ramp("10/s..500/s over 2m").expect("parses");
+        assert_eq!(r.over, Duration::from_secs(120));
+        assert!((r.per_second_at(Duration::ZERO) - 10.0).abs() < 1e-9);
+        assert!((r.per_second_at(Duration::from_secs(60)) - 255.0).abs() < 1e-9);
+        assert!((r.per_second_at(Duration::from_secs(600)) - 500.0).abs() < 1e-9);
+        let down = parse_ramp("600/m..1/s over 10s").expect("parses");
+        assert!((down.per_second_at(Duration::from_secs(5)) - 5.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_bad_ramp_says_what_is_expected() {
+        for bad in [
+            "10/s..500/s",
+            "10/s over 2m",
+            "10/s..x over 2m",
+            "10/s..20/s over soon",
+        ] {
+            let e = parse_ramp(bad).expect_err(bad);
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ramp_paces_at_the_rate_of_the_moment() {
+        let ramp = parse_ramp("10/s..100/s over 10s").expect("parses");
+        let mut pacer = Pacer::new(None, Some(ramp));
+        let start = tokio::time::Instant::now();
+        let mut first_second = 0;
+        let mut sent = 0;
+        while start.elapsed() < Duration::from_secs(12) {
+            pacer.ready().await;
+            pacer.took();
+            sent += 1;
+            if start.elapsed() < Duration::from_secs(1) {
+                first_second += 1;
+            }
+        }
+        // ~10-19/s in the first second; ∫ 10..100 over 10 s = 550, then 100/s for 2 s.
+        assert!((10..=20).contains(&first_second), "{first_second}");
+        assert!((700..=800).contains(&sent), "{sent}");
+    }
+}

@@ -505,6 +505,71 @@ impl Admin {
         Ok((ch, consumer))
     }
 
+    /// A copy of everything published to `exchange` from now on: a server-named, exclusive,
+    /// auto-delete queue bound to it (with routing key `routing_key`), consumed without acks,
+    /// so the tap never holds a message back and disappears with the connection. What the tap
+    /// sees is a copy: the exchange's own queues get theirs as before. `courier-dlq replay`
+    /// taps the dead-letter exchange to see replayed messages come back.
+    ///
+    /// # Errors
+    /// The exchange is missing, or the broker refuses the queue, the binding or the consumer.
+    pub async fn tap(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(Channel, Consumer), BrokerError> {
+        if !self.exchange_exists(exchange).await? {
+            return Err(BrokerError::Other {
+                what: format!("tapping exchange '{exchange}'"),
+                reason: format!(
+                    "it does not exist on {}; run `courier topology apply` with the same --topology and --prefix",
+                    self.url
+                ),
+            });
+        }
+        let ch = self.open_channel("opening the tap's channel").await?;
+        let declared = deadline(
+            "declaring the tap's queue",
+            ch.queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        let queue = declared.name().as_str().to_owned();
+        deadline(
+            &format!("binding a tap to exchange '{exchange}'"),
+            ch.queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                routing_key.into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        let consumer = deadline(
+            "consuming the tap",
+            ch.basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok((ch, consumer))
+    }
+
     /// Closes the connection (the broker requeues anything still unacknowledged on it).
     pub async fn close(&self) {
         if self.conn.status().connected() {

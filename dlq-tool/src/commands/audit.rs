@@ -37,6 +37,7 @@ pub fn changing(command: &Command) -> Option<(&'static str, Value)> {
                         ("to_queue", json!(a.to_queue)),
                     ][..],
                     &a.fixes.to_json(),
+                    &a.smart.to_json(),
                 ]
                 .concat(),
             ),

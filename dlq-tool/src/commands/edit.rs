@@ -174,6 +174,8 @@ pub async fn run(g: &Global, a: EditArgs) -> anyhow::Result<ExitCode> {
         filter: Filter::message_id(id),
         limit: Some(1),
         rate: None,
+        ramp: None,
+        halt: None,
         window: 1,
         progress: false,
     };

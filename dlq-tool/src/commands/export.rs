@@ -34,6 +34,8 @@ pub async fn run(g: &Global, a: ExportArgs) -> anyhow::Result<ExitCode> {
         filter,
         limit: a.pass.limit,
         rate: a.pass.rate,
+        ramp: None,
+        halt: None,
         window: usize::from(a.pass.window),
         progress: true,
     };

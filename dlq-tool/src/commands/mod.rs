@@ -44,7 +44,7 @@ async fn dispatch(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::List(a) => list::run(g, a).await,
         Command::Show(a) => show::run(g, a).await,
         Command::Edit(a) => edit::run(g, a).await,
-        Command::Replay(a) => replay::run(g, a).await,
+        Command::Replay(a) => replay::run(g, *a).await,
         Command::Export(a) => export::run(g, a).await,
         Command::Import(a) => import::run(g, a).await,
         Command::Purge(a) => purge::run(g, a).await,
@@ -121,6 +121,20 @@ fn print_report(verb: &str, queue: &str, r: &crate::pass::Report) {
     for (dest, n) in r.by_destination.sorted() {
         let _ = writeln!(out, "  to {dest}: {}", thousands(n));
     }
+    if r.already > 0 {
+        let _ = writeln!(
+            out,
+            "already replayed by the interrupted run (its journal): {} originals acked now, not published again",
+            thousands(r.already)
+        );
+    }
+    if r.came_back > 0 {
+        let _ = writeln!(
+            out,
+            "replayed by the interrupted run and back since (failed again): {} left in {queue}; a new replay (or --fresh) takes them",
+            thousands(r.came_back)
+        );
+    }
     if r.left > 0 {
         let _ = writeln!(
             out,
@@ -174,12 +188,36 @@ const RESUME_FOR: Duration = Duration::from_secs(120);
 /// reopening (`--append`), which is the user's call.
 async fn resuming(
     url: &AmqpUrl,
+    broker: Admin,
+    what: &str,
+    verb: &str,
+    config: PassConfig,
+    action: impl Fn() -> Action,
+) -> anyhow::Result<ExitCode> {
+    passes(url, broker, what, verb, config, action).await.result
+}
+
+/// How a run of passes ([`passes`]) ended.
+struct Ended {
+    /// The command's exit.
+    result: anyhow::Result<ExitCode>,
+    /// Messages moved, over every pass.
+    acted: u64,
+    /// The last pass ended without a failure: it looked at everything it was asked to.
+    completed: bool,
+    /// It was stopped through [`PassConfig::halt`].
+    halted: bool,
+}
+
+/// [`resuming`], saying how it ended.
+async fn passes(
+    url: &AmqpUrl,
     mut broker: Admin,
     what: &str,
     verb: &str,
     mut config: PassConfig,
     action: impl Fn() -> Action,
-) -> anyhow::Result<ExitCode> {
+) -> Ended {
     let queue = config.queue.clone();
     // A replay publishes its copies; a purge only puts back what is not selected. Either way
     // the publisher connects on first use, and reconnects by itself after a loss.
@@ -191,8 +229,10 @@ async fn resuming(
     );
     let mut waits = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(10)).delays();
     let mut since: Option<std::time::Instant> = None;
+    let mut acted = 0;
     loop {
         let (report, failure) = pass::run(&broker, &publisher, &config, action()).await;
+        acted += report.acted;
         if report.started {
             print_report(verb, &queue, &report);
         }
@@ -209,9 +249,18 @@ async fn resuming(
             failure => {
                 close_publisher(&publisher).await;
                 broker.close().await;
+                let completed = failure.is_none();
+                let halted = failure
+                    .as_ref()
+                    .is_some_and(|e| e.downcast_ref::<pass::Halted>().is_some());
                 // What an earlier pass could not move it gave back, and the last pass looked at
                 // it again: the last report's count is the one that holds.
-                return pass_outcome(&report, failure, &queue);
+                return Ended {
+                    result: pass_outcome(&report, failure, &queue),
+                    acted,
+                    completed,
+                    halted,
+                };
             }
         };
         config.limit = config.limit.map(|l| l.saturating_sub(report.acted));
@@ -248,7 +297,12 @@ async fn resuming(
                 }
                 Err(e) => {
                     close_publisher(&publisher).await;
-                    return Err(e.context(format!("resuming the pass over {queue}")));
+                    return Ended {
+                        result: Err(e.context(format!("resuming the pass over {queue}"))),
+                        acted,
+                        completed: false,
+                        halted: false,
+                    };
                 }
             }
         };

@@ -26,6 +26,8 @@ pub async fn run(g: &Global, a: PurgeArgs) -> anyhow::Result<ExitCode> {
         filter,
         limit: a.pass.limit,
         rate: a.pass.rate,
+        ramp: None,
+        halt: None,
         window: usize::from(a.pass.window),
         progress: true,
     };

@@ -14,6 +14,9 @@ pub enum Action {
         to_queue: Option<String>,
         /// `--set-header`, `--set-routing-key`, `--transform` (empty: the copy as it was).
         fixes: std::sync::Arc<crate::fix::Fixes>,
+        /// Records each confirmed copy before its original is acked, and says what an
+        /// interrupted run already moved (see [`crate::journal`]).
+        journal: Option<std::sync::Arc<crate::journal::Journal>>,
     },
     /// Publish the copy `copy` builds back to the tail of the dead-letter queue (`edit`): like
     /// a replay, confirmed before the original is acked; a message `copy` refuses stays, with
@@ -43,6 +46,11 @@ pub struct PassConfig {
     pub limit: Option<u64>,
     /// Selected messages per period at most.
     pub rate: Option<Rate>,
+    /// `--ramp` (instead of `rate`).
+    pub ramp: Option<crate::send::Ramp>,
+    /// Cancelled to stop the pass early (a smart replay's failure watch): it stops taking
+    /// messages, finishes what is in flight, and fails with [`super::Halted`].
+    pub halt: Option<tokio_util::sync::CancellationToken>,
     /// Publishes awaiting confirms at once.
     pub window: usize,
     /// Show a progress bar (only on a terminal).
@@ -83,6 +91,11 @@ pub struct Report {
     pub stayed_list: Vec<Stayed>,
     /// Moved messages by destination (replay).
     pub by_destination: Groups,
+    /// Originals of copies an interrupted replay had confirmed, acked now (its journal).
+    pub already: u64,
+    /// Copies an interrupted replay moved that failed again since: left, as a pass leaves every
+    /// re-failure of its own.
+    pub came_back: u64,
     /// The pass stopped at `--limit` before looking at every message (nothing was reordered).
     pub stopped_early: bool,
     /// Messages that stayed were held and given back in place (nothing went to the tail).

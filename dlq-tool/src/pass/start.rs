@@ -46,7 +46,12 @@ impl Pass<'_> {
                     self.keep(tag, msg, KeepAs::Exported);
                 }
             }
-            Action::Replay { to_queue, fixes } => {
+            Action::Replay {
+                to_queue,
+                fixes,
+                journal,
+            } => {
+                let journaled = journal.is_some();
                 let fixes = std::sync::Arc::clone(fixes);
                 let dl = DeadLetter::read(&d.properties, d.data.len());
                 let Some(mut dest) = deadletter::replay_destination(&dl, to_queue.as_deref())
@@ -100,11 +105,18 @@ impl Pass<'_> {
                     }
                 };
                 let (dest, exchange) = (dest.to_string(), dest.exchange);
-                self.publish_copy(tag, copy, &d, dest, exchange);
+                let entry = envelope::message_id(&copy.properties)
+                    .filter(|_| journaled)
+                    .map(|id| {
+                        let n = deadletter::replayed(copy.properties.headers().as_ref());
+                        (id.to_owned(), n)
+                    });
+                self.publish_copy(tag, copy, &d, dest, exchange, entry);
             }
             Action::Republish { copy } => match copy(&d) {
                 Ok(copy) => {
-                    self.publish_copy(tag, copy, &d, format!("queue {queue}"), String::new())
+                    let dest = format!("queue {queue}");
+                    self.publish_copy(tag, copy, &d, dest, String::new(), None);
                 }
                 Err(why) => {
                     let stayed = Stayed {
@@ -120,7 +132,8 @@ impl Pass<'_> {
     }
 
     /// Publishes `copy` of delivery `d` (mandatory, confirmed); the delivery is acked once the
-    /// broker confirmed it, or kept (as it was) when the publish came back.
+    /// broker confirmed it (and `journal`'s entry is recorded), or kept (as it was) when the
+    /// publish came back.
     fn publish_copy(
         &mut self,
         tag: u64,
@@ -128,6 +141,7 @@ impl Pass<'_> {
         d: &Delivery,
         dest: String,
         exchange: String,
+        journal: Option<(String, u32)>,
     ) {
         self.order.insert(tag, Slot::Undecided);
         let p = self.publisher.clone();
@@ -135,7 +149,7 @@ impl Pass<'_> {
         let id = id_of(d);
         self.jobs.push(Box::pin(async move {
             let r = match publish_retrying(&p, &copy).await {
-                Ok(()) => Ok(Done::Replayed(dest)),
+                Ok(()) => Ok(Done::Replayed { dest, journal }),
                 Err(e) if e.is_permanent() => Ok(Done::Returned(
                     original,
                     Stayed {
