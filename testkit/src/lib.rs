@@ -8,7 +8,8 @@
 //! - [`sink`]: a real local HTTP server that records and answers as a test says;
 //! - [`process`]: child processes with a deadline, so a hung child fails its test with its
 //!   stderr instead of eating the CI budget;
-//! - [`vhost`]: a virtual host of a test's own, deleted on drop.
+//! - [`vhost`]: a virtual host of a test's own, deleted on drop;
+//! - [`worker`]: a real worker in the test's process, delivering to a sink.
 //!
 //! Panics are the error channel here: a failed set-up is a failed test.
 
@@ -18,6 +19,7 @@ pub mod process;
 pub mod queues;
 pub mod sink;
 pub mod vhost;
+pub mod worker;
 
 use courier::amqp::AmqpUrl;
 use courier::broker::Admin;

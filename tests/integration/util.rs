@@ -156,75 +156,16 @@ pub fn header_int(m: &lapin::message::BasicGetMessage, name: &str) -> Option<i64
     courier::envelope::int_header(m.delivery.properties.headers().as_ref(), name)
 }
 
-/// A worker running in this process on a test topology.
-pub struct RunningWorker {
-    pub shutdown: tokio_util::sync::CancellationToken,
-    pub handle: tokio::task::JoinHandle<()>,
-    pub health: courier::metrics::Health,
-    pub metrics: courier::metrics::Metrics,
-}
+pub use courier_testkit::worker::{http_handler, OnTopology, RunningWorker};
 
-impl RunningWorker {
-    pub fn spawn<H: courier::handler::Handler>(
-        t: &TestTopology,
-        queue: &str,
-        handler: H,
-        tweak: impl FnOnce(&mut courier::worker::WorkerSettings),
-    ) -> Self {
-        let mut settings = courier::worker::WorkerSettings::new(t.name(queue));
-        settings.reconnect_max = Duration::from_secs(1);
-        settings.shutdown_timeout = Duration::from_secs(10);
-        tweak(&mut settings);
-        let config = settings.build().expect("worker settings valid");
-        let metrics = courier::metrics::Metrics::new();
-        let health = courier::metrics::Health::default();
-        let worker = courier::worker::Worker::new(
-            parsed_url(),
-            &t.topology,
-            config,
-            handler,
-            metrics.clone(),
-            health.clone(),
-        )
-        .expect("worker config valid");
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let handle = tokio::spawn(worker.run(shutdown.clone()));
-        Self {
-            shutdown,
-            handle,
-            health,
-            metrics,
-        }
+impl OnTopology for TestTopology {
+    fn topology(&self) -> &Topology {
+        &self.topology
     }
 
-    pub fn http(t: &TestTopology, queue: &str, sink: &Sink) -> Self {
-        Self::spawn(t, queue, http_handler(sink), |_| {})
+    fn prefixed(&self, short: &str) -> String {
+        self.name(short)
     }
-
-    pub async fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.health.is_ready() {
-            assert!(
-                Instant::now() < deadline,
-                "worker not ready within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.handle)
-            .await
-            .expect("worker stops within 20s")
-            .expect("worker task did not panic");
-    }
-}
-
-pub fn http_handler(sink: &Sink) -> courier::handler::http::HttpHandler {
-    let mut cfg = courier::handler::http::HttpConfig::new(sink.url.clone());
-    cfg.timeout = Duration::from_secs(5);
-    courier::handler::http::HttpHandler::new(cfg).expect("endpoint valid")
 }
 
 /// The broker's record of `q` (management API), after checking that the broker holds exactly

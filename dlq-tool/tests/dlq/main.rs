@@ -19,6 +19,7 @@ mod in_place;
 mod inspect;
 mod purge;
 mod replay;
+mod smart;
 
 use courier::publisher::Outgoing;
 use lapin::types::{AMQPValue, FieldTable};

@@ -60,15 +60,21 @@ impl Drop for TempFile {
 pub struct Env {
     pub prefix: String,
     pub topology: Topology,
+    /// The topology file (relative to the repository).
+    pub file: &'static str,
     /// Deletes the topology and every extra queue on drop, even after a panic.
     cleanup: courier_testkit::Cleanup,
 }
 
 impl Env {
     pub async fn new(name: &str) -> Self {
+        Self::with_file(name, "topology/notifications.toml").await
+    }
+
+    /// `file` (relative to the repository) under a unique prefix, applied.
+    pub async fn with_file(name: &str, file: &'static str) -> Self {
         let prefix = unique_prefix(name);
-        let topology = Topology::load(&repo_path("topology/notifications.toml"), &prefix)
-            .expect("default topology");
+        let topology = Topology::load(&repo_path(file), &prefix).expect("test topology");
         let cleanup = courier_testkit::Cleanup::for_topology(&topology);
         courier::broker::apply(&parsed_url(), &topology)
             .await
@@ -76,6 +82,7 @@ impl Env {
         Self {
             prefix,
             topology,
+            file,
             cleanup,
         }
     }
@@ -139,7 +146,13 @@ impl Env {
         c.args(args)
             .env("AMQP_URL", amqp_url())
             .env("COURIER_PREFIX", &self.prefix)
-            .env("COURIER_TOPOLOGY", repo_path("topology/notifications.toml"))
+            .env("COURIER_TOPOLOGY", repo_path(self.file))
+            // A replay's journal goes to the state directory: the test's, never the user's.
+            .env(
+                "XDG_STATE_HOME",
+                std::env::temp_dir().join("courier-dlq-test-state"),
+            )
+            .env_remove("COURIER_DLQ_JOURNAL")
             .env("COURIER_MANAGEMENT_URL", management_url())
             .env_remove("COURIER_DLQ")
             .env("COURIER_DLQ_AUDIT_LOG", self.audit_log())
@@ -151,6 +164,16 @@ impl Env {
     /// This test's audit log (never the user's own).
     pub fn audit_log(&self) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("{}dlq-audit.jsonl", self.prefix))
+    }
+}
+
+impl courier_testkit::worker::OnTopology for Env {
+    fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    fn prefixed(&self, short: &str) -> String {
+        self.queue(short)
     }
 }
 
