@@ -3,7 +3,28 @@
 
 use crate::util::*;
 use courier::envelope::{now_millis, Reason};
+use courier_testkit::sink::Sink;
+use courier_testkit::worker::RunningWorker;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Waits until `sink` answered 2xx to `n` requests, and returns those (in arrival order).
+async fn delivered(sink: &Sink, n: usize) -> Vec<courier_testkit::sink::Received> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = courier_testkit::sink::delivered_in_order(sink);
+        if ok.len() >= n {
+            return ok;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} delivered within 30s",
+            ok.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// An executable shell script (the `$EDITOR`), removed on drop.
 struct Script(TempFile);
@@ -98,15 +119,20 @@ async fn an_edited_message_replaces_the_original_and_is_delivered_with_its_new_b
         stderr(&o)
     );
 
-    // Sent on, it is delivered with the new body.
-    let o = env.run(&["replay", "--message-id", "ed-1"]);
+    // Sent on, a worker delivers it to the endpoint with the new body.
+    let sink = Sink::ok().await;
+    let worker = RunningWorker::http(&env, "notifications.email", &sink);
+    worker.wait_ready(Duration::from_secs(15)).await;
+    let o = tokio::task::block_in_place(|| env.run(&["replay", "--message-id", "ed-1"]));
     expect_code(&o, 0, "replay");
-    let email = drain(&env.queue("notifications.email")).await;
-    assert_eq!(email.len(), 1);
+    let got = delivered(&sink, 1).await;
+    assert_eq!(got[0].message_id, "ed-1");
     assert_eq!(
-        email[0].body,
+        got[0].body,
         br#"{"to":"good@example.com","text":"hello"}"#.to_vec()
     );
+    worker.stop().await;
+    assert_eq!(sink.all().len(), 1, "delivered once, nothing else sent");
 
     // Edit is in the audit trail, with its message id.
     let log = std::fs::read_to_string(env.audit_log()).expect("audit log");
@@ -252,4 +278,63 @@ async fn a_transform_replay_fixes_a_batch_and_keeps_what_it_cannot_fix() {
     assert_eq!(line["filter"]["set_header"][0], "tenant=beta");
     assert_eq!(line["moved"], 5);
     assert_eq!(line["failed"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transform_replay_fixes_malformed_bodies_so_they_are_delivered() {
+    let env = Env::new("transform-deliver").await;
+    // A publisher bug: `recipient` where the endpoint wants `to`. The endpoint refused each one
+    // for good (HTTP 400), so they were dead-lettered at once.
+    let ids: Vec<String> = (0..20).map(|i| format!("mal-{i}")).collect();
+    let p = publisher().await;
+    let msgs = ids
+        .iter()
+        .map(|id| {
+            let mut m = worker_dead_letter(
+                &env,
+                id,
+                "email",
+                Reason::Rejected,
+                "HTTP 400",
+                now_millis(),
+            );
+            m.body = format!(r#"{{"recipient":"{id}@example.com","text":"hello"}}"#).into_bytes();
+            m
+        })
+        .collect();
+    publish_all(&p, msgs).await;
+    p.close().await;
+    // The endpoint takes a body with a `to` address, and refuses anything else.
+    let sink = Sink::start(
+        Arc::new(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            let ok = body["to"].as_str().is_some_and(|to| to.contains('@'));
+            (if ok { 200 } else { 400 }, vec![])
+        }),
+        Duration::ZERO,
+    )
+    .await;
+    let worker = RunningWorker::http(&env, "notifications.email", &sink);
+    worker.wait_ready(Duration::from_secs(15)).await;
+
+    let o = tokio::task::block_in_place(|| {
+        env.run(&["replay", "--transform", "{to: .recipient, text}"])
+    });
+    expect_code(&o, 0, "the transform replay");
+    let got = delivered(&sink, ids.len()).await;
+    worker.stop().await;
+    let mut seen: Vec<String> = got.iter().map(|r| r.message_id.clone()).collect();
+    seen.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "each fixed message delivered once");
+    for r in &got {
+        let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body");
+        assert_eq!(
+            body,
+            serde_json::json!({"to": format!("{}@example.com", r.message_id), "text": "hello"})
+        );
+    }
+    assert_eq!(sink.all().len(), ids.len(), "none refused, none sent twice");
+    assert_eq!(depth(&env.dlq()).await, 0, "none came back");
 }
