@@ -7,7 +7,8 @@
 //! - an HTTP status (`HTTP 503 Service Unavailable: upstream busy` → `HTTP 503`);
 //! - a transport error of the HTTP handler (`POST https://api.example.com/v1/send?key=...:
 //!   connection refused`) → the method, scheme and host with the masked rest
-//!   (`POST https://api.example.com: connection refused`);
+//!   (`POST https://api.example.com: connection refused`), or with the status when the rest is
+//!   one (`POST https://api.example.com/v1: HTTP 429 ...` → `POST https://api.example.com: HTTP 429`);
 //! - anything else: its first line with what varies between messages masked — quoted values
 //!   (`<str>`), UUIDs (`<uuid>`), hex strings of 8+ digits (`<hex>`), ids of 8+ characters
 //!   mixing letters and digits (`<id>`), other numbers (`<n>`) — whitespace collapsed, at most
@@ -58,6 +59,9 @@ pub fn normalise(line: &str) -> String {
     }
     if let Some((method, rest)) = line.split_once(' ') {
         if let Some((target, what)) = transport(rest) {
+            if let Some(code) = http_status(what) {
+                return format!("{method} {target}: HTTP {code}");
+            }
             return cap(format!("{method} {target}: {}", mask(what)));
         }
     }

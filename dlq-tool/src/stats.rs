@@ -11,25 +11,15 @@ use std::collections::BTreeMap;
 /// into one "(other)" row, so a DLQ full of unique errors cannot grow the tool's memory.
 pub const MAX_GROUPS: usize = 1000;
 
-/// Groups similar errors: `HTTP 503 Service Unavailable: upstream down` → `HTTP 503`;
-/// anything else → its first line, at most 80 characters.
+/// The error column of `stats`, `list` and `--json`: the error's first line normalised by the
+/// one rule failure groups use ([`crate::groups::normalise`]: an HTTP status, a transport
+/// error's method and host, else the line with what varies masked), `(empty)` for none.
 pub fn normalize_error(error: &str) -> String {
-    // The HTTP handler writes `HTTP <code> <reason>: <body excerpt>`; the code is the group.
-    if let Some(pos) = error.find("HTTP ") {
-        let code: String = error[pos + 5..].chars().take(3).collect();
-        if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) && pos < 200 {
-            return format!("HTTP {code}");
-        }
-    }
     let first = error.lines().next().unwrap_or("").trim();
     if first.is_empty() {
         return "(empty)".to_owned();
     }
-    let mut out: String = first.chars().take(80).collect();
-    if out.len() < first.len() {
-        out.push('…');
-    }
-    out
+    crate::groups::normalise(first)
 }
 
 /// The error of `dl` grouped for `stats`: see [`normalize_error`]; for a broker dead letter
@@ -156,16 +146,19 @@ mod tests {
         );
         assert_eq!(
             normalize_error("POST http://h/deliver: HTTP 429 Too Many Requests"),
-            "HTTP 429"
+            "POST http://h: HTTP 429"
         );
         assert_eq!(
             normalize_error("POST http://h/x: connection refused\nstack"),
-            "POST http://h/x: connection refused"
+            "POST http://h: connection refused"
         );
-        assert_eq!(normalize_error("HTTP 5"), "HTTP 5");
+        assert_eq!(normalize_error("HTTP 5"), "HTTP <n>");
         assert_eq!(normalize_error(""), "(empty)");
         let long_line = "é".repeat(200);
-        assert_eq!(normalize_error(&long_line).chars().count(), 81);
+        assert_eq!(normalize_error(&long_line).chars().count(), 121);
+        // The same rule as the failure groups: one error, one text everywhere.
+        let e = "handler timed out after 30s for order 8f3c2a9e-1b2c-4d5e-8f90-123456789abc";
+        assert_eq!(normalize_error(e), crate::groups::normalise(e));
     }
 
     #[test]
