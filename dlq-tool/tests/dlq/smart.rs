@@ -95,6 +95,7 @@ async fn a_canary_stops_the_replay_while_the_endpoint_fails_and_the_group_moves_
     // Retry tiers of 100 ms and 400 ms: a replayed message that keeps failing is back in the
     // dead-letter queue within ~2 s, well inside the canary's wait.
     let env = Env::with_file("canary", "tests/fixtures/fast.toml").await;
+    let _ = std::fs::remove_file(env.audit_log());
     let group_ids: Vec<String> = (0..200).map(|i| format!("outage-{i}")).collect();
     seed_503s(&env, &group_ids).await;
     // Another cause in the same queue: never part of the group's replay.
@@ -158,6 +159,20 @@ async fn a_canary_stops_the_replay_while_the_endpoint_fails_and_the_group_moves_
     }
     assert_eq!(dlq.len(), 220, "nothing else in the queue");
     assert!(delivered(&sink).is_empty(), "nothing was delivered yet");
+    // The audit trail has the stopped replay: what moved, and why it ended.
+    let log = std::fs::read_to_string(env.audit_log()).expect("audit log");
+    let line: serde_json::Value =
+        serde_json::from_str(log.lines().last().expect("a line")).expect("JSON line");
+    assert_eq!(line["command"], "replay");
+    assert_eq!(line["moved"], 10, "{line}");
+    assert_eq!(line["exit_code"], 3, "{line}");
+    assert_eq!(line["filter"]["canary"], 10, "{line}");
+    assert!(
+        line["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("stopped by itself")),
+        "{line}"
+    );
 
     // The endpoint recovered: the same replay moves the whole group, canary included.
     healthy.store(true, Ordering::SeqCst);
