@@ -8,6 +8,7 @@ mod compose;
 mod definitions;
 mod demo;
 mod deploy;
+mod docs;
 mod guarantees;
 mod http_handler;
 mod lifecycle;
