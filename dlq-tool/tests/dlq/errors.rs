@@ -224,3 +224,44 @@ async fn stats_from_another_directory_uses_the_built_in_default_topology() {
     );
     assert!(stdout(&o).contains(&env.dlq()), "{}", stdout(&o));
 }
+
+/// A refused login is one clear error: the tool's own line, with the password scrubbed, and
+/// not lapin's "Exponential backoff attempts exhausted" beside it, whether RUST_LOG is unset
+/// (what a new user has) or asks for more without naming lapin.
+#[test]
+fn a_wrong_password_is_one_clear_error_without_lapins_line() {
+    let queue = format!("{}dlq", unique_prefix("badpw"));
+    for rust_log in [None, Some("info"), Some("debug")] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_courier-dlq"));
+        cmd.args(["stats", "--queue", &queue])
+            .env("AMQP_URL", "amqp://guest:Wr0ngDlqPw@127.0.0.1:5672/%2f")
+            // Only the AMQP connection: the management API would log its own requests at debug.
+            .env("COURIER_MANAGEMENT_URL", "http://127.0.0.1:1");
+        match rust_log {
+            Some(level) => cmd.env("RUST_LOG", level),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let o = output_within(&mut cmd, DEFAULT_DEADLINE);
+        expect_code(&o, 1, &format!("wrong password, RUST_LOG {rust_log:?}"));
+        let e = stderr(&o);
+        let errors: Vec<&str> = e
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.starts_with("error"))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "RUST_LOG {rust_log:?}: one error, got: {e}"
+        );
+        assert!(
+            errors[0].starts_with("error: cannot connect to amqp://guest:***@127.0.0.1:5672")
+                && errors[0].contains("ACCESS_REFUSED"),
+            "RUST_LOG {rust_log:?}: {e}"
+        );
+        assert!(
+            !e.contains("backoff") && !e.contains("lapin"),
+            "RUST_LOG {rust_log:?}: lapin's stray lines: {e}"
+        );
+        assert!(!e.contains("Wr0ngDlqPw"), "password shown: {e}");
+    }
+}
