@@ -219,6 +219,19 @@ impl Pass<'_> {
         if total == 0 {
             return Ok(());
         }
+        let journal = match &*self.action {
+            Action::Replay { journal, .. } => journal.clone(),
+            _ => None,
+        };
+        let selectable = match self.count_selected(&queue, total, journal.as_deref()).await? {
+            Some(0) => {
+                // Nothing can be selected: not one message is taken, nothing is rewritten.
+                self.report.left = total;
+                self.report.in_place = true;
+                return Ok(());
+            }
+            counted => counted,
+        };
         let paced = self.config.rate.is_some() || self.config.ramp.is_some();
         if paced && matches!(*self.action, Action::Replay { .. }) {
             // The publisher connects on its first publish. Every permit the limiter granted
@@ -238,13 +251,11 @@ impl Pass<'_> {
 
         let bar = crate::progress::bar(total, self.config.progress);
         let mut pacer = Pacer::new(self.config.rate, self.config.ramp);
-        let journal = match &*self.action {
-            Action::Replay { journal, .. } => journal.clone(),
-            _ => None,
-        };
         let halt = self.config.halt.clone().unwrap_or_default();
         let now_ms = envelope::now_millis();
-        let limit = self.config.limit.unwrap_or(u64::MAX);
+        let asked = self.config.limit.unwrap_or(u64::MAX);
+        // Once the last selectable message is taken, the pass stops like at --limit.
+        let limit = asked.min(selectable.unwrap_or(u64::MAX));
         let mut frontier = Frontier::default();
         let mut pending: Option<Delivery> = None;
         let mut taken = 0u64;
@@ -352,6 +363,7 @@ impl Pass<'_> {
                                     // and the rest is never even delivered.
                                     stop = true;
                                     self.report.stopped_early = true;
+                                    self.report.past_last = limit < asked;
                                 }
                             }
                         }
@@ -501,6 +513,43 @@ impl Pass<'_> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// How many messages a selective pass will select, counted first by an inspection (every
+    /// message given back in place), so that the pass can stop after the last one instead of
+    /// taking, holding or rewriting what lies behind it. `None` when the pass selects
+    /// everything (nothing to learn) or the queue is larger than an inspection can look at.
+    async fn count_selected(
+        &self,
+        queue: &str,
+        total: u64,
+        journal: Option<&crate::journal::Journal>,
+    ) -> anyhow::Result<Option<u64>> {
+        if self.config.filter.is_empty() || total > crate::inspect::MAX_INSPECT {
+            return Ok(None);
+        }
+        let now_ms = envelope::now_millis();
+        let mut selected = 0u64;
+        let sample = crate::inspect::inspect(self.broker, queue, total, |d| {
+            let fresh = journal.is_none_or(|j| {
+                j.seen(&id_of(d), deadletter::replayed(d.properties.headers().as_ref()))
+                    == Seen::New
+            });
+            let dl = DeadLetter::read(&d.properties, d.data.len());
+            if fresh
+                && self
+                    .config
+                    .filter
+                    .matches(&dl, d.properties.headers().as_ref(), now_ms)
+            {
+                selected += 1;
+            }
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
+        .await?;
+        // Messages that arrived since the pass counted the queue are not its to take; a count
+        // that could not see the whole queue proves nothing.
+        Ok((sample.examined >= total.min(sample.total)).then_some(selected))
     }
 
     /// Counts the messages still held at the end, which go back in place, and returns the

@@ -149,7 +149,13 @@ fn print_report(verb: &str, queue: &str, r: &crate::pass::Report) {
             thousands(r.kept)
         );
     }
-    if r.stopped_early {
+    if r.stopped_early && r.past_last {
+        let _ = writeln!(
+            out,
+            "stopped after {} messages, at the last one selected; the rest was not touched",
+            thousands(r.examined)
+        );
+    } else if r.stopped_early {
         let _ = writeln!(
             out,
             "stopped at --limit after {} messages; the rest was not touched",

@@ -98,6 +98,9 @@ pub struct Report {
     pub came_back: u64,
     /// The pass stopped at `--limit` before looking at every message (nothing was reordered).
     pub stopped_early: bool,
+    /// It stopped because the last message it could select was taken (counted first), not at
+    /// `--limit`.
+    pub past_last: bool,
     /// Messages that stayed were held and given back in place (nothing went to the tail).
     pub in_place: bool,
     /// Lines written to the export file.

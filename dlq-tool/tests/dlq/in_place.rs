@@ -179,3 +179,71 @@ async fn a_pass_holding_too_many_puts_them_back_in_order() {
         "the queue keeps every message, in order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_on_a_large_queue_takes_nothing_past_its_last_selected_message() {
+    // More than a pass can hold for giving back in place (1,024): without counting first, a
+    // pass that selects nothing, or only the head, would rewrite the rest to the tail.
+    const N: usize = 1600;
+    let env = Env::new("large-nothing").await;
+    let p = publisher().await;
+    // i-0000..i-0009 are malformed, the 1,590 behind them are not.
+    let msgs = seed(&env, N, 1)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if i < 10 {
+                m
+            } else {
+                worker_dead_letter(
+                    &env,
+                    &format!("i-{i:04}"),
+                    "email",
+                    Reason::MaxAttempts,
+                    "HTTP 503 Service Unavailable",
+                    now_millis(),
+                )
+            }
+        })
+        .collect();
+    publish_all(&p, msgs).await;
+    p.close().await;
+    let before = dump(&env.dlq()).await;
+
+    // Selects nothing: not one message is taken.
+    let file = TempFile::new("large-nothing");
+    let o = env.run(&[
+        "export",
+        "--out",
+        file.path(),
+        "--remove",
+        "--older-than",
+        "7days",
+    ]);
+    expect_code(&o, 0, "export --remove --older-than 7days");
+    let out = stdout(&o);
+    assert!(out.contains("exported and removed 0 of 1,600"), "{out}");
+    assert!(!out.contains("put back"), "{out}");
+    assert!(
+        out.contains(&format!("left in place in {}: 1,600", env.dlq())),
+        "{out}"
+    );
+    assert!(dump(&env.dlq()).await == before, "the queue is as it was");
+    assert_none_republished(&env.dlq(), "a pass that selects nothing").await;
+
+    // Selects the first 10: it stops after the 10th, the 1,590 behind are never taken.
+    let o = env.run(&["purge", "--reason", "malformed", "--yes"]);
+    expect_code(&o, 0, "purge the head");
+    let out = stdout(&o);
+    assert!(out.contains("purged 10 of 1,600"), "{out}");
+    assert!(
+        out.contains("stopped after 10 messages, at the last one selected"),
+        "{out}"
+    );
+    assert!(!out.contains("put back"), "{out}");
+    assert!(
+        dump(&env.dlq()).await == before[10..],
+        "the rest is as it was"
+    );
+    assert_none_republished(&env.dlq(), "a pass that stops at its last selected message").await;
+}
