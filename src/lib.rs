@@ -26,6 +26,9 @@
 //!   and destination); `courier-dlq`'s filters, stats and rendering live in its own crate.
 //! - [`ack`]: the ack frontier (which tag `multiple` may ack), shared by the worker and the DLQ
 //!   tool's passes.
+//! - [`relay`]: the outbox relay (`courier relay`): claims rows of a PostgreSQL outbox table with
+//!   `FOR UPDATE SKIP LOCKED`, publishes them confirmed, marks them after the confirm; its schema
+//!   migrations.
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
 //! - [`logging`]: the log set-up both binaries install (stderr, colour only on a terminal).
 //! - [`amqp`]: broker URLs (password never displayed) and connections.
@@ -51,6 +54,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod publisher;
 pub mod ratelimit;
+pub mod relay;
 pub mod retry;
 pub mod runtime;
 pub mod shutdown;

@@ -4,6 +4,7 @@
 mod demo;
 mod out;
 mod publish;
+mod relay;
 mod shards;
 mod sink;
 mod topology;
@@ -77,13 +78,17 @@ enum Command {
     Publish(publish::PublishArgs),
     Sink(sink::SinkArgs),
     Shards(shards::ShardsArgs),
+    Relay(relay::RelayArgs),
 }
 
 impl Command {
     /// Whether the command stops gracefully on SIGINT/SIGTERM (it cancels its own token through
     /// `courier::shutdown`). The others keep the default: a signal ends them at once.
     fn drains_on_signal(&self) -> bool {
-        matches!(self, Self::Work(_) | Self::Sink(_) | Self::Demo(_))
+        matches!(
+            self,
+            Self::Work(_) | Self::Sink(_) | Self::Demo(_) | Self::Relay(_)
+        )
     }
 }
 
@@ -156,6 +161,7 @@ pub fn main() -> ExitCode {
             Command::Publish(args) => publish::run(&cli.global, args).await,
             Command::Sink(args) => sink::run(args).await,
             Command::Shards(args) => shards::run(&cli.global, args).await,
+            Command::Relay(args) => relay::run(&cli.global, args).await,
         }
     });
     match result {

@@ -15,6 +15,7 @@ mod lifecycle;
 mod metrics;
 mod monitoring;
 mod ordering;
+mod outbox;
 mod publishers;
 mod quorum;
 mod rate_limit;
