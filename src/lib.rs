@@ -30,7 +30,10 @@
 //!   `FOR UPDATE SKIP LOCKED`, publishes them confirmed, marks them after the confirm; its schema
 //!   migrations.
 //! - [`metrics`], [`shutdown`]: Prometheus registry and endpoints; signal handling.
-//! - [`logging`]: the log set-up both binaries install (stderr, colour only on a terminal).
+//! - [`logging`]: the log set-up both binaries install (stderr, colour only on a terminal), with
+//!   the trace exporter's layer when one is asked for.
+//! - [`telemetry`]: W3C trace context through AMQP headers, and OTLP span export (off unless
+//!   asked for; a bounded queue that drops and counts rather than slow delivery).
 //! - [`amqp`]: broker URLs (password never displayed) and connections.
 //! - [`management`]: the optional management-API client (bindings, for `check`; unacknowledged
 //!   counts, for `courier-dlq stats`).
@@ -58,5 +61,6 @@ pub mod relay;
 pub mod retry;
 pub mod runtime;
 pub mod shutdown;
+pub mod telemetry;
 pub mod topology;
 pub mod worker;

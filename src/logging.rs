@@ -20,7 +20,9 @@
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Always added to lapin's directives; see the module docs.
 const QUIET_LAPIN_IO_LOOP: &str = "lapin::io_loop=off";
@@ -37,22 +39,63 @@ pub enum Format {
 /// Installs the process-wide subscriber: stderr, `format`, `RUST_LOG` or else `default`
 /// (directives such as `info,lapin=error`). Does nothing if one is installed already.
 pub fn init(format: Format, default: &str) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(
-            std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref(),
-            default,
-        ))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        Format::Text => builder
-            .with_ansi(colour(
-                std::io::stderr().is_terminal(),
-                std::env::var_os("NO_COLOR").as_deref(),
-            ))
-            .try_init(),
-        // JSON is for machines: never coloured.
-        Format::Json => builder.json().with_ansi(false).try_init(),
+    let _ = install(format, default, None);
+}
+
+/// [`init`], and with `otlp` (an endpoint, or empty for the standard `OTEL_EXPORTER_OTLP_*`
+/// variables) the trace exporter's layer too ([`crate::telemetry`]), as `service`. Keep the
+/// returned handle and call its `shutdown` before exiting, so queued spans are sent.
+///
+/// # Errors
+/// The exporter cannot be set up (a malformed endpoint); nothing is installed then.
+pub fn init_with_traces(
+    format: Format,
+    default: &str,
+    service: &str,
+    otlp: Option<&str>,
+) -> Result<Option<crate::telemetry::Exporting>, crate::telemetry::TelemetryError> {
+    let traces = match otlp {
+        Some(endpoint) => Some(crate::telemetry::layer(service, endpoint)?),
+        None => None,
     };
+    let (layer, exporting) = traces.unzip();
+    let _ = install(format, default, layer.map(Layer::boxed));
+    Ok(exporting)
+}
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+fn install(
+    format: Format,
+    default: &str,
+    traces: Option<BoxedLayer>,
+) -> Result<(), tracing_subscriber::util::TryInitError> {
+    let env_filter = filter(
+        std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref(),
+        default,
+    );
+    let fmt: BoxedLayer = match format {
+        Format::Text => Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(colour(
+                    std::io::stderr().is_terminal(),
+                    std::env::var_os("NO_COLOR").as_deref(),
+                )),
+        ),
+        // JSON is for machines: never coloured.
+        Format::Json => Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        ),
+    };
+    // The log filter applies to the log lines only: the trace layer has its own (Courier's
+    // trace spans), so `RUST_LOG=warn` does not switch tracing off.
+    let mut layers: Vec<BoxedLayer> = vec![fmt.with_filter(env_filter).boxed()];
+    layers.extend(traces);
+    tracing_subscriber::registry().with(layers).try_init()
 }
 
 /// Whether log lines are coloured: only on a terminal, and never when `NO_COLOR` is set to

@@ -283,6 +283,10 @@ impl Metrics {
             Box::new(rate_limit_gave_up.clone()),
             Box::new(rate_limit_fallback.clone()),
             Box::new(rate_limit_redis_errors.clone()),
+            // Process-wide (the exporter is one per process), served by every registry.
+            Box::new(crate::telemetry::SPANS_DROPPED.clone()),
+            Box::new(crate::telemetry::SPANS_EXPORTED.clone()),
+            Box::new(crate::telemetry::SPANS_FAILED.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }

@@ -644,7 +644,9 @@ impl Pass<'_> {
 
 /// The copy a replay publishes: same properties and body, replay headers, persistent.
 pub fn replay_copy(d: &Delivery, dest: &Destination) -> Outgoing {
-    let headers = deadletter::replay_headers(d.properties.headers().as_ref());
+    let mut headers = deadletter::replay_headers(d.properties.headers().as_ref());
+    // A replay is a new start: a new trace, linked to the dead letter's (not its child).
+    courier::telemetry::replay_context(&mut headers);
     Outgoing {
         exchange: dest.exchange.clone(),
         routing_key: dest.routing_key.clone(),

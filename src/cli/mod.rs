@@ -60,6 +60,14 @@ pub struct GlobalArgs {
     /// `info,lapin=debug`.
     #[arg(long, env = "COURIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Export trace spans over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (the
+    /// /v1/traces path is added when the URL has none). Off by default; the standard
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT turn it on too, and
+    /// OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG sample (e.g. parentbased_traceidratio and
+    /// 0.1), OTEL_SERVICE_NAME names the service (default: courier). Messages carry their W3C
+    /// trace context through every hop with or without it (docs/operations.md, "Traces").
+    #[arg(long, value_name = "URL", global = true)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -120,17 +128,27 @@ impl GlobalArgs {
     }
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+fn init_logging(
+    format: LogFormat,
+    level: &str,
+    otlp: Option<&str>,
+) -> Result<Option<courier::telemetry::Exporting>, courier::telemetry::TelemetryError> {
     let format = match format {
         LogFormat::Text => courier::logging::Format::Text,
         LogFormat::Json => courier::logging::Format::Json,
     };
     // lapin's channel errors and returns are reported by our own code, with context; the
     // library keeps these under any RUST_LOG that does not name lapin.
-    courier::logging::init(
+    let service = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "courier".to_owned());
+    courier::logging::init_with_traces(
         format,
         &format!("{level},lapin=error,lapin::channel=off,lapin::returned_messages=off"),
-    );
+        &service,
+        courier::telemetry::endpoint_from_env(otlp).as_deref(),
+    )
 }
 
 /// Parses arguments, runs the command on a multi-threaded runtime, maps the outcome to an exit code.
@@ -142,7 +160,17 @@ pub fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_logging(cli.global.log_format, level);
+    let exporting = match init_logging(
+        cli.global.log_format,
+        level,
+        cli.global.otlp_endpoint.as_deref(),
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match courier::runtime::multi_thread() {
         Ok(rt) => rt,
         Err(e) => {
@@ -164,6 +192,11 @@ pub fn main() -> ExitCode {
             Command::Relay(args) => relay::run(&cli.global, args).await,
         }
     });
+    if let Some(e) = exporting {
+        // Queued spans go out before the process does (bounded: a collector that is gone does
+        // not hold the exit up for long).
+        e.shutdown();
+    }
     match result {
         Ok(code) => code,
         // The reader of stdout has all it wanted (`| head`): success, and nothing to say.

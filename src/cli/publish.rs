@@ -119,15 +119,15 @@ fn build(line: Line, defaults: &Defaults) -> Result<Outgoing, String> {
             .ok_or_else(|| format!("header {k:?}: use a string, integer or boolean"))?;
         headers.insert(k.as_str().into(), value);
     }
+    let message_id = line.message_id.unwrap_or_else(envelope::new_message_id);
+    let exchange = line.exchange.unwrap_or_else(|| defaults.exchange.clone());
+    // While spans are exported, the message gets the context of a `send` span: the child of a
+    // `traceparent` given in its headers, else a new trace. The span itself ends here.
+    let _ = courier::telemetry::send_span(&mut headers, &exchange, &routing_key, &message_id, true);
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_message_id(
-            line.message_id
-                .unwrap_or_else(envelope::new_message_id)
-                .as_str()
-                .into(),
-        )
+        .with_message_id(message_id.as_str().into())
         .with_timestamp(u64::try_from(envelope::now_millis() / 1000).unwrap_or(0))
         .with_headers(headers);
     if let Some(p) = line.priority {
@@ -139,7 +139,6 @@ fn build(line: Line, defaults: &Defaults) -> Result<Outgoing, String> {
     if let Some(r) = line.reply_to {
         props = props.with_reply_to(r.as_str().into());
     }
-    let exchange = line.exchange.unwrap_or_else(|| defaults.exchange.clone());
     let routing_key = match (&defaults.topology, line.priority) {
         (Some(t), Some(p)) => t.routing_key_for(&exchange, &routing_key, p),
         _ => routing_key,

@@ -15,6 +15,7 @@
 use std::error::Error as _;
 use std::fmt;
 use std::time::Duration;
+use tracing::Instrument;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
@@ -64,6 +65,8 @@ const RESERVED_HEADERS: &[&str] = &[
     X_COURIER_ATTEMPT,
     X_COURIER_MESSAGE_ID,
     X_COURIER_QUEUE,
+    crate::telemetry::TRACEPARENT,
+    crate::telemetry::TRACESTATE,
 ];
 
 /// Configuration of an [`HttpHandler`].
@@ -209,6 +212,16 @@ impl HttpHandler {
             HeaderName::from_static(X_COURIER_QUEUE),
             value("queue", job.queue)?,
         );
+        // The message's context goes on as it came (a malformed one is not passed on); while
+        // spans are exported, `handle` replaces it with its client span's.
+        for (name, v) in [
+            (crate::telemetry::TRACEPARENT, job.traceparent),
+            (crate::telemetry::TRACESTATE, job.tracestate),
+        ] {
+            if let Some(v) = v.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
         Ok(headers)
     }
 
@@ -232,16 +245,28 @@ impl HttpHandler {
 
 impl Handler for HttpHandler {
     async fn handle(&self, job: Job<'_>) -> HandlerResult {
-        let headers = self.job_headers(&job)?;
-        let response = self
+        let mut headers = self.job_headers(&job)?;
+        let span = client_span(&self.endpoint, &self.display, &mut headers);
+        let sent = self
             .client
             .post(self.endpoint.clone())
             .headers(headers)
             .timeout(self.timeout)
             .body(job.body.to_vec())
             .send()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+            .instrument(span.clone())
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                span.record("otel.status_code", "ERROR");
+                return Err(self.transport_error(e));
+            }
+        };
+        span.record("http.response.status_code", response.status().as_u16());
+        if !response.status().is_success() {
+            span.record("otel.status_code", "ERROR");
+        }
 
         let status = response.status();
         let Some(kind) = classify(status.as_u16()) else {
@@ -274,6 +299,29 @@ impl Handler for HttpHandler {
             None => error,
         })
     }
+}
+
+/// `POST`: the HTTP client span, after OpenTelemetry's HTTP conventions, a child of the worker's
+/// process span; the endpoint gets its context as `traceparent`. Disabled (and `headers` as they
+/// are) without an exporter.
+fn client_span(endpoint: &Url, shown: &str, headers: &mut HeaderMap) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !crate::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "POST",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        url.full = shown,
+        server.address = endpoint.host_str().unwrap_or_default(),
+        server.port = endpoint.port_or_known_default().unwrap_or_default(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::inject_http(&span.context(), headers);
+    span
 }
 
 /// What a response status means: `None` for success (2xx), otherwise the kind of failure.

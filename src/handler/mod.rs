@@ -31,6 +31,12 @@ pub struct Job<'a> {
     pub body: &'a [u8],
     /// 0-9.
     pub priority: u8,
+    /// The message's W3C `traceparent` header, if it has one: what a handler that calls out
+    /// should pass on (the `http` handler sends it; while spans are exported it sends its own
+    /// span's instead, a child of the worker's).
+    pub traceparent: Option<&'a str>,
+    /// The message's W3C `tracestate`, carried with `traceparent`.
+    pub tracestate: Option<&'a str>,
 }
 
 /// Whether a failure is worth retrying.

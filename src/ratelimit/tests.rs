@@ -151,6 +151,8 @@ async fn past_the_longest_wait_the_message_fails_retryable_without_calling_the_h
         content_type: "application/json",
         body: b"{}",
         priority: 0,
+        traceparent: None,
+        tracestate: None,
     };
     assert_eq!(handler.handle(job).await, Ok(()), "the burst of 1");
     let started = std::time::Instant::now();

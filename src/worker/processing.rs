@@ -15,6 +15,7 @@ use crate::metrics::{label, Metrics, QueueSeries};
 use crate::outcome::{self, Action, Facts, Limits, Next};
 use crate::publisher::{Outgoing, Publisher};
 use crate::retry::RetryPolicy;
+use crate::telemetry;
 use crate::topology::WorkQueue;
 use futures_util::FutureExt;
 use lapin::message::Delivery;
@@ -22,6 +23,104 @@ use lapin::BasicProperties;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The worker's spans (only made while spans are exported: [`telemetry::enabled`]).
+mod trace {
+    use crate::telemetry::{self, TARGET};
+    use lapin::message::Delivery;
+    use lapin::types::FieldTable;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing::field::Empty;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// `process <queue>`: one delivery, start to settle; the child of the publisher's context
+    /// (the message's `traceparent`), or a new root; linked to the dead letter's old trace when
+    /// the message is a replay ([`telemetry::TRACE_LINK`]). Named and attributed after
+    /// OpenTelemetry's messaging conventions for RabbitMQ.
+    pub(super) fn process_span(d: &Delivery, queue: &str) -> tracing::Span {
+        let headers = d.properties.headers().as_ref();
+        let (exchange, key) = (d.exchange.as_str(), d.routing_key.as_str());
+        let span = tracing::info_span!(
+            target: TARGET,
+            "process",
+            otel.name = %format!("process {queue}"),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %destination(exchange, key, queue),
+            messaging.rabbitmq.destination.routing_key = key,
+            messaging.message.id = crate::envelope::message_id(&d.properties).unwrap_or_default(),
+            messaging.message.body.size = d.data.len(),
+            messaging.rabbitmq.message.delivery_tag = d.delivery_tag,
+            courier.attempt = Empty,
+            courier.outcome = Empty,
+            courier.retry_tier = Empty,
+            courier.reason = Empty,
+            trace_id = Empty,
+        );
+        let _ = span.set_parent(telemetry::extract(headers));
+        if let Some(old) =
+            telemetry::header(headers, telemetry::TRACE_LINK).and_then(telemetry::parse_traceparent)
+        {
+            span.add_link(old);
+        }
+        // Log lines inside the span name the trace, so logs and traces meet.
+        let trace_id = span.context().span().span_context().trace_id();
+        span.record("trace_id", tracing::field::display(trace_id));
+        span
+    }
+
+    /// `{exchange}:{routing key}:{queue}` (the conventions' consumer destination for RabbitMQ),
+    /// without the default exchange's empty name and without a routing key that only repeats
+    /// the queue's name (a retried message comes back that way).
+    fn destination(exchange: &str, key: &str, queue: &str) -> String {
+        let mut parts: Vec<&str> = Vec::with_capacity(3);
+        for p in [exchange, key, queue] {
+            if !p.is_empty() && parts.last() != Some(&p) {
+                parts.push(p);
+            }
+        }
+        parts.join(":")
+    }
+
+    /// The attempt number on the current process span.
+    pub(super) fn attempt(n: u32) {
+        if telemetry::enabled() {
+            tracing::Span::current().record("courier.attempt", n);
+        }
+    }
+
+    /// Where the message went, on the current process span.
+    pub(super) fn outcome(outcome: &str, tier: Option<&str>, reason: Option<&str>) {
+        if !telemetry::enabled() {
+            return;
+        }
+        let span = tracing::Span::current();
+        span.record("courier.outcome", outcome);
+        if let Some(t) = tier {
+            span.record("courier.retry_tier", t);
+        }
+        if let Some(r) = reason {
+            span.record("courier.reason", r);
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+
+    /// `send <destination>`: a copy the worker publishes (retry tier, redelivery count, dead
+    /// letter), the child of the current process span; the copy carries this span's context
+    /// in `headers`, so the next attempt continues the trace.
+    pub(super) fn send_span(
+        headers: &mut FieldTable,
+        exchange: &str,
+        routing_key: &str,
+        message_id: &str,
+    ) -> tracing::Span {
+        telemetry::send_span(headers, exchange, routing_key, message_id, false)
+    }
+}
 
 /// Shown for a message without a `message_id` in logs, dead letters and replies; the handler
 /// never sees it, as [`outcome::next`] dead-letters such a message first.
@@ -90,7 +189,13 @@ impl<H: Handler> Ctx<H> {
             return Settle::Requeue;
         };
         lane.series.in_flight.inc();
-        let settle = self.process_inner(&delivery, lane).await;
+        // Without an exporter no span is made: the hot path pays one atomic load.
+        let settle = if telemetry::enabled() {
+            let span = trace::process_span(&delivery, lane.queue());
+            self.process_inner(&delivery, lane).instrument(span).await
+        } else {
+            self.process_inner(&delivery, lane).await
+        };
         lane.series.in_flight.dec();
         settle
     }
@@ -133,6 +238,7 @@ impl<H: Handler> Ctx<H> {
                 }
                 Next::Settle(Action::Ack) => {
                     let attempts = facts.attempts.saturating_add(1);
+                    trace::outcome("delivered", None, None);
                     if d.properties.reply_to().is_some() {
                         Box::pin(self.reply(d, lane, id, "delivered", None, attempts)).await;
                     }
@@ -195,7 +301,10 @@ impl<H: Handler> Ctx<H> {
                 .map_or("application/json", |c| c.as_str()),
             body: &d.data,
             priority: props.priority().unwrap_or(0),
+            traceparent: telemetry::header(props.headers().as_ref(), telemetry::TRACEPARENT),
+            tracestate: telemetry::header(props.headers().as_ref(), telemetry::TRACESTATE),
         };
+        trace::attempt(job.attempt);
         let started = Instant::now();
         let result = self.call_handler(job).await;
         lane.series
@@ -246,21 +355,27 @@ impl<H: Handler> Ctx<H> {
             self.count(lane, label::REQUEUED);
             return Settle::Requeue;
         };
-        let headers = envelope::retry_headers(
+        let label = self.tier_labels.get(tier).map_or("?", String::as_str);
+        trace::outcome("retried", Some(label), None);
+        let mut headers = envelope::retry_headers(
             d.properties.headers().as_ref(),
             attempts,
             error,
             origin,
             envelope::now_millis(),
         );
+        let send = trace::send_span(&mut headers, "", tier_queue, message_id);
         let msg = Outgoing {
             exchange: String::new(),
             routing_key: tier_queue.clone(),
             properties: envelope::copy_properties(&d.properties, headers),
             body: d.data.clone(),
         };
-        if self.republish(msg, message_id, "retry").await {
-            let label = self.tier_labels.get(tier).map_or("?", String::as_str);
+        if self
+            .republish(msg, message_id, "retry")
+            .instrument(send)
+            .await
+        {
             self.metrics
                 .retries
                 .with_label_values(&[queue, label])
@@ -353,13 +468,19 @@ impl<H: Handler> Ctx<H> {
             envelope::REDELIVERIES.into(),
             lapin::types::AMQPValue::LongLongInt(i64::from(n)),
         );
+        trace::outcome("redelivery-counted", None, None);
+        let send = trace::send_span(&mut h, "", lane.queue(), message_id);
         let msg = Outgoing {
             exchange: String::new(),
             routing_key: lane.queue().to_owned(),
             properties: envelope::copy_properties(props, h),
             body: d.data.clone(),
         };
-        if self.republish(msg, message_id, "redelivery count").await {
+        if self
+            .republish(msg, message_id, "redelivery count")
+            .instrument(send)
+            .await
+        {
             self.count(lane, label::REDELIVERY_COUNTED);
             Settle::Ack
         } else {
@@ -381,7 +502,7 @@ impl<H: Handler> Ctx<H> {
         reason: Reason,
         error: &str,
     ) -> Settle {
-        let headers = envelope::dead_letter_headers(
+        let mut headers = envelope::dead_letter_headers(
             d.properties.headers().as_ref(),
             attempts,
             reason,
@@ -389,13 +510,24 @@ impl<H: Handler> Ctx<H> {
             origin,
             envelope::now_millis(),
         );
+        trace::outcome("dead-lettered", None, Some(reason.as_str()));
+        let send = trace::send_span(
+            &mut headers,
+            &self.dead_letter_exchange,
+            &origin.routing_key,
+            message_id,
+        );
         let msg = Outgoing {
             exchange: self.dead_letter_exchange.clone(),
             routing_key: origin.routing_key.clone(),
             properties: envelope::copy_properties(&d.properties, headers),
             body: d.data.clone(),
         };
-        if self.republish(msg, message_id, "dead letter").await {
+        if self
+            .republish(msg, message_id, "dead letter")
+            .instrument(send)
+            .await
+        {
             self.metrics
                 .dead_letters
                 .with_label_values(&[lane.queue(), reason.as_str()])

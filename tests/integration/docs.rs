@@ -290,19 +290,6 @@ fn markdown_files() -> Vec<PathBuf> {
     files
 }
 
-/// `courier-dlq` lives in another package of the workspace: build it (a no-op when it is up
-/// to date), so the check never reads the help of a stale binary.
-fn courier_dlq_bin() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "dlq-tool", "--bin", "courier-dlq"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build -p dlq-tool");
-    assert!(status.success(), "cannot build courier-dlq");
-    let courier = PathBuf::from(env!("CARGO_BIN_EXE_courier"));
-    courier.with_file_name(format!("courier-dlq{}", std::env::consts::EXE_SUFFIX))
-}
-
 #[test]
 fn every_documented_command_line_uses_flags_its_help_lists() {
     let mut helps = Helps {

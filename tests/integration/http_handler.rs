@@ -87,6 +87,8 @@ fn job(body: &[u8]) -> Job<'_> {
         content_type: "application/json",
         body,
         priority: 5,
+        traceparent: None,
+        tracestate: None,
     }
 }
 

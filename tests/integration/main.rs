@@ -25,5 +25,6 @@ mod shards_cmd;
 mod sink;
 mod stack;
 mod topology;
+mod traces;
 mod util;
 mod worker;

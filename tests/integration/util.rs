@@ -186,3 +186,16 @@ pub async fn declared_as_in_topology(q: &courier::topology::QueueDef) -> serde_j
     }
     broker
 }
+
+/// `courier-dlq` lives in another package of the workspace: build it (a no-op when it is up
+/// to date), so a test never runs, or reads the help of, a stale binary.
+pub fn courier_dlq_bin() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "dlq-tool", "--bin", "courier-dlq"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build -p dlq-tool");
+    assert!(status.success(), "cannot build courier-dlq");
+    let courier = PathBuf::from(env!("CARGO_BIN_EXE_courier"));
+    courier.with_file_name(format!("courier-dlq{}", std::env::consts::EXE_SUFFIX))
+}
