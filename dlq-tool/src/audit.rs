@@ -69,6 +69,12 @@ pub fn add_import(imported: u64, failed: u64) {
     });
 }
 
+/// Starts counting afresh: a process that runs several commands one after another (the
+/// console) gives each its own audit line.
+pub fn reset_tally() {
+    with_tally(|t| *t = Tally::default());
+}
+
 /// What this process has counted so far.
 pub fn tally() -> Tally {
     let mut out = Tally::default();

@@ -113,6 +113,52 @@ pub enum Command {
     Import(ImportArgs),
     Purge(PurgeArgs),
     Audit(AuditArgs),
+    Console(ConsoleArgs),
+}
+
+/// A web page for the fleet and its dead letters: queue depths and rates, the failure groups,
+/// every message, and replay / export / purge with a preview first.
+///
+/// Runs the same code as the other commands, with the same guarantees: inspection gives every
+/// message back in place, a pass takes only what was there when it started and acks nothing
+/// before its copy is safe, every action goes to the audit trail (as "USER via console").
+///
+/// Security: it listens on 127.0.0.1 unless told otherwise; every request needs the token
+/// (COURIER_CONSOLE_TOKEN or --token, else one generated now and printed once, in the URL to
+/// open); actions are POSTs with a CSRF token; --read-only hides and refuses every action.
+///
+///   courier-dlq console
+///   courier-dlq console --prefix demo. --read-only
+///   COURIER_CONSOLE_TOKEN=... courier-dlq console --listen 0.0.0.0:8080   (behind TLS!)
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ConsoleArgs {
+    /// Address to listen on. Anything but a loopback address makes the console reachable from
+    /// other machines, with the token as its only protection: put TLS in front of it.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Show, never change: no action buttons, and every action request is refused.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The token every request must carry (at least 16 characters). Default: a random one,
+    /// printed once at start in the URL to open.
+    #[arg(long, env = "COURIER_CONSOLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Who the audit trail names for the console's actions (as "USER via console").
+    /// Default: $USER, else $LOGNAME.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Management API base URL, for the fleet's numbers (RabbitMQ's own: nothing is counted
+    /// by consuming). Uses the AMQP credentials. Default: the AMQP host, port 15672, http.
+    #[arg(long, env = "COURIER_MANAGEMENT_URL", value_name = "URL")]
+    pub management_url: Option<String>,
+    /// How often the fleet's numbers are read; the chart keeps the last hour of them.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub refresh: Duration,
+    /// Dead letters a page examines at most (held unacknowledged, then given back in place;
+    /// at most 65535); a larger queue is sampled, and the page says so.
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: u64,
 }
 
 /// Print the audit trail: one line for every command that changed the dead-letter queue

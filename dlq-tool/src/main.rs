@@ -9,6 +9,7 @@
 //!   confirmed before the original is acked.
 //! - [`jsonl`] and [`export_file`]: the exact export format and its fsynced batches.
 //! - [`broker`]: look-ups and the exclusive consumer, with errors that name the fix.
+//! - [`console`]: the web console (`courier-dlq console`), over the same commands.
 //! - [`filter`]: the selection flags, validated; [`stats`]: the bounded aggregates of `stats`
 //!   and `--dry-run`; [`render`] and [`output`]: values, times and tables for people.
 //!
@@ -19,6 +20,7 @@
 mod audit;
 mod cli;
 mod commands;
+mod console;
 mod error;
 mod export_file;
 mod filter;

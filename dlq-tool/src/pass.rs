@@ -216,6 +216,9 @@ impl Pass<'_> {
         let total = u64::from(self.broker.unused_queue(&queue, APPLY_HINT).await?.ready);
         self.report.total = total;
         self.report.started = true;
+        if let Some(c) = &self.config.counters {
+            c.started(total);
+        }
         if total == 0 {
             return Ok(());
         }
@@ -453,6 +456,9 @@ impl Pass<'_> {
             }
             if !settled.is_empty() {
                 bar.inc(settled.len() as u64);
+                if let Some(c) = &self.config.counters {
+                    c.settled(settled.len() as u64);
+                }
                 for t in settled {
                     frontier.settled(t, Settle::Ack);
                 }

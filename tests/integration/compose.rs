@@ -221,6 +221,7 @@ fn compose_declares_every_service_of_the_stack() {
         "sink".to_owned(),
         "prometheus".to_owned(),
         "grafana".to_owned(),
+        "jaeger".to_owned(),
     ];
     want.extend(worker_services());
     for name in &want {
@@ -462,6 +463,36 @@ fn compose_workers_deliver_to_the_sink_service_by_default() {
         assert!(
             endpoint.contains("http://sink:8080/deliver"),
             "`{name}` should default to the sink, has {endpoint}"
+        );
+    }
+}
+
+#[test]
+fn compose_workers_send_their_traces_to_a_port_jaeger_listens_on() {
+    let compose = compose();
+    let jaeger = service(&compose, "jaeger");
+    let ports = network_ports(jaeger);
+    for worker in worker_services() {
+        let endpoint = env_var(
+            service(&compose, &worker),
+            &worker,
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        );
+        // `${OTEL_EXPORTER_OTLP_ENDPOINT:-http://jaeger:4318}`: the default is what runs.
+        let url = endpoint
+            .split(":-")
+            .nth(1)
+            .map_or(endpoint.as_str(), |d| d.trim_end_matches('}'));
+        let rest = url
+            .strip_prefix("http://jaeger:")
+            .unwrap_or_else(|| panic!("{worker}: OTLP goes to {url}, not to the jaeger service"));
+        assert!(
+            ports.contains(rest),
+            "{worker}: jaeger does not listen on {rest}: {ports:?}"
+        );
+        assert_eq!(
+            rest, "4318",
+            "{worker}: the exporter speaks OTLP over HTTP (4318)"
         );
     }
 }

@@ -72,6 +72,20 @@ pub fn changing(command: &Command) -> Option<(&'static str, Value)> {
 /// `--audit-queue` when given. Never fails the command: a line that cannot be written is a
 /// warning on stderr.
 pub async fn append(g: &Global, name: &str, filter: Value, result: &anyhow::Result<ExitCode>) {
+    let argv = audit::redacted_args(std::env::args());
+    append_as(g, name, filter, result, &audit::user(), &argv).await;
+}
+
+/// [`append`] for a command run on someone's behalf (the console): `user` is who asked for it
+/// and `argv` the command line it stands for (passwords redacted already).
+pub async fn append_as(
+    g: &Global,
+    name: &str,
+    filter: Value,
+    result: &anyhow::Result<ExitCode>,
+    user: &str,
+    argv: &[String],
+) {
     let tally: Tally = audit::tally();
     let (outcome, exit_code) = match result {
         Ok(_) if tally.failed > 0 => (format!("{} could not be moved", thousands(tally.failed)), 1),
@@ -84,10 +98,10 @@ pub async fn append(g: &Global, name: &str, filter: Value, result: &anyhow::Resu
     let queue = g.dlq().unwrap_or_default();
     let line = audit::record(
         &crate::render::format_time_ms(now_millis()),
-        &audit::user(),
+        user,
         &host().await,
         name,
-        &audit::redacted_args(std::env::args()),
+        argv,
         &queue,
         filter,
         tally,

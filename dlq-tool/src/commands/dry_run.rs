@@ -11,7 +11,7 @@ use courier::amqp::AmqpUrl;
 use courier::deadletter::{replay_destination, DeadLetter};
 use courier::envelope::now_millis;
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::process::ExitCode;
 
@@ -116,6 +116,25 @@ pub async fn run(
     limit: Option<u64>,
     verb: Verb<'_>,
 ) -> anyhow::Result<ExitCode> {
+    let text = plan(g, url, queue, filter, limit, verb).await?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The plan as text: what `--dry-run` prints and the console shows before it asks to confirm.
+///
+/// # Errors
+/// As for any inspection.
+pub async fn plan(
+    g: &Global,
+    url: &AmqpUrl,
+    queue: &str,
+    filter: &Filter,
+    limit: Option<u64>,
+    verb: Verb<'_>,
+) -> anyhow::Result<String> {
     warn_if_quorum(g, queue);
     crate::inspect::warn_dry_run_limit(limit);
     let broker = connect(url, &format!("{} --dry-run", verb.word()), queue).await?;
@@ -201,7 +220,7 @@ pub async fn run(
         not_examined: if reached_limit { 0 } else { unexamined },
     };
 
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut out: Vec<u8> = Vec::new();
     writeln!(out, "dry run: nothing was changed")?;
     writeln!(out, "{queue}: {} messages", thousands(sample.total))?;
     let note = crate::inspect::note(&sample, reached_limit);
@@ -246,8 +265,7 @@ pub async fn run(
             write!(out, "{p}")?;
         }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Messages shown before/after by a `--dry-run` with fixes.

@@ -178,6 +178,7 @@ pub async fn run(g: &Global, a: EditArgs) -> anyhow::Result<ExitCode> {
         halt: None,
         window: 1,
         progress: false,
+        counters: None,
     };
     let publisher = publisher(&url, "edit", &queue, 1);
     let (report, failure) = pass::run(

@@ -3,8 +3,9 @@
 
 use super::{connect, warn_if_quorum};
 use crate::cli::{Global, GroupsArgs};
+use crate::filter::Filter;
 use crate::groups::{Group, GroupTable};
-use crate::inspect::{examine_at_most, inspect};
+use crate::inspect::{examine_at_most, inspect, Sample};
 use crate::output::{age, thousands};
 use crate::render::format_time_ms;
 use courier::deadletter::DeadLetter;
@@ -15,8 +16,28 @@ use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub async fn run(g: &Global, a: GroupsArgs) -> anyhow::Result<ExitCode> {
-    let filter = a.filters.build(&g.prefix)?;
+/// What a look at the groups found.
+pub struct Collected {
+    /// The groups.
+    pub table: GroupTable,
+    /// How much of the queue was examined.
+    pub sample: Sample,
+    /// Dead letters that matched the filters.
+    pub matched: u64,
+}
+
+/// Groups the dead letters among the first `limit` (at most [`crate::inspect::MAX_INSPECT`])
+/// of the dead-letter queue that `filter` selects, calling `each` with every one of them too
+/// (the console's sparklines). An inspection: every message stays where it was.
+///
+/// # Errors
+/// The queue is missing or busy, or the connection failed.
+pub async fn collect(
+    g: &Global,
+    filter: &Filter,
+    limit: u64,
+    mut each: impl FnMut(&DeadLetter),
+) -> anyhow::Result<Collected> {
     let queue = g.dlq()?;
     let url = g.url()?;
     warn_if_quorum(g, &queue);
@@ -24,17 +45,33 @@ pub async fn run(g: &Global, a: GroupsArgs) -> anyhow::Result<ExitCode> {
     let now = now_millis();
     let mut table = GroupTable::default();
     let mut matched = 0u64;
-    let sample = inspect(&broker, &queue, examine_at_most(a.limit), |d| {
+    let sample = inspect(&broker, &queue, limit, |d| {
         let dl = DeadLetter::read(&d.properties, d.data.len());
         if filter.matches(&dl, d.properties.headers().as_ref(), now) {
             matched += 1;
             table.add(&dl);
+            each(&dl);
         }
         Ok(ControlFlow::Continue(()))
     })
     .await;
     broker.close().await;
-    let sample = sample?;
+    Ok(Collected {
+        table,
+        sample: sample?,
+        matched,
+    })
+}
+
+pub async fn run(g: &Global, a: GroupsArgs) -> anyhow::Result<ExitCode> {
+    let filter = a.filters.build(&g.prefix)?;
+    let queue = g.dlq()?;
+    let Collected {
+        table,
+        sample,
+        matched,
+    } = collect(g, &filter, examine_at_most(a.limit), |_| {}).await?;
+    let now = now_millis();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let groups = table.sorted();
     if a.json {

@@ -1,15 +1,16 @@
 //! One file per command; this one dispatches and holds what they share.
 
-mod audit;
-mod dry_run;
+// The console (crate::console) runs these same commands; pub(crate) for it.
+pub(crate) mod audit;
+pub(crate) mod dry_run;
 mod edit;
-mod export;
-mod groups;
+pub(crate) mod export;
+pub(crate) mod groups;
 mod import;
 mod list;
-mod purge;
-mod replay;
-mod show;
+pub(crate) mod purge;
+pub(crate) mod replay;
+pub(crate) mod show;
 mod stats;
 
 use crate::cli::{Cli, Command, Global};
@@ -49,6 +50,7 @@ async fn dispatch(g: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Import(a) => import::run(g, a).await,
         Command::Purge(a) => purge::run(g, a).await,
         Command::Audit(a) => audit::run(g, a).await,
+        Command::Console(a) => crate::console::run(g, a).await,
     }
 }
 

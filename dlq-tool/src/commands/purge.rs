@@ -8,6 +8,16 @@ use crate::pass::{Action, PassConfig};
 use std::process::ExitCode;
 
 pub async fn run(g: &Global, a: PurgeArgs) -> anyhow::Result<ExitCode> {
+    run_with(g, a, None).await
+}
+
+/// [`run`], reporting the pass's progress to `counters` instead of a terminal bar when given
+/// (the console's progress view).
+pub async fn run_with(
+    g: &Global,
+    a: PurgeArgs,
+    counters: Option<std::sync::Arc<crate::progress::Counters>>,
+) -> anyhow::Result<ExitCode> {
     let filter = a.filters.build(&g.prefix)?;
     let queue = g.dlq()?;
     let url = g.url()?;
@@ -29,7 +39,8 @@ pub async fn run(g: &Global, a: PurgeArgs) -> anyhow::Result<ExitCode> {
         ramp: None,
         halt: None,
         window: usize::from(a.pass.window),
-        progress: true,
+        progress: counters.is_none(),
+        counters,
     };
     resuming(&url, broker, "purge", "purged", config, || Action::Purge).await
 }

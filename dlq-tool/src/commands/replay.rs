@@ -19,6 +19,41 @@ use tokio_util::sync::CancellationToken;
 const JUDGE_EVERY: Duration = Duration::from_millis(250);
 
 pub async fn run(g: &Global, a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    run_with(g, a, None).await
+}
+
+/// The replay's `--dry-run`: what it would do, as text (the CLI prints it, the console shows
+/// it before asking to confirm).
+///
+/// # Errors
+/// A usage error for a flag that does not validate; else as for any inspection.
+pub async fn preview(g: &Global, a: &ReplayArgs) -> anyhow::Result<String> {
+    let filter = a.filters.build(&g.prefix)?;
+    let fixes = a.fixes.build()?;
+    let queue = g.dlq()?;
+    let url = g.url()?;
+    let to_queue = a.to_queue.as_deref().map(|q| g.queue_name(q));
+    let smart = &a.smart;
+    let mut text = String::new();
+    if let Some(n) = smart.canary {
+        text.push_str(&format!(
+            "would replay a canary of {n} first, watch it for {}, and go on only if at most {:.0}% came back\n",
+            humantime::format_duration(smart.canary_wait),
+            100.0 * smart.max_failure_rate.unwrap_or(DEFAULT_MAX_FAILURE_RATE)
+        ));
+    }
+    let verb = Verb::Replay(to_queue.as_deref(), &fixes);
+    text.push_str(&dry_run::plan(g, &url, &queue, &filter, a.pass.limit, verb).await?);
+    Ok(text)
+}
+
+/// [`run`], reporting each pass's progress to `counters` instead of a terminal bar when given
+/// (the console's progress view).
+pub async fn run_with(
+    g: &Global,
+    a: ReplayArgs,
+    counters: Option<Arc<crate::progress::Counters>>,
+) -> anyhow::Result<ExitCode> {
     let filter = a.filters.build(&g.prefix)?;
     // Checked (the program compiled) before anything touches the broker: a usage error.
     let fixes = Arc::new(a.fixes.build()?);
@@ -40,15 +75,12 @@ pub async fn run(g: &Global, a: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if a.pass.dry_run {
-        if let Some(n) = smart.canary {
-            println!(
-                "would replay a canary of {n} first, watch it for {}, and go on only if at most {:.0}% came back",
-                humantime::format_duration(smart.canary_wait),
-                100.0 * smart.max_failure_rate.unwrap_or(DEFAULT_MAX_FAILURE_RATE)
-            );
-        }
-        let verb = Verb::Replay(to_queue.as_deref(), &fixes);
-        return dry_run::run(g, &url, &queue, &filter, a.pass.limit, verb).await;
+        use std::io::Write;
+        let text = preview(g, &a).await?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
     }
     let broker = connect(&url, "replay", &queue).await?;
     if let Some(q) = &to_queue {
@@ -99,7 +131,8 @@ pub async fn run(g: &Global, a: ReplayArgs) -> anyhow::Result<ExitCode> {
         ramp: if canary { None } else { smart.ramp },
         halt,
         window: usize::from(a.pass.window),
-        progress: true,
+        progress: counters.is_none(),
+        counters: counters.clone(),
     };
     let action = || Action::Replay {
         to_queue: to_queue.clone(),

@@ -55,6 +55,9 @@ pub struct PassConfig {
     pub window: usize,
     /// Show a progress bar (only on a terminal).
     pub progress: bool,
+    /// The progress hook: when set, the pass also reports its count and every settled message
+    /// here, for a watcher that is not a terminal (the console). `None` for the CLI.
+    pub counters: Option<std::sync::Arc<crate::progress::Counters>>,
 }
 
 /// A selected message that could not move and stays in the queue.

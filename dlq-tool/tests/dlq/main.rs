@@ -11,6 +11,7 @@ mod util;
 
 mod audit;
 mod busy;
+mod console;
 mod edit;
 mod errors;
 mod export;
