@@ -93,6 +93,11 @@ pub struct DemoArgs {
     /// Leave the queues and the dead letters in place, to explore them with courier-dlq.
     #[arg(long)]
     keep: bool,
+    /// Keep the dead letters (as --keep) and end by printing how to open them in the web
+    /// console: the `courier-dlq console` command for this demo's queues and its URL (the
+    /// console prints the URL with its token when it starts).
+    #[arg(long, conflicts_with = "clean")]
+    console: bool,
     /// Only delete the queues and exchanges under the prefix (after --keep, an interrupted run,
     /// or `courier topology apply --prefix` with any topology), messages included, say what
     /// remains, then exit. Queues with consumers are left alone.
@@ -167,7 +172,7 @@ pub async fn run(global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode
     };
 
     // Clean up whatever happened above (error, timeout, Ctrl-C), unless asked to keep.
-    let cleaned = if args.keep {
+    let cleaned = if args.keep || args.console {
         None
     } else {
         Some(broker::delete_topology(&url, &topology).await)

@@ -247,6 +247,12 @@ pub(super) fn print_next(
             }
             outln!("  courier-dlq replay --prefix {p}{topo} --reason max-attempts --dry-run")?;
             outln!("  courier demo --prefix {p}{topo} --clean     # delete the demo's queues and exchanges")?;
+            if demo.args.console {
+                outln!()?;
+                outln!("The web console, for the fleet and these dead letters:")?;
+                outln!("  courier-dlq console --prefix {p}{topo}")?;
+                outln!("  then open http://127.0.0.1:8080/?token=... (the URL with its token is printed when it starts)")?;
+            }
         }
         Some(_) => {
             print_cleanup(demo, cleaned)?;
