@@ -88,6 +88,34 @@ struct Browser {
     shots: PathBuf,
     /// Screenshots taken so far.
     taken: u32,
+    /// Chromium's profile directory, unique to this browser: it marks its processes, which
+    /// outlive chromedriver when a test panics before closing the session.
+    profile: PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Only the processes started with this profile: this test's chromium, nothing else.
+        let marker = format!("--user-data-dir={}", self.profile.display());
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline)
+                    .split('\0')
+                    .any(|arg| arg == marker)
+                {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid])
+                        .status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 impl Browser {
@@ -118,13 +146,18 @@ impl Browser {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let profile = std::env::temp_dir().join(format!(
+            "courier-console-chromium-{}-{port}",
+            std::process::id()
+        ));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".to_owned(),
             serde_json::json!({
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                         "--disable-gpu", "--window-size=1280,1100"],
+                         "--disable-gpu", "--window-size=1280,1100",
+                         format!("--user-data-dir={}", profile.display())],
             }),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -147,6 +180,7 @@ impl Browser {
             _driver: driver,
             shots,
             taken: 0,
+            profile,
         }
     }
 
@@ -195,8 +229,8 @@ impl Browser {
         .unwrap_or_else(|e| panic!("{css}: {e}"));
     }
 
-    async fn close(self) {
-        let _ = self.client.close().await;
+    async fn close(&self) {
+        let _ = self.client.clone().close().await;
     }
 }
 
