@@ -84,7 +84,14 @@ impl Drop for Tables {
                 for b in &business {
                     sql.push_str(&format!("DROP TABLE IF EXISTS \"{b}\";"));
                 }
-                let _ = client.batch_execute(&sql).await;
+                // A test that panicked may still have a writer finishing its transaction: try
+                // again rather than leave the tables behind.
+                for _ in 0..5 {
+                    if client.batch_execute(&sql).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
                 let _ = client
                     .execute(
                         "DELETE FROM courier_migrations WHERE target = $1",
@@ -94,6 +101,18 @@ impl Drop for Tables {
             });
         })
         .join();
+    }
+}
+
+/// Tasks aborted when the test ends, also by a panic: a writer must not hold its transaction
+/// open while the cleanup drops its tables.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }
 
@@ -240,7 +259,7 @@ async fn every_committed_row_arrives_across_a_kill_and_a_broker_disconnect() {
 
     // The service: WRITERS connections, each its share of transactions, as fast as they go.
     let written = Arc::new(AtomicUsize::new(0));
-    let mut writers = Vec::new();
+    let mut writers = AbortOnDrop(Vec::new());
     for w in 0..WRITERS {
         let (written, business, table, exchange) = (
             written.clone(),
@@ -248,7 +267,7 @@ async fn every_committed_row_arrives_across_a_kill_and_a_broker_disconnect() {
             table.clone(),
             exchange.clone(),
         );
-        writers.push(tokio::spawn(async move {
+        writers.0.push(tokio::spawn(async move {
             let mut client = pg().await;
             let insert_business =
                 format!("INSERT INTO \"{business}\" (id, amount) VALUES ($1, $2)");
@@ -376,7 +395,7 @@ async fn every_committed_row_arrives_across_a_kill_and_a_broker_disconnect() {
         .wait_for("publisher reconnect", Duration::from_secs(30))
         .await;
 
-    for w in writers {
+    for w in std::mem::take(&mut writers.0) {
         w.await.expect("writer");
     }
     // Every committed row is relayed (and deleted: no retention).
