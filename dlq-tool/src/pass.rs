@@ -226,7 +226,10 @@ impl Pass<'_> {
             Action::Replay { journal, .. } => journal.clone(),
             _ => None,
         };
-        let selectable = match self.count_selected(&queue, total, journal.as_deref()).await? {
+        let selectable = match self
+            .count_selected(&queue, total, journal.as_deref())
+            .await?
+        {
             Some(0) => {
                 // Nothing can be selected: not one message is taken, nothing is rewritten.
                 self.report.left = total;
@@ -526,7 +529,10 @@ impl Pass<'_> {
     /// taking, holding or rewriting what lies behind it. `None` when the pass selects
     /// everything (nothing to learn) or the queue is larger than an inspection can look at.
     async fn count_selected(
-        &self,
+        // `&mut`, not `&`: a shared borrow of the pass held across the await would make the
+        // pass's future not `Send` (the pass is not `Sync`), and the console runs passes on
+        // the runtime's threads.
+        &mut self,
         queue: &str,
         total: u64,
         journal: Option<&crate::journal::Journal>,
@@ -538,8 +544,10 @@ impl Pass<'_> {
         let mut selected = 0u64;
         let sample = crate::inspect::inspect(self.broker, queue, total, |d| {
             let fresh = journal.is_none_or(|j| {
-                j.seen(&id_of(d), deadletter::replayed(d.properties.headers().as_ref()))
-                    == Seen::New
+                j.seen(
+                    &id_of(d),
+                    deadletter::replayed(d.properties.headers().as_ref()),
+                ) == Seen::New
             });
             let dl = DeadLetter::read(&d.properties, d.data.len());
             if fresh
@@ -646,6 +654,18 @@ impl Pass<'_> {
         }
         self.order.insert(tag, Slot::Keep(msg, how));
     }
+}
+
+/// A pass runs on any of the runtime's threads (the console spawns them): this fails to compile
+/// if its future stops being `Send`.
+#[allow(dead_code)]
+fn pass_future_is_send<'a>(
+    broker: &'a Admin,
+    publisher: &'a Publisher,
+    config: &'a PassConfig,
+    action: Action,
+) -> impl Future<Output = (Report, Option<anyhow::Error>)> + Send + 'a {
+    run(broker, publisher, config, action)
 }
 
 /// The copy a replay publishes: same properties and body, replay headers, persistent.
