@@ -198,6 +198,9 @@ mod tests {
         let svg = line_chart(&points, now).into_string();
         assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
         assert!(svg.contains("-60m") && svg.contains("now") && svg.contains("/s"));
-        assert!(svg.contains(">50<"), "the left axis ends at 50 (27 rounded up): {svg}");
+        assert!(
+            svg.contains(">50<"),
+            "the left axis ends at 50 (27 rounded up): {svg}"
+        );
     }
 }
