@@ -23,13 +23,13 @@
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
-use opentelemetry::Context;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
 use prometheus::IntCounter;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 /// A batch that is not full goes after this long.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
+/// How often a batch being filled takes what is queued: at most [`QUEUE`] spans arrive in
+/// one tick before the queue drops (82,000 spans a second).
+const FILL_TICK: Duration = Duration::from_millis(50);
 /// One export request's deadline.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,11 +76,12 @@ pub static SPANS_EXPORTED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("static metric")
 });
 
-/// Spans in batches the collector did not accept (unreachable, refused, timed out).
+/// Spans in batches the collector did not accept (unreachable, refused, timed out), or not sent
+/// while the exporter waits to try a failing collector again.
 pub static SPANS_FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
     IntCounter::new(
         "courier_trace_spans_failed_total",
-        "Spans in export requests that failed (collector unreachable, refused or timed out)",
+        "Spans in export requests that failed (collector unreachable, refused or timed out), or not sent while waiting to try a failing collector again",
     )
     .expect("static metric")
 });
@@ -166,11 +170,16 @@ where
         .build();
     let tracer = provider.tracer("courier");
     ENABLED.store(true, Ordering::Relaxed);
-    // No source locations or thread ids on spans: per-span work the conventions do not ask for.
+    // No source locations, thread ids, target or busy/idle times on spans, and no OpenTelemetry
+    // context made current on every poll (Courier passes contexts explicitly): per-span work
+    // the conventions do not ask for.
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
         );
@@ -223,22 +232,27 @@ pub fn send_span(
         (false, true) => exchange.to_owned(),
         (false, false) => format!("{exchange}:{routing_key}"),
     };
-    let span = tracing::info_span!(
-        target: TARGET,
-        "send",
-        otel.name = %format!("send {destination}"),
-        otel.kind = "producer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = %destination,
-        messaging.rabbitmq.destination.routing_key = routing_key,
-        messaging.message.id = message_id,
-    );
+    // Only `otel.kind` is a `tracing` field (the log layer formats those); the name and the
+    // attributes go to the OpenTelemetry span alone, once it is started.
+    let span = tracing::info_span!(target: TARGET, "send", otel.kind = "producer");
     if parent_from_headers {
         let _ = span.set_parent(extract(Some(headers)));
     }
-    inject(&span.context(), headers);
+    let cx = span.context();
+    let otel = cx.span();
+    otel.update_name(format!("send {destination}"));
+    otel.set_attributes([
+        KeyValue::new("messaging.system", "rabbitmq"),
+        KeyValue::new("messaging.operation.type", "send"),
+        KeyValue::new("messaging.operation.name", "publish"),
+        KeyValue::new("messaging.destination.name", destination),
+        KeyValue::new(
+            "messaging.rabbitmq.destination.routing_key",
+            routing_key.to_owned(),
+        ),
+        KeyValue::new("messaging.message.id", message_id.to_owned()),
+    ]);
+    inject(&cx, headers);
     span
 }
 
@@ -370,28 +384,60 @@ impl QueueProcessor {
     }
 }
 
+/// After a failed export, spans are not sent for this long (they are counted as failed without
+/// being encoded); it doubles after each failure up to [`BACKOFF_MAX`], so a dead collector
+/// costs nothing per span.
+const BACKOFF: Duration = Duration::from_secs(1);
+/// The longest pause between two tries of a collector that keeps failing.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// Batches spans from `rx` and exports them until the sender is gone; what is queued then is
-/// sent last.
+/// sent last. A batch goes when it is full or [`BATCH_DELAY`] after its first span (one request
+/// per span would cost more than the span). While the collector fails, batches are counted as
+/// failed and not sent until the back-off has passed.
 fn export_loop<E: SpanExporter>(mut exporter: E, rx: Receiver<SpanData>) {
     let mut warned = false;
-    loop {
+    let mut backoff = BACKOFF;
+    let mut retry_at: Option<std::time::Instant> = None;
+    let mut open = true;
+    while open {
         let first = match rx.recv_timeout(BATCH_DELAY) {
             Ok(span) => span,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        let due = std::time::Instant::now() + BATCH_DELAY;
         let mut batch = Vec::with_capacity(BATCH);
         batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(span) => batch.push(span),
-                Err(_) => break,
+        // Collected by polling, not by waiting on the queue: a thread waiting there must be
+        // woken (a futex call) by every span sent, which costs the hot path more than the span.
+        'fill: loop {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break 'fill;
+                    }
+                }
             }
+            let left = due.saturating_duration_since(std::time::Instant::now());
+            if batch.len() >= BATCH || left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(FILL_TICK));
         }
         let n = batch.len() as u64;
+        if retry_at.is_some_and(|t| std::time::Instant::now() < t) {
+            SPANS_FAILED.inc_by(n);
+            continue;
+        }
         match futures_executor::block_on(exporter.export(batch)) {
             Ok(()) => {
                 SPANS_EXPORTED.inc_by(n);
+                retry_at = None;
+                backoff = BACKOFF;
                 if warned {
                     tracing::info!("trace export works again");
                     warned = false;
@@ -399,6 +445,8 @@ fn export_loop<E: SpanExporter>(mut exporter: E, rx: Receiver<SpanData>) {
             }
             Err(e) => {
                 SPANS_FAILED.inc_by(n);
+                retry_at = Some(std::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 if !warned {
                     // Once per outage: a collector that is down must not flood the logs.
                     tracing::warn!(error = %e, "trace export failed; spans are dropped until the collector answers (courier_trace_spans_failed_total)");

@@ -309,18 +309,31 @@ fn client_span(endpoint: &Url, shown: &str, headers: &mut HeaderMap) -> tracing:
     if !crate::telemetry::enabled() {
         return tracing::Span::none();
     }
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::KeyValue;
+    // The fields the caller records stay `tracing` fields; the fixed attributes go to the
+    // OpenTelemetry span alone (the log layer would format them on every request).
     let span = tracing::info_span!(
         target: crate::telemetry::TARGET,
         "POST",
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
-        http.request.method = "POST",
-        url.full = shown,
-        server.address = endpoint.host_str().unwrap_or_default(),
-        server.port = endpoint.port_or_known_default().unwrap_or_default(),
         http.response.status_code = tracing::field::Empty,
     );
-    crate::telemetry::inject_http(&span.context(), headers);
+    let cx = span.context();
+    cx.span().set_attributes([
+        KeyValue::new("http.request.method", "POST"),
+        KeyValue::new("url.full", shown.to_owned()),
+        KeyValue::new(
+            "server.address",
+            endpoint.host_str().unwrap_or_default().to_owned(),
+        ),
+        KeyValue::new(
+            "server.port",
+            i64::from(endpoint.port_or_known_default().unwrap_or_default()),
+        ),
+    ]);
+    crate::telemetry::inject_http(&cx, headers);
     span
 }
 

@@ -26,11 +26,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// The worker's spans (only made while spans are exported: [`telemetry::enabled`]).
+///
+/// Only `otel.kind` and `trace_id` are `tracing` fields, which the log layer formats (so a log
+/// line inside the span names its trace); the name and the other attributes go to the
+/// OpenTelemetry span alone, set in one call once it is started: formatting a dozen fields for
+/// the logs on every message cost more than the span itself.
 mod trace {
     use crate::telemetry::{self, TARGET};
     use lapin::message::Delivery;
     use lapin::types::FieldTable;
-    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::trace::{Status, TraceContextExt};
+    use opentelemetry::KeyValue;
     use tracing::field::Empty;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -44,21 +50,7 @@ mod trace {
         let span = tracing::info_span!(
             target: TARGET,
             "process",
-            otel.name = %format!("process {queue}"),
             otel.kind = "consumer",
-            otel.status_code = Empty,
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "process",
-            messaging.operation.name = "process",
-            messaging.destination.name = %destination(exchange, key, queue),
-            messaging.rabbitmq.destination.routing_key = key,
-            messaging.message.id = crate::envelope::message_id(&d.properties).unwrap_or_default(),
-            messaging.message.body.size = d.data.len(),
-            messaging.rabbitmq.message.delivery_tag = d.delivery_tag,
-            courier.attempt = Empty,
-            courier.outcome = Empty,
-            courier.retry_tier = Empty,
-            courier.reason = Empty,
             trace_id = Empty,
         );
         let _ = span.set_parent(telemetry::extract(headers));
@@ -67,8 +59,33 @@ mod trace {
         {
             span.add_link(old);
         }
+        // Starts the OpenTelemetry span: from here on its name and attributes are set directly.
+        let cx = span.context();
+        let otel = cx.span();
+        otel.update_name(format!("process {queue}"));
+        otel.set_attributes([
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new(
+                "messaging.destination.name",
+                destination(exchange, key, queue),
+            ),
+            KeyValue::new("messaging.rabbitmq.destination.routing_key", key.to_owned()),
+            KeyValue::new(
+                "messaging.message.id",
+                crate::envelope::message_id(&d.properties)
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            KeyValue::new("messaging.message.body.size", d.data.len() as i64),
+            KeyValue::new(
+                "messaging.rabbitmq.message.delivery_tag",
+                d.delivery_tag as i64,
+            ),
+        ]);
         // Log lines inside the span name the trace, so logs and traces meet.
-        let trace_id = span.context().span().span_context().trace_id();
+        let trace_id = otel.span_context().trace_id();
         span.record("trace_id", tracing::field::display(trace_id));
         span
     }
@@ -89,7 +106,7 @@ mod trace {
     /// The attempt number on the current process span.
     pub(super) fn attempt(n: u32) {
         if telemetry::enabled() {
-            tracing::Span::current().record("courier.attempt", n);
+            tracing::Span::current().set_attribute("courier.attempt", i64::from(n));
         }
     }
 
@@ -98,14 +115,15 @@ mod trace {
         if !telemetry::enabled() {
             return;
         }
-        let span = tracing::Span::current();
-        span.record("courier.outcome", outcome);
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        span.set_attribute(KeyValue::new("courier.outcome", outcome.to_owned()));
         if let Some(t) = tier {
-            span.record("courier.retry_tier", t);
+            span.set_attribute(KeyValue::new("courier.retry_tier", t.to_owned()));
         }
         if let Some(r) = reason {
-            span.record("courier.reason", r);
-            span.record("otel.status_code", "ERROR");
+            span.set_attribute(KeyValue::new("courier.reason", r.to_owned()));
+            span.set_status(Status::error(r.to_owned()));
         }
     }
 
