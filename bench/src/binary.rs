@@ -20,11 +20,18 @@
 //!
 //! Within a round the two sides alternate per prefetch (raw first in odd rounds, binary first
 //! in even ones), so a drift of the machine's load hits both.
+//!
+//! The `traces` group (issue 18) is the binary's drain at prefetch 200 twice: without a trace
+//! exporter (`binary.untraced.p200`) and with `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` naming a
+//! local port nothing listens on (`binary.traced.p200`), so every span is made and every export
+//! request fails; the order flips every round too. Both sides serve `/metrics` on a local port,
+//! scraped once the worker is idle: the traced side must show spans failed, dropped or
+//! exported (the exporter was really on), the untraced side none.
 
 use crate::env::{Env, ROUTING_KEY};
 use crate::payload;
 use crate::raw;
-use crate::report::Measurement;
+use crate::report::{Measurement, TraceSpans};
 use crate::sink::HttpSink;
 use crate::tally::{Counts, Tally};
 use anyhow::Context;
@@ -53,6 +60,12 @@ pub const E2E: (&str, &str) = ("baseline.half.e2e", "binary.e2e");
 /// The retry-hop pair (raw lapin + reqwest, binary with `--handler http`).
 pub const RETRY: (&str, &str) = ("baseline.http-retry", "binary.retry");
 
+/// The `traces` group: the binary's drain without and with a (dead) trace exporter.
+pub const TRACES: (&str, &str) = ("binary.untraced.p200", "binary.traced.p200");
+
+/// The `traces` group's prefetch (the worker's default).
+const TRACES_PREFETCH: u16 = 200;
+
 /// Every scenario id of the group, for "not measured" notes.
 pub const IDS: [&str; 8] = [
     SIDES[0].1, SIDES[0].2, SIDES[1].1, SIDES[1].2, E2E.0, E2E.1, RETRY.0, RETRY.1,
@@ -73,7 +86,7 @@ pub async fn round(env: &Env, courier: &Path, round: u32) -> Vec<Measurement> {
             out.push(if raw_side {
                 raw_drain(env, raw_id, prefetch).await
             } else {
-                binary_drain(env, courier, binary_id, prefetch).await
+                binary_drain(env, courier, binary_id, prefetch, None).await
             });
         }
     }
@@ -94,6 +107,83 @@ pub async fn round(env: &Env, courier: &Path, round: u32) -> Vec<Measurement> {
         });
     }
     out
+}
+
+/// The `traces` group's round: the drain without an exporter and with a dead one (untraced
+/// first in odd rounds, traced first in even ones).
+pub async fn traces_round(env: &Env, courier: &Path, round: u32) -> Vec<Measurement> {
+    let mut out = Vec::new();
+    let untraced_first = round % 2 == 1;
+    for untraced in [untraced_first, !untraced_first] {
+        env.reset().await;
+        out.push(if untraced {
+            binary_drain(env, courier, TRACES.0, TRACES_PREFETCH, Some(Export::Off)).await
+        } else {
+            binary_drain(env, courier, TRACES.1, TRACES_PREFETCH, Some(Export::Dead)).await
+        });
+    }
+    out
+}
+
+/// A `traces` drain's exporter: none, or one pointed at a dead collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Export {
+    /// No `OTEL_EXPORTER_OTLP_*` variable, no `--otlp-endpoint`: no span is made.
+    Off,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` names a local port nothing listens on.
+    Dead,
+}
+
+/// A local TCP port free a moment ago (bound, then released): nothing listens on it.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind a local port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The `courier_trace_spans_*_total` counters on the worker's `/metrics` at `addr`. With a dead
+/// collector they are read until they account for all `n` spans (the exporter sends a batch
+/// when it is full or a second after its first span), for at most [`SPANS_SETTLE`].
+async fn scrape_spans(addr: &str, export: Option<Export>, n: u64) -> anyhow::Result<TraceSpans> {
+    let started = Instant::now();
+    loop {
+        let spans = scrape_spans_once(addr).await?;
+        if export != Some(Export::Dead) || spans.total() >= n || started.elapsed() > SPANS_SETTLE {
+            return Ok(spans);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long [`scrape_spans`] waits for a dead collector's counters to account for every span.
+const SPANS_SETTLE: Duration = Duration::from_secs(5);
+
+/// One read of the span counters on the worker's `/metrics` at `addr`.
+async fn scrape_spans_once(addr: &str) -> anyhow::Result<TraceSpans> {
+    let text = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET http://{addr}/metrics of the worker"))?
+        .text()
+        .await?;
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map(|v| v as u64)
+    };
+    Ok(TraceSpans {
+        exported: counter("courier_trace_spans_exported_total").unwrap_or_default(),
+        failed: counter("courier_trace_spans_failed_total").unwrap_or_default(),
+        dropped: counter("courier_trace_spans_dropped_total").unwrap_or_default(),
+    })
 }
 
 /// Puts `env.messages` valid messages (priority 5) into the email work queue (unmeasured).
@@ -334,8 +424,16 @@ impl Worker {
     }
 }
 
-/// The binary side: `courier work --handler noop` as a child process.
-async fn binary_drain(env: &Env, courier: &Path, id: &str, prefetch: u16) -> Measurement {
+/// The binary side: `courier work --handler noop` as a child process. With `export` (the
+/// `traces` group) it also serves `/metrics` on a local port, its trace exporter is off or
+/// pointed at a dead collector, and the span counters are scraped once it is idle.
+async fn binary_drain(
+    env: &Env,
+    courier: &Path,
+    id: &str,
+    prefetch: u16,
+    export: Option<Export>,
+) -> Measurement {
     let n = env.messages;
     let queue = env.work_queue(&env.main).to_owned();
     let mut counts = Counts {
@@ -343,11 +441,48 @@ async fn binary_drain(env: &Env, courier: &Path, id: &str, prefetch: u16) -> Mea
         lost: n,
         ..Counts::default()
     };
+    let mut spans = None;
     let run = async {
         fill(env, &queue).await?;
+        let metrics_addr = match export {
+            Some(_) => Some(format!("127.0.0.1:{}", free_port()?)),
+            None => None,
+        };
+        let collector = match export {
+            Some(Export::Dead) => Some(format!("http://127.0.0.1:{}", free_port()?)),
+            _ => None,
+        };
         let before = env.cpu();
-        let mut worker = Worker::spawn(env, id, |log| env.noop_worker(courier, prefetch, log))?;
+        let mut worker = Worker::spawn(env, id, |log| {
+            let mut cmd = env.noop_worker(courier, prefetch, log);
+            if export.is_some() {
+                // Whatever the bench's own environment says, only the traced side exports.
+                for var in [
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "OTEL_TRACES_SAMPLER",
+                    "OTEL_TRACES_SAMPLER_ARG",
+                ] {
+                    cmd.env_remove(var);
+                }
+            }
+            if let Some(addr) = &metrics_addr {
+                cmd.args(["--metrics-addr", addr]);
+            }
+            if let Some(url) = &collector {
+                cmd.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url);
+            }
+            cmd
+        })?;
         let watched = worker.during(watch(env, &queue)).await;
+        let scraped = match (&metrics_addr, &watched) {
+            (Some(addr), Ok(_)) => {
+                // Scraped once the last window is handled (the timed section is over).
+                idle(worker.pid, env.stall).await;
+                Some(worker.during(scrape_spans(addr, export, n)).await)
+            }
+            _ => None,
+        };
         let stopped = worker_stop(worker, env, watched.is_ok()).await;
         let cpu = before.per_message(&env.cpu(), n, true);
         let ((first, empty), started) = (watched?, stopped?);
@@ -359,12 +494,32 @@ async fn binary_drain(env: &Env, courier: &Path, id: &str, prefetch: u16) -> Mea
         let (left, where_) = left_over(env).await?;
         counts.lost = left;
         anyhow::ensure!(left == 0, "{left} messages left: {}", where_.join(", "));
+        if let Some(s) = scraped.transpose()? {
+            eprintln!(
+                "courier-bench: {id}: spans exported {}, failed {}, dropped {}",
+                s.exported, s.failed, s.dropped
+            );
+            spans = Some(s);
+            match export {
+                Some(Export::Dead) => anyhow::ensure!(
+                    s.total() > 0,
+                    "the exporter was not on: no span failed, was dropped or exported"
+                ),
+                _ => anyhow::ensure!(
+                    s.total() == 0,
+                    "spans were made without an exporter ({s:?})"
+                ),
+            }
+        }
         anyhow::Ok((empty - first, cpu))
     };
-    match run.await {
+    let measured = run.await;
+    let mut m = match measured {
         Ok((elapsed, cpu)) => Measurement::new(id, elapsed, counts).with_cpu(cpu),
         Err(e) => Measurement::failed(id, counts, format!("{e:#}")),
-    }
+    };
+    m.trace_spans = spans;
+    m
 }
 
 /// Stops `worker` (see [`Worker::stop`]); returns when it was started.

@@ -274,6 +274,7 @@ mod tests {
                     client_cpu_us: None,
                     broker_cpu_us: None,
                     error: None,
+                    trace_spans: None,
                 },
                 Measurement {
                     id: "baseline.e2e".into(),
@@ -288,6 +289,7 @@ mod tests {
                     client_cpu_us: None,
                     broker_cpu_us: None,
                     error: None,
+                    trace_spans: None,
                 },
             ],
         }];

@@ -23,7 +23,8 @@
 //! - [`peer`]: the Python pika consumer.
 //! - [`memory`]: the `courier work` binary's peak RSS under a large backlog.
 //! - [`binary`]: the `courier work` binary draining a backlog against raw lapin at prefetch
-//!   200 and 500.
+//!   200 and 500; and (the `traces` group) without and with a trace exporter whose collector
+//!   is dead.
 //! - [`cluster`]: the `courier work` binary end to end against raw lapin on a 3-node cluster
 //!   with quorum queues (opt-in: only with `--only cluster`).
 //! - [`shards`]: the `courier work` binary end to end against raw lapin on one channel spread
@@ -74,8 +75,8 @@ const RETRY_TOPOLOGY: &str = include_str!("../topology/retry.toml");
 /// prints medians and per-round ratios; writes everything as JSON (--out). Every message id is
 /// counted: a lost message fails the run (exit 1).
 ///
-/// Scenario groups (--only): baseline, courier, retry, http, dlq, peer, memory, binary, and
-/// two that run only when --only names them, so never in --smoke or a run without --only:
+/// Scenario groups (--only): baseline, courier, retry, http, dlq, peer, memory, binary, traces,
+/// and two that run only when --only names them, so never in --smoke or a run without --only:
 /// cluster (a 3-node RabbitMQ cluster with quorum queues) and shards (one channel over 1, 2
 /// and 4 shard queues; needs the broker plugin rabbitmq_consistent_hash_exchange).
 #[derive(Debug, Parser)]
@@ -127,8 +128,9 @@ struct RunArgs {
     smoke: bool,
     /// Only these scenario groups (comma-separated): baseline, courier, retry, http, dlq,
     /// peer, memory, binary (the `courier work` binary against raw lapin, prefetch 200 and
-    /// 500), cluster (the binary against raw lapin end to end on a 3-node cluster with quorum
-    /// queues, see --cluster-url; opt-in: it runs only when named here, never by default nor
+    /// 500), traces (the binary's drain at prefetch 200 without a trace exporter and with one
+    /// whose collector is dead, issue 18), cluster (the binary against raw lapin end to end on
+    /// a 3-node cluster with quorum queues, see --cluster-url; opt-in: it runs only when named here, never by default nor
     /// in --smoke, and needs `scripts/rabbitmq-cluster up`), shards (the binary against raw
     /// lapin end to end on one channel spread over 1, 2 and 4 shard queues, and 4 ordered
     /// shards; opt-in like cluster; needs the plugin rabbitmq_consistent_hash_exchange).
@@ -168,7 +170,8 @@ struct RunArgs {
 }
 
 const GROUPS: &[&str] = &[
-    "baseline", "courier", "retry", "http", "dlq", "peer", "memory", "binary", "cluster", "shards",
+    "baseline", "courier", "retry", "http", "dlq", "peer", "memory", "binary", "traces", "cluster",
+    "shards",
 ];
 
 /// Groups that run only when `--only` names them, so neither a run without `--only` nor
@@ -351,18 +354,23 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         None
     };
     let wants_memory = args.wants("memory") && memory_backlog > 0;
-    let built =
-        if wants_memory || args.wants("binary") || args.wants("cluster") || args.wants("shards") {
-            Some(binary(&args, "courier", "courier").await)
-        } else {
-            None
-        };
+    let built = if wants_memory
+        || ["binary", "traces", "cluster", "shards"]
+            .iter()
+            .any(|g| args.wants(g))
+    {
+        Some(binary(&args, "courier", "courier").await)
+    } else {
+        None
+    };
     let courier_bin = built.clone().filter(|_| wants_memory);
     let binary_bin = built.clone().filter(|_| args.wants("binary"));
+    let traces_bin = built.clone().filter(|_| args.wants("traces"));
     let cluster_bin = built.clone().filter(|_| args.wants("cluster"));
     let shards_bin = built.filter(|_| args.wants("shards"));
     for (bin, ids) in [
         (&binary_bin, &binary::IDS[..]),
+        (&traces_bin, &[binary::TRACES.0, binary::TRACES.1][..]),
         (&cluster_bin, &cluster::IDS[..]),
         (&shards_bin, &shards::IDS[..]),
     ] {
@@ -431,6 +439,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<Results> {
         dlq,
         peer,
         binary: binary_bin,
+        traces: traces_bin,
         cluster,
         shards,
     };
@@ -632,6 +641,7 @@ mod tests {
         let all = args(&[]);
         assert!(all.wants("binary") && !all.wants("cluster"));
         assert!(!args(&["--smoke"]).wants("cluster"));
+        assert!(all.wants("traces") && args(&["--smoke"]).wants("traces"));
         let only = args(&["--smoke", "--only", "binary,cluster"]);
         assert!(only.wants("cluster") && only.wants("binary") && !only.wants("courier"));
         assert!(!all.wants("shards") && !args(&["--smoke"]).wants("shards"));

@@ -30,6 +30,8 @@ pub struct Selection {
     pub peer: Option<Result<(), String>>,
     /// The `courier` binary for the `binary` group, or why it cannot be measured.
     pub binary: Option<Result<PathBuf, String>>,
+    /// The `courier` binary for the `traces` group, or why it cannot be measured.
+    pub traces: Option<Result<PathBuf, String>>,
     /// The `cluster` group's environment and binary, when it runs.
     pub cluster: Option<cluster::Cluster>,
     /// The `shards` group's topologies and binary, when it runs.
@@ -49,6 +51,7 @@ enum Step {
     Dlq,
     Peer,
     Binary,
+    Traces,
     Cluster,
     Shards,
 }
@@ -339,6 +342,10 @@ async fn step(env: &Env, sel: &Selection, s: Step, round: u32) -> Vec<Measuremen
             Some(Ok(bin)) => binary::round(env, bin, round).await,
             _ => Vec::new(),
         },
+        Step::Traces => match &sel.traces {
+            Some(Ok(bin)) => binary::traces_round(env, bin, round).await,
+            _ => Vec::new(),
+        },
         Step::Cluster | Step::Shards => Vec::new(),
     }
 }
@@ -353,6 +360,7 @@ fn enabled(sel: &Selection, s: Step) -> bool {
         Step::Dlq => matches!(sel.dlq, Some(Ok(_))),
         Step::Peer => matches!(sel.peer, Some(Ok(()))),
         Step::Binary => matches!(sel.binary, Some(Ok(_))),
+        Step::Traces => matches!(sel.traces, Some(Ok(_))),
         Step::Cluster => sel.cluster.is_some(),
         Step::Shards => sel.shards.is_some(),
     }
@@ -384,6 +392,7 @@ pub async fn round(env: &Env, sel: &Selection, round: u32, rounds: u32) -> Round
             Dlq,
             Peer,
             Binary,
+            Traces,
             Cluster,
             Shards,
         ]
@@ -391,6 +400,7 @@ pub async fn round(env: &Env, sel: &Selection, round: u32, rounds: u32) -> Round
         [
             Shards,
             Cluster,
+            Traces,
             Binary,
             CourierPublishDrain,
             BaselinePublishDrain,

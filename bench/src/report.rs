@@ -19,7 +19,7 @@ mod tables;
 pub use catalogue::{scenario, Kind, RATIOS, SCENARIOS};
 pub use schema::{
     Cluster, Machine, Measurement, Memory, NotMeasured, Params, Ratio, Results, Round, Summary,
-    SCHEMA,
+    TraceSpans, SCHEMA,
 };
 pub use summary::summarise;
 pub use tables::markdown;

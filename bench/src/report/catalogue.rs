@@ -129,6 +129,16 @@ pub const SCENARIOS: &[Scenario] = &[
         kind: Kind::Courier,
     },
     Scenario {
+        id: "binary.untraced.p200",
+        label: "`courier work` binary (noop): drain, prefetch 200, no trace exporter",
+        kind: Kind::Courier,
+    },
+    Scenario {
+        id: "binary.traced.p200",
+        label: "`courier work` binary (noop): drain, prefetch 200, exporting to a dead collector",
+        kind: Kind::Courier,
+    },
+    Scenario {
         id: "baseline.cluster.e2e",
         label: "cluster, quorum: raw publish + raw lapin (ack every P/2): end to end",
         kind: Kind::Baseline,
@@ -254,6 +264,13 @@ pub const RATIOS: &[RatioSpec] = &[
         numerator: "binary.retry",
         denominator: "baseline.http-retry",
         target: Some(0.9),
+    },
+    RatioSpec {
+        id: "traces",
+        label: "`courier work` binary drain: exporting spans to a dead collector / no exporter",
+        numerator: "binary.traced.p200",
+        denominator: "binary.untraced.p200",
+        target: Some(0.95),
     },
     RatioSpec {
         id: "cluster-e2e",

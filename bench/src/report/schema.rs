@@ -40,6 +40,28 @@ pub struct Measurement {
     pub broker_cpu_us: Option<f64>,
     /// Why the scenario did not complete, if it did not.
     pub error: Option<String>,
+    /// The worker's span counters at the end (the `traces` group only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_spans: Option<TraceSpans>,
+}
+
+/// The `courier_trace_spans_*_total` counters of a worker, scraped from its `/metrics` once it
+/// has gone idle (spans of the last batch may still be queued then).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceSpans {
+    /// Accepted by the collector.
+    pub exported: u64,
+    /// In export requests that failed (collector unreachable).
+    pub failed: u64,
+    /// Dropped because the export queue was full.
+    pub dropped: u64,
+}
+
+impl TraceSpans {
+    /// Spans that reached the exporter's queue at all: 0 means no span was made.
+    pub fn total(&self) -> u64 {
+        self.exported + self.failed + self.dropped
+    }
 }
 
 impl Measurement {
@@ -59,6 +81,7 @@ impl Measurement {
             client_cpu_us: None,
             broker_cpu_us: None,
             error: None,
+            trace_spans: None,
         }
     }
 
@@ -85,6 +108,7 @@ impl Measurement {
             client_cpu_us: None,
             broker_cpu_us: None,
             error: Some(error),
+            trace_spans: None,
         }
     }
 

@@ -98,6 +98,7 @@ mod tests {
             client_cpu_us: None,
             broker_cpu_us: None,
             error: None,
+            trace_spans: None,
         }
     }
 
